@@ -1,0 +1,523 @@
+//! The option table, the command-line scanner with its `HECD_*` environment fallback, and the
+//! `--help`/`--version` text generated from that table. It only finds which option got which
+//! text from where; turning text into typed values and defaults is `config`'s job.
+//!
+//! Options end at `--` or at the first word that is not an option: everything from there on is
+//! the app's command line, so `hecd-init my-server --port 80` leaves `--port 80` to the app.
+//! (A general-purpose parser that scans the whole argv would take it; that is why the scanner is
+//! table-driven rather than pico-args.)
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+
+use crate::error::UsageError;
+
+/// One option of the table.
+#[derive(Debug)]
+pub struct OptSpec {
+    /// Long name without dashes, e.g. `check-interval`.
+    pub long: &'static str,
+    /// One-letter alias, if any.
+    pub short: Option<char>,
+    /// Placeholder of the value, or `None` for a flag.
+    pub value: Option<&'static str>,
+    /// The default, as shown in `--help`.
+    pub default: &'static str,
+    /// One-line description for `--help` and the README.
+    pub help: &'static str,
+    /// Whether `HECD_<LONG>` may set it.
+    pub env: bool,
+    /// Whether it may be given several times (values accumulate).
+    pub repeat: bool,
+}
+
+const fn opt(
+    long: &'static str,
+    value: &'static str,
+    default: &'static str,
+    help: &'static str,
+) -> OptSpec {
+    OptSpec {
+        long,
+        short: None,
+        value: Some(value),
+        default,
+        help,
+        env: true,
+        repeat: false,
+    }
+}
+
+/// Every option hecd-init accepts, in `--help` order.
+pub const OPTIONS: &[OptSpec] = &[
+    opt(
+        "etcd",
+        "URL[,URL...]",
+        "none: pure init",
+        "etcd client endpoints, http:// or https://; tried in turn",
+    ),
+    opt(
+        "etcd-api",
+        "auto|v3|v2",
+        "auto",
+        "etcd API: v3 JSON gateway, v2 keys API, or ask /version",
+    ),
+    opt(
+        "prefix",
+        "PATH",
+        "/app/servers",
+        "key prefix; the key is PREFIX/NAME",
+    ),
+    opt(
+        "name",
+        "NAME",
+        "container name, else hostname",
+        "last key segment",
+    ),
+    opt(
+        "port",
+        "PORT",
+        "the TCP port the app listens on",
+        "the app's port inside the container",
+    ),
+    opt(
+        "advertise",
+        "[HOST][:PORT]",
+        "discovered",
+        "advertise this host, port or both; IPv6 as [fd00::5]:8080",
+    ),
+    opt(
+        "mode",
+        "auto|container|published",
+        "auto",
+        "advertise the container's IP and port, or the host IP and published port",
+    ),
+    opt(
+        "host-ip",
+        "IP",
+        "binding HostIp, else gateway",
+        "host address to pair with a published port",
+    ),
+    opt(
+        "docker",
+        "URL",
+        "unix:///var/run/docker.sock if present",
+        "Docker Engine API (unix:// or tcp://)",
+    ),
+    opt(
+        "ttl",
+        "DURATION",
+        "10s",
+        "lease TTL (whole seconds); refreshed at least every TTL/3",
+    ),
+    opt(
+        "check",
+        "tcp|http:PATH|none",
+        "tcp",
+        "readiness and liveness check against the app's port",
+    ),
+    opt("check-interval", "DURATION", "2s", "time between checks"),
+    opt(
+        "drain",
+        "DURATION",
+        "2s when registering, else 0",
+        "after deregistering on a stop signal, wait this long before passing it on",
+    ),
+    opt(
+        "stop-timeout",
+        "DURATION",
+        "none",
+        "SIGKILL the app's process group this long after passing a stop signal on",
+    ),
+    OptSpec {
+        long: "single-child",
+        short: None,
+        value: None,
+        default: "off",
+        help: "signal only the direct child, not its process group",
+        env: true,
+        repeat: false,
+    },
+    OptSpec {
+        long: "rewrite",
+        short: None,
+        value: Some("FROM:TO"),
+        default: "none",
+        help: "pass signal FROM on as TO (TERM:QUIT, 15:3; TO=0 drops it); repeatable, comma-separated in the variable",
+        env: true,
+        repeat: true,
+    },
+    opt(
+        "etcd-cacert",
+        "FILE",
+        "none",
+        "CA bundle to verify etcd's certificate",
+    ),
+    opt("etcd-cert", "FILE", "none", "client certificate for etcd"),
+    opt("etcd-key", "FILE", "none", "client key for etcd"),
+    opt(
+        "etcd-user",
+        "USER[:PASSWORD]",
+        "none",
+        "etcd user; the password may come from HECD_ETCD_PASSWORD",
+    ),
+    OptSpec {
+        long: "verbose",
+        short: Some('v'),
+        value: None,
+        default: "off",
+        help: "debug logging (twice: trace); HECD_LOG takes an env_logger filter",
+        env: true,
+        repeat: true,
+    },
+    OptSpec {
+        long: "help",
+        short: Some('h'),
+        value: None,
+        default: "",
+        help: "print this help and exit",
+        env: false,
+        repeat: false,
+    },
+    OptSpec {
+        long: "version",
+        short: Some('V'),
+        value: None,
+        default: "",
+        help: "print the version and exit",
+        env: false,
+        repeat: false,
+    },
+];
+
+/// The environment variable of an option: `HECD_` + upper-case long name, `-` as `_`.
+pub fn env_name(long: &str) -> String {
+    format!("HECD_{}", long.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// One value given for an option, and where it came from (`--ttl` or `HECD_TTL`), so errors
+/// can name the source the user actually wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Given {
+    pub value: String,
+    pub source: String,
+}
+
+/// The scanned command line: what each option got, and the app's command.
+#[derive(Debug, Default)]
+pub struct RawArgs {
+    values: HashMap<&'static str, Vec<Given>>,
+    /// The app's command and its arguments, untouched.
+    pub command: Vec<OsString>,
+}
+
+impl RawArgs {
+    /// The value that counts for a single-valued option: a flag's last value, else the variable.
+    pub fn get(&self, long: &str) -> Option<&Given> {
+        self.values.get(long).and_then(|v| v.last())
+    }
+
+    /// Every value of a repeatable option, in order.
+    pub fn all(&self, long: &str) -> &[Given] {
+        self.values.get(long).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Request {
+    Help,
+    Version,
+    Run(RawArgs),
+}
+
+fn lookup_long(name: &str) -> Option<&'static OptSpec> {
+    OPTIONS.iter().find(|o| o.long == name)
+}
+
+fn lookup_short(c: char) -> Option<&'static OptSpec> {
+    OPTIONS.iter().find(|o| o.short == Some(c))
+}
+
+fn utf8(arg: &OsStr, source: &str) -> Result<String, UsageError> {
+    arg.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| UsageError::new(source, "expected UTF-8 text"))
+}
+
+/// Scans `args` (without the program name), falling back to `env` for options not given as
+/// flags. `env` is a parameter so tests need not touch the process environment.
+pub fn parse(
+    args: &[OsString],
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<Request, UsageError> {
+    let mut raw = RawArgs::default();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        let bytes = arg.as_encoded_bytes();
+        if bytes == b"--" {
+            raw.command = args[i..].to_vec();
+            break;
+        }
+        if bytes.len() < 2 || bytes[0] != b'-' {
+            raw.command = args[i - 1..].to_vec();
+            break;
+        }
+        let text = utf8(arg, "option")?;
+        let mut found: Vec<(&'static OptSpec, String, Option<String>)> = Vec::new();
+        if let Some(long) = text.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (long, None),
+            };
+            let spec = lookup_long(name).ok_or_else(|| {
+                UsageError::new(format!("--{name}"), "unknown option (see --help)")
+            })?;
+            found.push((spec, format!("--{name}"), inline));
+        } else {
+            // Short flags may be bundled: -vv.
+            for c in text[1..].chars() {
+                let spec = lookup_short(c).ok_or_else(|| {
+                    UsageError::new(format!("-{c}"), "unknown option (see --help)")
+                })?;
+                found.push((spec, format!("-{c}"), None));
+            }
+        }
+        for (spec, source, inline) in found {
+            let value = match (spec.value, inline) {
+                (None, Some(_)) => return Err(UsageError::new(source, "takes no value")),
+                (None, None) => "true".to_owned(),
+                (Some(_), Some(v)) => v,
+                (Some(form), None) => {
+                    let next = args
+                        .get(i)
+                        .ok_or_else(|| UsageError::new(&source, format!("expected {form}")))?;
+                    i += 1;
+                    utf8(next, &source)?
+                }
+            };
+            match spec.long {
+                "help" => return Ok(Request::Help),
+                "version" => return Ok(Request::Version),
+                _ => {}
+            }
+            raw.values
+                .entry(spec.long)
+                .or_default()
+                .push(Given { value, source });
+        }
+    }
+    for spec in OPTIONS.iter().filter(|o| o.env) {
+        if raw.values.contains_key(spec.long) {
+            continue; // a flag wins over the variable
+        }
+        let var = env_name(spec.long);
+        let Some(value) = env(&var) else { continue };
+        let value = utf8(&value, &var)?;
+        // An empty variable counts as unset, so `-e HECD_ETCD=` in a compose file switches
+        // registration off rather than failing.
+        let parts: Vec<&str> = if spec.repeat && spec.value.is_some() {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect()
+        } else {
+            vec![value.trim()]
+        };
+        for part in parts.into_iter().filter(|p| !p.is_empty()) {
+            raw.values.entry(spec.long).or_default().push(Given {
+                value: part.to_owned(),
+                source: var.clone(),
+            });
+        }
+    }
+    if raw.command.is_empty() {
+        return Err(UsageError::new(
+            "COMMAND",
+            "missing; usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...] (see --help)",
+        ));
+    }
+    Ok(Request::Run(raw))
+}
+
+/// `--version` output.
+pub fn version_text() -> String {
+    format!("hecd-init {}\n", env!("CARGO_PKG_VERSION"))
+}
+
+/// `--help` output, generated from [`OPTIONS`].
+pub fn help_text() -> String {
+    let mut out = format!(
+        "hecd-init {}: PID 1 for containers that register themselves in etcd\n\n\
+         Usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...]\n\n\
+         Starts COMMAND at once and supervises it like tini or dumb-init (signals, zombies, exit\n\
+         status). With --etcd it also puts HOST:PORT under PREFIX/NAME in etcd, with a lease kept\n\
+         alive while the app is healthy, and on SIGTERM deletes the key, drains, then passes the\n\
+         signal on. Without --etcd it is a pure init.\n\n\
+         Options (every long option may also be set as its environment variable; a flag wins;\n\
+         durations: 10s, 500ms, 1.5 (seconds), 2m):\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for o in OPTIONS {
+        let short = o.short.map_or(String::from("    "), |c| format!("-{c}, "));
+        let value = o.value.map_or(String::new(), |v| format!(" {v}"));
+        out.push_str(&format!("  {short}--{}{value}\n", o.long));
+        out.push_str(&format!("        {}\n", o.help));
+        let mut facts = Vec::new();
+        if o.env {
+            facts.push(format!("env {}", env_name(o.long)));
+        }
+        if !o.default.is_empty() {
+            facts.push(format!("default: {}", o.default));
+        }
+        if !facts.is_empty() {
+            out.push_str(&format!("        [{}]\n", facts.join("; ")));
+        }
+    }
+    out.push_str(
+        "\nEnvironment: HECD_LOG sets the log filter (env_logger syntax, default info);\n\
+         HECD_ETCD_PASSWORD gives the etcd password. Logs go to stderr, prefixed \"hecd-init:\".\n\n\
+         Exit status: the app's exit code; 128+N if it was killed by signal N; 126 if COMMAND\n\
+         cannot be executed; 127 if it is not found; 2 for a usage error; 1 if hecd-init failed\n\
+         before starting COMMAND.\n\n\
+         Example Dockerfile:\n\
+         \x20 COPY --from=hecd-init /hecd-init /hecd-init\n\
+         \x20 ENV HECD_ETCD=http://etcd:2379\n\
+         \x20 ENTRYPOINT [\"/hecd-init\", \"--\"]\n\
+         \x20 CMD [\"my-server\", \"--listen\", \":8080\"]\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<RawArgs, UsageError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match parse(&os(args), |k| env.get(k).map(OsString::from))? {
+            Request::Run(raw) => Ok(raw),
+            other => panic!("expected Run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn options_stop_at_the_command() {
+        let raw = run(&["--ttl", "5s", "my-server", "--ttl", "9"], &[]).unwrap();
+        assert_eq!(raw.get("ttl").unwrap().value, "5s");
+        assert_eq!(raw.command, os(&["my-server", "--ttl", "9"]));
+    }
+
+    #[test]
+    fn double_dash_ends_options() {
+        let raw = run(&["--single-child", "--", "--weird-app", "-v"], &[]).unwrap();
+        assert_eq!(raw.get("single-child").unwrap().value, "true");
+        assert_eq!(raw.command, os(&["--weird-app", "-v"]));
+        assert!(raw.get("verbose").is_none());
+    }
+
+    #[test]
+    fn inline_values_and_bundled_shorts() {
+        let raw = run(&["--drain=1s", "-vv", "app"], &[]).unwrap();
+        assert_eq!(raw.get("drain").unwrap().value, "1s");
+        assert_eq!(raw.all("verbose").len(), 2);
+    }
+
+    #[test]
+    fn flag_wins_over_env_and_env_names_its_source() {
+        let raw = run(
+            &["--ttl", "5", "app"],
+            &[("HECD_TTL", "9"), ("HECD_DRAIN", "3")],
+        )
+        .unwrap();
+        assert_eq!(raw.get("ttl").unwrap().source, "--ttl");
+        let drain = raw.get("drain").unwrap();
+        assert_eq!(
+            (drain.value.as_str(), drain.source.as_str()),
+            ("3", "HECD_DRAIN")
+        );
+    }
+
+    #[test]
+    fn every_long_option_has_its_variable() {
+        for o in OPTIONS.iter().filter(|o| o.env) {
+            let value = if o.value.is_some() { "x" } else { "1" };
+            let raw = run(&["app"], &[(&env_name(o.long), value)]).unwrap();
+            assert_eq!(
+                raw.get(o.long).unwrap().source,
+                env_name(o.long),
+                "{}",
+                o.long
+            );
+        }
+    }
+
+    #[test]
+    fn empty_variable_is_unset_and_rewrite_variable_splits() {
+        let raw = run(
+            &["app"],
+            &[("HECD_ETCD", ""), ("HECD_REWRITE", "TERM:QUIT, HUP:0")],
+        )
+        .unwrap();
+        assert!(raw.get("etcd").is_none());
+        let values: Vec<_> = raw
+            .all("rewrite")
+            .iter()
+            .map(|g| g.value.as_str())
+            .collect();
+        assert_eq!(values, ["TERM:QUIT", "HUP:0"]);
+    }
+
+    #[test]
+    fn usage_errors_name_the_option() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--bogus", "app"], "--bogus: unknown option (see --help)"),
+            (&["-x", "app"], "-x: unknown option (see --help)"),
+            (&["--ttl"], "--ttl: expected DURATION"),
+            (
+                &["--single-child=yes", "app"],
+                "--single-child: takes no value",
+            ),
+            (
+                &[],
+                "COMMAND: missing; usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...] (see --help)",
+            ),
+            (
+                &["--ttl", "5s"],
+                "COMMAND: missing; usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...] (see --help)",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(run(args, &[]).unwrap_err().to_string(), *want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_win() {
+        assert!(matches!(
+            parse(&os(&["--help"]), |_| None),
+            Ok(Request::Help)
+        ));
+        assert!(matches!(
+            parse(&os(&["-V"]), |_| None),
+            Ok(Request::Version)
+        ));
+        let help = help_text();
+        for o in OPTIONS {
+            assert!(help.contains(&format!("--{}", o.long)), "{}", o.long);
+            if o.env {
+                assert!(help.contains(&env_name(o.long)), "{}", o.long);
+            }
+        }
+    }
+}

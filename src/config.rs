@@ -1,0 +1,897 @@
+//! Turns the scanned command line into a validated [`Config`]. The only place defaults live.
+//! Pure: no I/O, no clock, no environment (the scanner already read `HECD_*`), so every option
+//! is unit-tested with its exact message. Errors are collected, not stopped at the first.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
+
+use crate::cli::{Given, RawArgs};
+use crate::error::UsageError;
+use crate::supervisor::signals::Rewrites;
+
+/// Longest duration any option accepts; longer values are typos, and this keeps deadline
+/// arithmetic far from overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Everything hecd-init needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The app's command line; never empty.
+    pub command: Vec<OsString>,
+    /// Registration settings; `None` means pure init.
+    pub registration: Option<Registration>,
+    /// Wait between deregistering and passing the stop signal on.
+    pub drain: Duration,
+    /// SIGKILL the app this long after passing the stop signal on.
+    pub stop_timeout: Option<Duration>,
+    /// Signal only the direct child, not its process group.
+    pub single_child: bool,
+    /// `--rewrite` pairs.
+    pub rewrites: Rewrites,
+    /// env_logger filter.
+    pub log_filter: String,
+}
+
+/// Which etcd API to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EtcdApi {
+    Auto,
+    V3,
+    V2,
+}
+
+/// Which address to advertise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    Container,
+    Published,
+}
+
+/// The readiness and liveness check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    Tcp,
+    Http(String),
+    None,
+}
+
+/// One etcd client endpoint, e.g. `http://10.0.0.1:2379`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    /// Host as written (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+/// `--advertise`: either part may be left to discovery.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Advertise {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// `--docker`: where the Engine API is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DockerApi {
+    Unix(String),
+    Tcp { host: String, port: u16 },
+}
+
+/// `--etcd-user`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print the password, even in debug logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
+    }
+}
+
+/// Settings of registration in etcd (present only with `--etcd`).
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "read by the registrar, which lands with the registration issue"
+    )
+)]
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub endpoints: Vec<Endpoint>,
+    pub api: EtcdApi,
+    /// Normalised: leading `/`, no trailing `/` (empty for `/`).
+    pub prefix: String,
+    pub name: Option<String>,
+    pub port: Option<u16>,
+    pub advertise: Advertise,
+    pub mode: Mode,
+    pub host_ip: Option<IpAddr>,
+    pub docker: Option<DockerApi>,
+    pub ttl: Duration,
+    pub check: Check,
+    pub check_interval: Duration,
+    pub cacert: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub credentials: Option<Credentials>,
+}
+
+/// The variables that are not options: `HECD_ETCD_PASSWORD` and `HECD_LOG`.
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    pub password: Option<String>,
+    pub log: Option<String>,
+}
+
+/// Validates the scanned arguments.
+pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
+    let Extra { password, log } = extra;
+    let mut errors = Errors::default();
+    let dur = |long: &str,
+               default: Option<Duration>,
+               min: Duration|
+     -> Result<Option<Duration>, UsageError> {
+        raw.get(long)
+            .map(|g| parse_duration_at_least(g, min).map(Some))
+            .unwrap_or(Ok(default))
+    };
+
+    let endpoints = errors
+        .take(raw.get("etcd").map(parse_endpoints).transpose())
+        .flatten();
+    let api = errors.take(choice(
+        &raw,
+        "etcd-api",
+        &[
+            ("auto", EtcdApi::Auto),
+            ("v3", EtcdApi::V3),
+            ("v2", EtcdApi::V2),
+        ],
+        EtcdApi::Auto,
+    ));
+    let prefix = errors.take(
+        raw.get("prefix")
+            .map_or(Ok("/app/servers".into()), parse_prefix),
+    );
+    let name = errors.take(raw.get("name").map(parse_name).transpose());
+    let port = errors.take(raw.get("port").map(|g| parse_port(&g.value, g)).transpose());
+    let advertise = errors.take(
+        raw.get("advertise")
+            .map_or(Ok(Advertise::default()), parse_advertise),
+    );
+    let mode = errors.take(choice(
+        &raw,
+        "mode",
+        &[
+            ("auto", Mode::Auto),
+            ("container", Mode::Container),
+            ("published", Mode::Published),
+        ],
+        Mode::Auto,
+    ));
+    let host_ip = errors.take(raw.get("host-ip").map(parse_ip).transpose());
+    let docker = errors.take(raw.get("docker").map(parse_docker).transpose());
+    let ttl = errors.take(
+        raw.get("ttl")
+            .map_or(Ok(Duration::from_secs(10)), parse_ttl),
+    );
+    let check_kind = errors.take(raw.get("check").map_or(Ok(Check::Tcp), parse_check));
+    let check_interval = errors
+        .take(dur(
+            "check-interval",
+            Some(Duration::from_secs(2)),
+            Duration::from_millis(1),
+        ))
+        .flatten();
+    let drain = errors.take(dur("drain", None, Duration::ZERO));
+    let stop_timeout = errors.take(dur("stop-timeout", None, Duration::from_millis(1)));
+    let single_child = errors.take(flag(&raw, "single-child"));
+    let verbose = errors.take(verbosity(&raw));
+    let rewrites = errors.take(
+        raw.all("rewrite")
+            .iter()
+            .map(|g| {
+                Rewrites::parse_pair(&g.value).ok_or_else(|| {
+                    UsageError::new(
+                        &g.source,
+                        format!(
+                            "expected FROM:TO signals such as TERM:QUIT or 15:3, got {:?}",
+                            g.value
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>(),
+    );
+    let credentials = errors.take(
+        raw.get("etcd-user")
+            .map(|g| parse_user(g, password))
+            .transpose(),
+    );
+    let file = |long: &str| raw.get(long).map(|g| g.value.clone());
+    let (cacert, cert, key) = (file("etcd-cacert"), file("etcd-cert"), file("etcd-key"));
+    if cert.is_some() != key.is_some() {
+        let source = raw
+            .get("etcd-cert")
+            .or(raw.get("etcd-key"))
+            .map_or("--etcd-cert", |g| g.source.as_str());
+        errors.take(Err::<(), _>(UsageError::new(
+            source,
+            "expected --etcd-cert and --etcd-key together",
+        )));
+    }
+
+    if !errors.0.is_empty() {
+        return Err(errors.0);
+    }
+    // Every value below was checked above; a None here means the option was absent.
+    let registering = endpoints.is_some();
+    let registration = endpoints.map(|endpoints| Registration {
+        endpoints,
+        api: api.unwrap_or(EtcdApi::Auto),
+        prefix: prefix.clone().unwrap_or_default(),
+        name: name.flatten(),
+        port: port.flatten(),
+        advertise: advertise.clone().unwrap_or_default(),
+        mode: mode.unwrap_or(Mode::Auto),
+        host_ip: host_ip.flatten(),
+        docker: docker.clone().flatten(),
+        ttl: ttl.unwrap_or(Duration::from_secs(10)),
+        check: check_kind.clone().unwrap_or(Check::Tcp),
+        check_interval: check_interval.unwrap_or(Duration::from_secs(2)),
+        cacert,
+        cert,
+        key,
+        credentials: credentials.clone().flatten(),
+    });
+    let default_drain = if registering {
+        Duration::from_secs(2)
+    } else {
+        Duration::ZERO
+    };
+    let log_filter = match (verbose.unwrap_or(0), log.filter(|l| !l.trim().is_empty())) {
+        (0, Some(filter)) => filter,
+        (0, None) => "info".into(),
+        (1, _) => "debug".into(),
+        _ => "trace".into(),
+    };
+    Ok(Config {
+        command: raw.command,
+        registration,
+        drain: drain.flatten().unwrap_or(default_drain),
+        stop_timeout: stop_timeout.flatten(),
+        single_child: single_child.unwrap_or(false),
+        rewrites: Rewrites::new(rewrites.unwrap_or_default()),
+        log_filter,
+    })
+}
+
+/// Collects every usage error instead of stopping at the first.
+#[derive(Default)]
+struct Errors(Vec<UsageError>);
+
+impl Errors {
+    fn take<T>(&mut self, result: Result<T, UsageError>) -> Option<T> {
+        result.map_err(|e| self.0.push(e)).ok()
+    }
+}
+
+fn expected(g: &Given, form: &str) -> UsageError {
+    UsageError::new(&g.source, format!("expected {form}, got {:?}", g.value))
+}
+
+fn choice<T: Copy>(
+    raw: &RawArgs,
+    long: &str,
+    options: &[(&str, T)],
+    default: T,
+) -> Result<T, UsageError> {
+    let Some(g) = raw.get(long) else {
+        return Ok(default);
+    };
+    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+    options
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(&g.value))
+        .map(|(_, v)| *v)
+        .ok_or_else(|| expected(g, &format!("one of {}", names.join(", "))))
+}
+
+fn flag(raw: &RawArgs, long: &str) -> Result<bool, UsageError> {
+    raw.get(long).map_or(Ok(false), parse_bool)
+}
+
+fn verbosity(raw: &RawArgs) -> Result<usize, UsageError> {
+    let given = raw.all("verbose");
+    match given.first() {
+        // From the variable: a boolean, or a count such as HECD_VERBOSE=2.
+        Some(g) if g.source.starts_with("HECD_") => match g.value.parse::<usize>() {
+            Ok(n) => Ok(n),
+            Err(_) => parse_bool(g).map(usize::from),
+        },
+        _ => Ok(given.len()),
+    }
+}
+
+fn parse_bool(g: &Given) -> Result<bool, UsageError> {
+    match g.value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(expected(g, "true or false (1/0, yes/no, on/off)")),
+    }
+}
+
+/// Parses `10s`, `500ms`, `1.5` (seconds) or `2m`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    // Plain decimal only: f64's parser would also take "inf", "NaN" and "1e3".
+    if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    let secs: f64 = number.parse().ok()?;
+    let d = Duration::try_from_secs_f64(secs * scale).ok()?;
+    (d <= MAX_DURATION).then_some(d)
+}
+
+fn parse_duration_at_least(g: &Given, min: Duration) -> Result<Duration, UsageError> {
+    let form = if min.is_zero() {
+        "a duration such as 2s, 500ms or 0 (at most 24h)"
+    } else {
+        "a positive duration such as 10s, 500ms or 1.5 (at most 24h)"
+    };
+    parse_duration(&g.value)
+        .filter(|d| *d >= min)
+        .ok_or_else(|| expected(g, form))
+}
+
+fn parse_ttl(g: &Given) -> Result<Duration, UsageError> {
+    // etcd leases and v2 ttl= take whole seconds.
+    parse_duration(&g.value)
+        .filter(|d| d.subsec_nanos() == 0 && d.as_secs() >= 1)
+        .ok_or_else(|| expected(g, "whole seconds of at least 1, such as 10s"))
+}
+
+fn parse_port(text: &str, g: &Given) -> Result<u16, UsageError> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| expected(g, "a port from 1 to 65535"))
+}
+
+fn parse_ip(g: &Given) -> Result<IpAddr, UsageError> {
+    let t = g.value.trim_start_matches('[').trim_end_matches(']');
+    t.parse()
+        .map_err(|_| expected(g, "an IP address such as 192.0.2.10 or fd00::1"))
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+}
+
+/// Splits `HOST[:PORT]` where HOST may be `[v6]`; returns (host without brackets, port text).
+fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        v6.parse::<Ipv6Addr>().ok()?;
+        match after {
+            "" => Some((v6, None)),
+            _ => Some((v6, Some(after.strip_prefix(':')?))),
+        }
+    } else {
+        match text.split_once(':') {
+            Some((h, p)) if !p.contains(':') => Some((h, Some(p))),
+            Some(_) => None, // bare IPv6: must be bracketed
+            None => Some((text, None)),
+        }
+    }
+}
+
+fn parse_endpoints(g: &Given) -> Result<Vec<Endpoint>, UsageError> {
+    let form = "http:// or https:// URLs such as http://etcd:2379, comma-separated";
+    let mut out = Vec::new();
+    for part in g.value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || UsageError::new(&g.source, format!("expected {form}, got {part:?}"));
+        let (tls, rest) = if let Some(r) = part.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = part.strip_prefix("https://") {
+            (true, r)
+        } else {
+            return Err(bad());
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = split_host_port(authority).ok_or_else(bad)?;
+        if !(valid_host(host) || host.parse::<Ipv6Addr>().is_ok()) {
+            return Err(bad());
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+            None if tls => 443,
+            None => 80,
+        };
+        out.push(Endpoint {
+            tls,
+            host: host.to_owned(),
+            port,
+        });
+    }
+    if out.is_empty() {
+        return Err(expected(g, form));
+    }
+    Ok(out)
+}
+
+fn parse_prefix(g: &Given) -> Result<String, UsageError> {
+    let v = g.value.trim();
+    if v.chars().any(|c| c.is_whitespace() || c.is_control()) || v.contains("//") {
+        return Err(expected(g, "a key path such as /app/servers"));
+    }
+    let trimmed = v.trim_matches('/');
+    Ok(if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
+    })
+}
+
+fn parse_name(g: &Given) -> Result<String, UsageError> {
+    let v = &g.value;
+    if v.is_empty() || v.contains('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(expected(g, "a key segment without '/' or spaces"));
+    }
+    Ok(v.clone())
+}
+
+fn parse_advertise(g: &Given) -> Result<Advertise, UsageError> {
+    let form = "[HOST][:PORT] such as 10.0.0.5:8080, :8080, or [fd00::5]:8080";
+    let v = g.value.trim();
+    let (host, port) = split_host_port(v).ok_or_else(|| {
+        if v.parse::<Ipv6Addr>().is_ok() {
+            expected(
+                g,
+                "an IPv6 host in brackets, such as [fd00::5] or [fd00::5]:8080",
+            )
+        } else {
+            expected(g, form)
+        }
+    })?;
+    let port = port.map(|p| parse_port(p, g)).transpose()?;
+    let is_v6 = host.parse::<Ipv6Addr>().is_ok();
+    if !host.is_empty() && !is_v6 && !valid_host(host) {
+        return Err(expected(g, form));
+    }
+    if host.is_empty() && port.is_none() {
+        return Err(expected(g, form));
+    }
+    Ok(Advertise {
+        host: (!host.is_empty()).then(|| host.to_owned()),
+        port,
+    })
+}
+
+fn parse_docker(g: &Given) -> Result<DockerApi, UsageError> {
+    let form = "unix:///path/to/docker.sock or tcp://HOST:PORT";
+    let v = g.value.trim();
+    if let Some(path) = v.strip_prefix("unix://") {
+        if path.starts_with('/') {
+            return Ok(DockerApi::Unix(path.to_owned()));
+        }
+    } else if let Some(rest) = v
+        .strip_prefix("tcp://")
+        .or_else(|| v.strip_prefix("http://"))
+    {
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if let Some((host, Some(port))) = split_host_port(rest)
+            && let Ok(port) = port.parse::<u16>()
+            && port != 0
+            && (valid_host(host) || host.parse::<Ipv6Addr>().is_ok())
+        {
+            return Ok(DockerApi::Tcp {
+                host: host.to_owned(),
+                port,
+            });
+        }
+    }
+    Err(expected(g, form))
+}
+
+fn parse_check(g: &Given) -> Result<Check, UsageError> {
+    match g.value.as_str() {
+        "tcp" => Ok(Check::Tcp),
+        "none" => Ok(Check::None),
+        v => match v.strip_prefix("http:") {
+            Some(path)
+                if path.starts_with('/')
+                    && !path.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                Ok(Check::Http(path.to_owned()))
+            }
+            _ => Err(expected(g, "tcp, none, or http:PATH such as http:/healthz")),
+        },
+    }
+}
+
+fn parse_user(g: &Given, password: Option<String>) -> Result<Credentials, UsageError> {
+    let (user, inline) = match g.value.split_once(':') {
+        Some((u, p)) => (u, Some(p.to_owned())),
+        None => (g.value.as_str(), None),
+    };
+    if user.is_empty() {
+        // Do not echo the value: it may hold a password.
+        return Err(UsageError::new(&g.source, "expected USER or USER:PASSWORD"));
+    }
+    Ok(Credentials {
+        user: user.to_owned(),
+        password: inline.or(password),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{self, Request};
+    use std::collections::HashMap;
+
+    fn build_with(args: &[&str], env: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args: Vec<OsString> = args
+            .iter()
+            .map(OsString::from)
+            .chain([OsString::from("app")])
+            .collect();
+        let Ok(Request::Run(raw)) = cli::parse(&args, |k| env.get(k).map(OsString::from)) else {
+            panic!("scan failed for {args:?}");
+        };
+        let extra = Extra {
+            password: env.get("HECD_ETCD_PASSWORD").cloned(),
+            log: env.get("HECD_LOG").cloned(),
+        };
+        build(raw, extra).map_err(|errs| errs.iter().map(ToString::to_string).collect())
+    }
+
+    fn err(args: &[&str]) -> String {
+        let errs = build_with(args, &[]).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        errs[0].clone()
+    }
+
+    fn reg(args: &[&str]) -> Registration {
+        let mut all = vec!["--etcd", "http://127.0.0.1:2379"];
+        all.extend_from_slice(args);
+        build_with(&all, &[]).unwrap().registration.unwrap()
+    }
+
+    #[test]
+    fn defaults_for_pure_init() {
+        let c = build_with(&[], &[]).unwrap();
+        assert!(c.registration.is_none());
+        assert_eq!(c.drain, Duration::ZERO);
+        assert_eq!(c.stop_timeout, None);
+        assert!(!c.single_child);
+        assert_eq!(c.log_filter, "info");
+        assert_eq!(c.command, vec![OsString::from("app")]);
+    }
+
+    #[test]
+    fn defaults_when_registering() {
+        let c = build_with(&["--etcd", "http://10.0.0.1:2379,https://[fd00::1]"], &[]).unwrap();
+        assert_eq!(c.drain, Duration::from_secs(2));
+        let r = c.registration.unwrap();
+        assert_eq!(
+            r.endpoints[0],
+            Endpoint {
+                tls: false,
+                host: "10.0.0.1".into(),
+                port: 2379
+            }
+        );
+        assert_eq!(
+            r.endpoints[1],
+            Endpoint {
+                tls: true,
+                host: "fd00::1".into(),
+                port: 443
+            }
+        );
+        assert_eq!(r.prefix, "/app/servers");
+        assert_eq!(r.ttl, Duration::from_secs(10));
+        assert_eq!(r.check, Check::Tcp);
+        assert_eq!(r.check_interval, Duration::from_secs(2));
+        assert_eq!((r.api, r.mode), (EtcdApi::Auto, Mode::Auto));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        for bad in [
+            "", "ten", "-1", "1e3", "inf", "NaN", "1h", "5 s", "25m0", "1441m",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn each_option_as_flag_and_variable() {
+        let c = build_with(
+            &[
+                "--drain",
+                "1s",
+                "--stop-timeout",
+                "3",
+                "--single-child",
+                "--rewrite",
+                "TERM:QUIT",
+                "-v",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.drain, c.stop_timeout),
+            (Duration::from_secs(1), Some(Duration::from_secs(3)))
+        );
+        assert!(c.single_child);
+        assert_eq!(c.rewrites.map(15), 3);
+        assert_eq!(c.log_filter, "debug");
+        let c = build_with(
+            &[],
+            &[
+                ("HECD_DRAIN", "250ms"),
+                ("HECD_STOP_TIMEOUT", "1m"),
+                ("HECD_SINGLE_CHILD", "yes"),
+                ("HECD_REWRITE", "USR1:USR2,HUP:0"),
+                ("HECD_VERBOSE", "2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.drain, c.stop_timeout),
+            (Duration::from_millis(250), Some(Duration::from_secs(60)))
+        );
+        assert!(c.single_child);
+        assert_eq!((c.rewrites.map(10), c.rewrites.map(1)), (12, 0));
+        assert_eq!(c.log_filter, "trace");
+        let env = [
+            ("HECD_ETCD", "http://e:2379"),
+            ("HECD_ETCD_API", "v2"),
+            ("HECD_PREFIX", "/svc/web/"),
+            ("HECD_NAME", "web-1"),
+            ("HECD_PORT", "8080"),
+            ("HECD_ADVERTISE", "[fd00::5]:9000"),
+            ("HECD_MODE", "published"),
+            ("HECD_HOST_IP", "192.0.2.7"),
+            ("HECD_DOCKER", "tcp://proxy:2375"),
+            ("HECD_TTL", "30s"),
+            ("HECD_CHECK", "http:/healthz"),
+            ("HECD_CHECK_INTERVAL", "500ms"),
+            ("HECD_ETCD_CACERT", "/ca.pem"),
+            ("HECD_ETCD_CERT", "/c.pem"),
+            ("HECD_ETCD_KEY", "/k.pem"),
+            ("HECD_ETCD_USER", "root"),
+            ("HECD_ETCD_PASSWORD", "s3cret"),
+            ("HECD_LOG", "hecd_init=trace"),
+        ];
+        let c = build_with(&[], &env).unwrap();
+        assert_eq!(c.log_filter, "hecd_init=trace");
+        let r = c.registration.unwrap();
+        assert_eq!(r.api, EtcdApi::V2);
+        assert_eq!(r.prefix, "/svc/web");
+        assert_eq!(r.name.as_deref(), Some("web-1"));
+        assert_eq!(r.port, Some(8080));
+        assert_eq!(
+            r.advertise,
+            Advertise {
+                host: Some("fd00::5".into()),
+                port: Some(9000)
+            }
+        );
+        assert_eq!(r.mode, Mode::Published);
+        assert_eq!(r.host_ip, Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(
+            r.docker,
+            Some(DockerApi::Tcp {
+                host: "proxy".into(),
+                port: 2375
+            })
+        );
+        assert_eq!(r.ttl, Duration::from_secs(30));
+        assert_eq!(r.check, Check::Http("/healthz".into()));
+        assert_eq!(r.check_interval, Duration::from_millis(500));
+        assert_eq!(
+            (r.cacert.as_deref(), r.cert.as_deref(), r.key.as_deref()),
+            (Some("/ca.pem"), Some("/c.pem"), Some("/k.pem"))
+        );
+        let creds = r.credentials.unwrap();
+        assert_eq!(
+            (creds.user.as_str(), creds.password.as_deref()),
+            ("root", Some("s3cret"))
+        );
+        assert!(!format!("{creds:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn advertise_forms() {
+        assert_eq!(
+            reg(&["--advertise", "10.0.0.5"]).advertise,
+            Advertise {
+                host: Some("10.0.0.5".into()),
+                port: None
+            }
+        );
+        assert_eq!(
+            reg(&["--advertise", ":8080"]).advertise,
+            Advertise {
+                host: None,
+                port: Some(8080)
+            }
+        );
+        assert_eq!(
+            reg(&["--advertise", "[fd00::5]"]).advertise,
+            Advertise {
+                host: Some("fd00::5".into()),
+                port: None
+            }
+        );
+        assert_eq!(
+            reg(&["--advertise", "web.local:80"]).advertise,
+            Advertise {
+                host: Some("web.local".into()),
+                port: Some(80)
+            }
+        );
+    }
+
+    #[test]
+    fn prefix_is_normalised() {
+        assert_eq!(reg(&["--prefix", "app/servers/"]).prefix, "/app/servers");
+        assert_eq!(reg(&["--prefix", "/"]).prefix, "");
+    }
+
+    #[test]
+    fn bad_values_name_the_option_and_the_form() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--ttl", "ten"],
+                r#"--ttl: expected whole seconds of at least 1, such as 10s, got "ten""#,
+            ),
+            (
+                &["--ttl", "1.5s"],
+                r#"--ttl: expected whole seconds of at least 1, such as 10s, got "1.5s""#,
+            ),
+            (
+                &["--drain", "-1"],
+                r#"--drain: expected a duration such as 2s, 500ms or 0 (at most 24h), got "-1""#,
+            ),
+            (
+                &["--stop-timeout", "0"],
+                r#"--stop-timeout: expected a positive duration such as 10s, 500ms or 1.5 (at most 24h), got "0""#,
+            ),
+            (
+                &["--check-interval", "2h"],
+                r#"--check-interval: expected a positive duration such as 10s, 500ms or 1.5 (at most 24h), got "2h""#,
+            ),
+            (
+                &["--etcd", "etcd:2379"],
+                r#"--etcd: expected http:// or https:// URLs such as http://etcd:2379, comma-separated, got "etcd:2379""#,
+            ),
+            (
+                &["--etcd", "http://e:99999"],
+                r#"--etcd: expected http:// or https:// URLs such as http://etcd:2379, comma-separated, got "http://e:99999""#,
+            ),
+            (
+                &["--etcd", ","],
+                r#"--etcd: expected http:// or https:// URLs such as http://etcd:2379, comma-separated, got ",""#,
+            ),
+            (
+                &["--etcd-api", "v4"],
+                r#"--etcd-api: expected one of auto, v3, v2, got "v4""#,
+            ),
+            (
+                &["--mode", "host"],
+                r#"--mode: expected one of auto, container, published, got "host""#,
+            ),
+            (
+                &["--port", "0"],
+                r#"--port: expected a port from 1 to 65535, got "0""#,
+            ),
+            (
+                &["--port", "http"],
+                r#"--port: expected a port from 1 to 65535, got "http""#,
+            ),
+            (
+                &["--advertise", "fd00::5"],
+                r#"--advertise: expected an IPv6 host in brackets, such as [fd00::5] or [fd00::5]:8080, got "fd00::5""#,
+            ),
+            (
+                &["--advertise", "h:0"],
+                r#"--advertise: expected a port from 1 to 65535, got "h:0""#,
+            ),
+            (
+                &["--advertise", "a b"],
+                r#"--advertise: expected [HOST][:PORT] such as 10.0.0.5:8080, :8080, or [fd00::5]:8080, got "a b""#,
+            ),
+            (
+                &["--host-ip", "example.com"],
+                r#"--host-ip: expected an IP address such as 192.0.2.10 or fd00::1, got "example.com""#,
+            ),
+            (
+                &["--docker", "/var/run/docker.sock"],
+                r#"--docker: expected unix:///path/to/docker.sock or tcp://HOST:PORT, got "/var/run/docker.sock""#,
+            ),
+            (
+                &["--check", "http:healthz"],
+                r#"--check: expected tcp, none, or http:PATH such as http:/healthz, got "http:healthz""#,
+            ),
+            (
+                &["--name", "a/b"],
+                r#"--name: expected a key segment without '/' or spaces, got "a/b""#,
+            ),
+            (
+                &["--prefix", "/a b"],
+                r#"--prefix: expected a key path such as /app/servers, got "/a b""#,
+            ),
+            (
+                &["--rewrite", "TERM"],
+                r#"--rewrite: expected FROM:TO signals such as TERM:QUIT or 15:3, got "TERM""#,
+            ),
+            (
+                &["--rewrite", "TERM:NOPE"],
+                r#"--rewrite: expected FROM:TO signals such as TERM:QUIT or 15:3, got "TERM:NOPE""#,
+            ),
+            (
+                &["--etcd-cert", "/c.pem"],
+                "--etcd-cert: expected --etcd-cert and --etcd-key together",
+            ),
+            (
+                &["--etcd-user", ":pw"],
+                "--etcd-user: expected USER or USER:PASSWORD",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(err(args), *want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn variables_are_named_in_errors() {
+        let errs =
+            build_with(&[], &[("HECD_TTL", "ten"), ("HECD_SINGLE_CHILD", "maybe")]).unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                r#"HECD_TTL: expected whole seconds of at least 1, such as 10s, got "ten""#,
+                r#"HECD_SINGLE_CHILD: expected true or false (1/0, yes/no, on/off), got "maybe""#,
+            ]
+        );
+    }
+}

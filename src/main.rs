@@ -1,0 +1,77 @@
+//! hecd-init: parse → config → run → exit status, nothing else.
+//!
+//! hecd-init provides its own C `main` (`#![no_main]`) so that the Rust runtime does not change
+//! the signal state before hecd-init records it: std's start-up would ignore SIGPIPE and install
+//! SIGSEGV/SIGBUS handlers, and the app must start with exactly the mask and dispositions
+//! hecd-init was started with. Linux only.
+#![cfg_attr(not(test), no_main)] // unit tests keep the test harness's own main
+#![deny(unsafe_code)]
+
+mod cli;
+mod config;
+mod error;
+mod lifecycle;
+mod logging;
+mod supervisor;
+mod sys;
+
+use std::ffi::OsString;
+use std::io::Write;
+
+use error::status;
+
+/// The process entry point, called by the C runtime with the real argv.
+#[cfg(not(test))]
+#[allow(unsafe_code)] // `no_mangle` exports the symbol; see the module comment for why.
+#[unsafe(no_mangle)]
+extern "C" fn main(argc: std::ffi::c_int, argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
+    // SAFETY: the C runtime passes `argc` valid NUL-terminated strings in `argv`.
+    let args = unsafe { sys::args_from_c(argc, argv) };
+    std::ffi::c_int::from(run(&args))
+}
+
+#[cfg_attr(test, allow(dead_code, reason = "called only from the C main"))]
+fn run(args: &[OsString]) -> u8 {
+    // First, before anything can change it: the signal state the app must inherit.
+    let inherited = match sys::InheritedSignals::capture() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("hecd-init: cannot read the signal mask: {e}");
+            return status::INTERNAL;
+        }
+    };
+    let raw = match cli::parse(args, |name| std::env::var_os(name)) {
+        Ok(cli::Request::Run(raw)) => raw,
+        Ok(cli::Request::Help) => return print_stdout(&cli::help_text()),
+        Ok(cli::Request::Version) => return print_stdout(&cli::version_text()),
+        Err(e) => {
+            eprintln!("hecd-init: {e}");
+            return status::USAGE;
+        }
+    };
+    let extra = config::Extra {
+        password: std::env::var("HECD_ETCD_PASSWORD").ok(),
+        log: std::env::var("HECD_LOG").ok(),
+    };
+    let config = match config::build(raw, extra) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("hecd-init: {e}");
+            }
+            return status::USAGE;
+        }
+    };
+    logging::init(&config.log_filter);
+    supervisor::run(config, &inherited)
+}
+
+#[cfg_attr(test, allow(dead_code, reason = "called only from the C main"))]
+fn print_stdout(text: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    // Without std's runtime nothing flushes stdout at exit, so flush here.
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(_) => status::INTERNAL,
+    }
+}

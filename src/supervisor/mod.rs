@@ -1,0 +1,246 @@
+//! The supervisor: owns the app from spawn to exit. One thread blocks on a signalfd until a
+//! signal arrives or the nearest lifecycle deadline passes (no fixed tick), turns what it reads
+//! into lifecycle events, and carries out the actions `lifecycle::step` returns. It is the only
+//! code that spawns or waits for processes, and it never does network I/O: registration news
+//! will reach it as events, so nothing slow can sit between a signal and its forwarding.
+
+pub mod reap;
+pub mod signals;
+pub mod spawn;
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::SigSet;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::config::Config;
+use crate::error::status;
+use crate::lifecycle::{self, Action, Event, Phase, Settings};
+use crate::sys::{self, InheritedSignals};
+use signals::{Forwarder, Meaning};
+
+/// How long the app's leftover process group gets between SIGTERM and SIGKILL after the app
+/// has exited (and again after SIGKILL before hecd-init stops waiting).
+pub const GROUP_GRACE: Duration = Duration::from_secs(2);
+
+/// Longest wait for deregistration (key delete and lease revoke) on a stop or exit.
+pub const DEREGISTER_BOUND: Duration = Duration::from_secs(2);
+
+struct Supervisor {
+    signals: SignalFd,
+    forwarder: Forwarder,
+    settings: Settings,
+    phase: Phase,
+    /// TTY hand-off signals still to be dropped once each.
+    ignore_once: Vec<i32>,
+}
+
+/// Runs the app under supervision and returns hecd-init's exit status.
+pub fn run(config: Config, inherited: &InheritedSignals) -> u8 {
+    let signals = match setup_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot set up signal handling: {e}");
+            return status::INTERNAL;
+        }
+    };
+    if std::process::id() != 1 {
+        // As PID 1 the kernel already re-parents orphans to us; otherwise ask for them.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            log::warn!(
+                "cannot become a child subreaper ({e}); orphans of the app will not be reaped here"
+            );
+        }
+    }
+    if config.registration.is_some() {
+        log::warn!("registration in etcd is not available in this build; running as a pure init");
+    }
+    let tty = spawn::hand_off_tty();
+    let pid = match spawn::spawn(&config.command, inherited, tty.take_tty) {
+        Ok(pid) => pid,
+        Err(e) => {
+            log::error!("{e}");
+            return e.status();
+        }
+    };
+    log::info!(
+        "started {:?} as pid {pid}",
+        config.command.join(std::ffi::OsStr::new(" "))
+    );
+    // Hold no directory busy: the app keeps the working directory it was started in.
+    if let Err(e) = nix::unistd::chdir("/") {
+        log::debug!("cannot change directory to /: {e}");
+    }
+    let mut sup = Supervisor {
+        signals,
+        forwarder: Forwarder {
+            pid,
+            single_child: config.single_child,
+            rewrites: config.rewrites,
+        },
+        settings: Settings {
+            // Registration arrives with its own issue; until then nothing is registered.
+            registering: false,
+            drain: config.drain,
+            stop_timeout: config.stop_timeout,
+            single_child: config.single_child,
+            deregister_bound: DEREGISTER_BOUND,
+            group_grace: GROUP_GRACE,
+        },
+        phase: lifecycle::start(),
+        ignore_once: tty.ignore_once,
+    };
+    sup.run_loop()
+}
+
+/// Blocks every catchable signal and opens the signalfd that reads them. Must run before any
+/// thread starts so every thread inherits the mask.
+fn setup_signals() -> std::io::Result<SignalFd> {
+    sys::make_sigchld_default()?;
+    sys::block_all_signals()?;
+    Ok(SignalFd::with_flags(
+        &SigSet::all(),
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )?)
+}
+
+impl Supervisor {
+    fn run_loop(&mut self) -> u8 {
+        loop {
+            self.wait(lifecycle::deadline(&self.phase));
+            for event in self.read_signals() {
+                self.apply(event);
+            }
+            if matches!(
+                self.phase,
+                Phase::Exiting {
+                    group_empty: false,
+                    ..
+                }
+            ) && !self.group_alive()
+            {
+                self.apply(Event::GroupEmpty);
+            }
+            self.apply(Event::Tick);
+            if let Phase::Done(ended) = self.phase {
+                return reap::exit_status(ended);
+            }
+        }
+    }
+
+    /// Sleeps until the signalfd is readable or `deadline` passes.
+    fn wait(&self, deadline: Option<Instant>) {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so we never wake a hair before the deadline and spin.
+                let ms = left
+                    .as_millis()
+                    .saturating_add(u128::from(left.subsec_nanos() % 1_000_000 != 0));
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, timeout) {
+            // EINTR cannot happen with every signal blocked, but would only mean "look again".
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => log::warn!("poll failed: {e}"),
+        }
+    }
+
+    /// Reads every pending signal, forwarding or reaping at once, and returns the lifecycle
+    /// events they make, in arrival order.
+    fn read_signals(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            let sig = match self.signals.read_signal() {
+                Ok(Some(info)) => info.ssi_signo as i32,
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("reading the signalfd failed: {e}");
+                    break;
+                }
+            };
+            if let Some(i) = self.ignore_once.iter().position(|s| *s == sig) {
+                self.ignore_once.remove(i);
+                log::debug!(
+                    "dropping SIG{} from the terminal hand-off",
+                    signals::name(sig)
+                );
+                continue;
+            }
+            log::debug!("received SIG{}", signals::name(sig));
+            match signals::meaning(sig) {
+                Meaning::Reap => {
+                    if let Some(ended) = reap::reap_all(self.forwarder.pid) {
+                        events.push(Event::AppExited(ended));
+                    }
+                }
+                Meaning::Stop => events.push(Event::StopSignal(sig)),
+                Meaning::Suspend => {
+                    self.forwarder.forward(sig);
+                    // Job control as in dumb-init: stop ourselves too, so the shell that
+                    // started us sees the job as stopped; SIGCONT resumes and is passed on.
+                    if let Err(e) = sys::stop_self() {
+                        log::warn!("cannot stop on SIG{}: {e}", signals::name(sig));
+                    }
+                }
+                Meaning::Forward => self.forwarder.forward(sig),
+            }
+        }
+        events
+    }
+
+    fn apply(&mut self, event: Event) {
+        for action in lifecycle::step(&mut self.phase, event, Instant::now(), &self.settings) {
+            self.perform(action);
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::PassOn(sig) => {
+                log::info!(
+                    "passing SIG{} on to the app",
+                    signals::name(self.forwarder.rewrites.map(sig))
+                );
+                self.forwarder.forward(sig);
+            }
+            Action::KillApp => {
+                log::warn!("app still running after --stop-timeout; sending SIGKILL");
+                self.forwarder.kill_app();
+            }
+            Action::TermGroup => self.signal_leftovers(libc::SIGTERM),
+            Action::KillGroup => self.signal_leftovers(libc::SIGKILL),
+            // No registrar runs in this build (Settings::registering is false), so the
+            // lifecycle never asks for this.
+            Action::Deregister(_) => {}
+        }
+    }
+
+    fn signal_leftovers(&self, sig: i32) {
+        match self.forwarder.signal_group(sig) {
+            Ok(true) => log::debug!(
+                "sent SIG{} to what is left of process group {}",
+                signals::name(sig),
+                self.forwarder.pid
+            ),
+            // ESRCH: nothing is left of the group.
+            Ok(false) => {}
+            Err(e) => log::warn!("cannot signal process group {}: {e}", self.forwarder.pid),
+        }
+    }
+
+    fn group_alive(&self) -> bool {
+        match sys::group_exists(self.forwarder.pid) {
+            Ok(alive) => alive,
+            Err(e) => {
+                log::warn!("cannot check process group {}: {e}", self.forwarder.pid);
+                false
+            }
+        }
+    }
+}

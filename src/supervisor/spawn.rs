@@ -1,0 +1,86 @@
+//! Starting the app: its own session and process group, the terminal handed over when stdin is
+//! one, the signal state hecd-init inherited, and exec failures mapped to 126/127. Only the
+//! supervisor calls this; nothing here waits for the child (reaping is `reap`'s job).
+
+use std::ffi::OsString;
+use std::fmt;
+use std::process::Command;
+
+use nix::errno::Errno;
+
+use crate::error::status;
+use crate::sys::{self, InheritedSignals};
+
+/// The command could not be started.
+#[derive(Debug)]
+pub struct SpawnError {
+    program: OsString,
+    errno: Errno,
+}
+
+impl SpawnError {
+    /// 127 when the command does not exist, 126 when it exists but cannot be executed
+    /// (the shell convention tini and dumb-init follow).
+    pub fn status(&self) -> u8 {
+        match self.errno {
+            Errno::ENOENT | Errno::ENOTDIR => status::NOT_FOUND,
+            _ => status::CANNOT_EXECUTE,
+        }
+    }
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot run {:?}: {}", self.program, self.errno.desc())
+    }
+}
+
+/// What the terminal hand-off means for the signal loop.
+#[derive(Debug, Default)]
+pub struct TtyHandoff {
+    /// The child should take stdin as its controlling terminal.
+    pub take_tty: bool,
+    /// Signals the kernel sent us for giving the terminal up, to drop once each (dumb-init #136:
+    /// passing that SIGHUP on would hang the app up just after it starts).
+    pub ignore_once: Vec<i32>,
+}
+
+/// Gives up hecd-init's controlling terminal, if stdin is one, so the app's session can own it
+/// and run with working job control (`docker run -it ... bash`).
+pub fn hand_off_tty() -> TtyHandoff {
+    if !sys::stdin_is_tty() {
+        return TtyHandoff::default();
+    }
+    let leader = nix::unistd::getsid(None).ok() == Some(nix::unistd::getpid());
+    let released = sys::release_controlling_tty();
+    log::debug!("stdin is a terminal: released={released}, session leader={leader}");
+    TtyHandoff {
+        take_tty: true,
+        ignore_once: if released && leader {
+            vec![libc::SIGHUP, libc::SIGCONT]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Starts the app and returns its pid (also its process group and session id).
+pub fn spawn(
+    command: &[OsString],
+    inherited: &InheritedSignals,
+    take_tty: bool,
+) -> Result<i32, SpawnError> {
+    let program = command.first().cloned().unwrap_or_default();
+    let mut cmd = Command::new(&program);
+    cmd.args(command.iter().skip(1));
+    sys::prepare_child(&mut cmd, inherited, take_tty);
+    let child = cmd.spawn().map_err(|e| SpawnError {
+        program,
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    // The Child handle is dropped without waiting: the supervisor reaps with waitpid(-1).
+    i32::try_from(child.id()).map_err(|_| SpawnError {
+        program: command.first().cloned().unwrap_or_default(),
+        errno: Errno::EOVERFLOW,
+    })
+}

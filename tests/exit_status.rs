@@ -1,0 +1,147 @@
+//! Exit statuses: the app's code, 128+N for signal deaths, 126/127 for exec failures, 2 for
+//! usage errors (with the option named), and never a panic.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{TempDir, start};
+
+fn exit_of(args: &[&str]) -> (i32, String) {
+    let mut h = start(args);
+    let code = h.expect_exit();
+    let err = h.stderr_final();
+    assert!(!err.contains("panicked"), "hecd-init panicked:\n{err}");
+    (code, err)
+}
+
+#[test]
+fn passes_the_app_exit_code_through() {
+    for code in [0, 1, 3, 42, 255] {
+        let script = format!("exit {code}");
+        assert_eq!(exit_of(&["--", "sh", "-c", &script]).0, code, "exit {code}");
+    }
+}
+
+#[test]
+fn signal_deaths_become_128_plus_n() {
+    assert_eq!(exit_of(&["sh", "-c", "kill -TERM $$"]).0, 143);
+    assert_eq!(exit_of(&["sh", "-c", "kill -KILL $$"]).0, 137);
+    assert_eq!(exit_of(&["sh", "-c", "kill -SEGV $$"]).0, 139);
+    // A real-time signal (SIGRTMAX = 64) decodes too.
+    assert_eq!(exit_of(&["sh", "-c", "kill -64 $$"]).0, 128 + 64);
+}
+
+#[test]
+fn command_not_found_is_127() {
+    let (code, err) = exit_of(&["--", "/no/such/program"]);
+    assert_eq!(code, 127);
+    assert!(
+        err.contains(r#"cannot run "/no/such/program": No such file or directory"#),
+        "{err}"
+    );
+    assert_eq!(exit_of(&["no-such-program-in-path"]).0, 127);
+}
+
+#[test]
+fn command_not_executable_is_126() {
+    let dir = TempDir::new("exec");
+    let file = dir.0.join("not-executable");
+    std::fs::write(&file, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = exit_of(&[file.to_str().unwrap()]);
+    assert_eq!(code, 126);
+    assert!(err.contains("Permission denied"), "{err}");
+    // A directory cannot be executed either.
+    assert_eq!(exit_of(&[dir.0.to_str().unwrap()]).0, 126);
+}
+
+#[test]
+fn usage_errors_exit_2_naming_the_option() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--ttl", "ten", "true"],
+            r#"hecd-init: --ttl: expected whole seconds of at least 1, such as 10s, got "ten""#,
+        ),
+        (
+            &["--bogus", "true"],
+            "hecd-init: --bogus: unknown option (see --help)",
+        ),
+        (
+            &["--rewrite", "TERM", "true"],
+            r#"hecd-init: --rewrite: expected FROM:TO signals such as TERM:QUIT or 15:3, got "TERM""#,
+        ),
+        (
+            &["--stop-timeout"],
+            "hecd-init: --stop-timeout: expected DURATION",
+        ),
+        (
+            &[],
+            "hecd-init: COMMAND: missing; usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...] (see --help)",
+        ),
+        (
+            &["--"],
+            "hecd-init: COMMAND: missing; usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...] (see --help)",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, err) = exit_of(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim_end(), *want, "{args:?}");
+    }
+}
+
+#[test]
+fn bad_variable_exits_2_naming_the_variable() {
+    let mut cmd = std::process::Command::new(common::hecd_init());
+    cmd.args(["true"]);
+    let mut h = common::start_command({
+        let mut c = cmd;
+        c.env("HECD_DRAIN", "soon");
+        c
+    });
+    assert_eq!(h.expect_exit(), 2);
+    assert_eq!(
+        h.stderr_final().trim_end(),
+        r#"hecd-init: HECD_DRAIN: expected a duration such as 2s, 500ms or 0 (at most 24h), got "soon""#
+    );
+}
+
+#[test]
+fn several_bad_values_are_all_reported() {
+    let (code, err) = exit_of(&["--ttl", "x", "--mode", "y", "true"]);
+    assert_eq!(code, 2);
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert!(err.contains("--ttl:") && err.contains("--mode:"), "{err}");
+}
+
+#[test]
+fn help_and_version() {
+    let out = std::process::Command::new(common::hecd_init())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "--etcd",
+        "HECD_ETCD",
+        "--stop-timeout",
+        "--rewrite",
+        "--single-child",
+        "Exit status",
+        "ENTRYPOINT",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}");
+    }
+    let out = std::process::Command::new(common::hecd_init())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("hecd-init ")
+    );
+}
