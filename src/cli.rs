@@ -503,6 +503,28 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_option_and_variable() {
+        let readme = include_str!("../README.md");
+        for o in OPTIONS {
+            assert!(
+                readme.contains(&format!("`--{}", o.long)),
+                "README lacks --{}",
+                o.long
+            );
+            if o.env {
+                assert!(
+                    readme.contains(&format!("`{}`", env_name(o.long))),
+                    "README lacks {}",
+                    env_name(o.long)
+                );
+            }
+        }
+        for status in ["126", "127", "128 + N", "| 2 |", "| 1 |"] {
+            assert!(readme.contains(status), "README lacks exit status {status}");
+        }
+    }
+
+    #[test]
     fn help_and_version_win() {
         assert!(matches!(
             parse(&os(&["--help"]), |_| None),
