@@ -57,6 +57,16 @@ pub enum Check {
     None,
 }
 
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Check::Tcp => write!(f, "tcp"),
+            Check::Http(path) => write!(f, "http:{path}"),
+            Check::None => write!(f, "none"),
+        }
+    }
+}
+
 /// One etcd client endpoint, e.g. `http://10.0.0.1:2379`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -232,6 +242,15 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
         )));
     }
 
+    let log = log.filter(|l| !l.trim().is_empty());
+    if let Some(filter) = &log
+        && let Err(e) = crate::logging::check_filter(filter)
+    {
+        errors.take(Err::<(), _>(UsageError::new(
+            "HECD_LOG",
+            format!("expected an env_logger filter such as info or hecd_init=debug: {e}"),
+        )));
+    }
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
@@ -260,7 +279,7 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     } else {
         Duration::ZERO
     };
-    let log_filter = match (verbose.unwrap_or(0), log.filter(|l| !l.trim().is_empty())) {
+    let log_filter = match (verbose.unwrap_or(0), log) {
         (0, Some(filter)) => filter,
         (0, None) => "info".into(),
         (1, _) => "debug".into(),

@@ -64,13 +64,6 @@ pub enum Event {
     /// No process of the app's group is left (checked after the app exited).
     GroupEmpty,
     /// The registrar reports the key as present (true) or absent (false).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "sent by the registrar, which lands with the registration issue"
-        )
-    )]
     Registration(bool),
     /// The registrar finished deleting the key and revoking the lease (or gave up).
     Deregistered,

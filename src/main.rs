@@ -7,11 +7,16 @@
 #![cfg_attr(not(test), no_main)] // unit tests keep the test harness's own main
 #![deny(unsafe_code)]
 
+mod check;
 mod cli;
 mod config;
+mod discovery;
 mod error;
+mod etcd;
+mod http;
 mod lifecycle;
 mod logging;
+mod registrar;
 mod supervisor;
 mod sys;
 
@@ -62,8 +67,19 @@ fn run(args: &[OsString]) -> u8 {
             return status::USAGE;
         }
     };
+    let plan = match config.registration.clone().map(registrar::plan).transpose() {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("hecd-init: {e}");
+            return status::USAGE;
+        }
+    };
     logging::init(&config.log_filter);
-    supervisor::run(config, &inherited)
+    // Release builds abort on panic (Cargo.toml): say so in one line the operator can find.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("hecd-init: error: internal error, please report: {info}");
+    }));
+    supervisor::run(config, &inherited, plan)
 }
 
 #[cfg_attr(test, allow(dead_code, reason = "called only from the C main"))]

@@ -8,6 +8,7 @@ pub mod reap;
 pub mod signals;
 pub mod spawn;
 
+use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::config::Config;
 use crate::error::status;
 use crate::lifecycle::{self, Action, Event, Phase, Settings};
+use crate::registrar::{self, News, Plan};
 use crate::sys::{self, InheritedSignals};
 use signals::{Forwarder, Meaning};
 
@@ -35,10 +37,14 @@ struct Supervisor {
     phase: Phase,
     /// TTY hand-off signals still to be dropped once each.
     ignore_once: Vec<i32>,
+    /// The registration thread, while it runs.
+    registrar: Option<registrar::Handle>,
+    /// Events made by carrying out actions, handled before waiting again.
+    pending: VecDeque<Event>,
 }
 
 /// Runs the app under supervision and returns hecd-init's exit status.
-pub fn run(config: Config, inherited: &InheritedSignals) -> u8 {
+pub fn run(config: Config, inherited: &InheritedSignals, plan: Option<Plan>) -> u8 {
     let signals = match setup_signals() {
         Ok(s) => s,
         Err(e) => {
@@ -53,9 +59,6 @@ pub fn run(config: Config, inherited: &InheritedSignals) -> u8 {
                 "cannot become a child subreaper ({e}); orphans of the app will not be reaped here"
             );
         }
-    }
-    if config.registration.is_some() {
-        log::warn!("registration in etcd is not available in this build; running as a pure init");
     }
     let tty = spawn::hand_off_tty();
     let pid = match spawn::spawn(&config.command, inherited, tty.take_tty) {
@@ -73,6 +76,15 @@ pub fn run(config: Config, inherited: &InheritedSignals) -> u8 {
     if let Err(e) = nix::unistd::chdir("/") {
         log::debug!("cannot change directory to /: {e}");
     }
+    // Started after the app, so nothing network-related delays it; after the signal mask,
+    // so the thread inherits it and every signal still comes to the signalfd.
+    let registrar = plan.and_then(|plan| match registrar::start(plan) {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            log::error!("cannot start the registrar thread ({e}); running as a plain init");
+            None
+        }
+    });
     let mut sup = Supervisor {
         signals,
         forwarder: Forwarder {
@@ -81,8 +93,7 @@ pub fn run(config: Config, inherited: &InheritedSignals) -> u8 {
             rewrites: config.rewrites,
         },
         settings: Settings {
-            // Registration arrives with its own issue; until then nothing is registered.
-            registering: false,
+            registering: registrar.is_some(),
             drain: config.drain,
             stop_timeout: config.stop_timeout,
             single_child: config.single_child,
@@ -91,6 +102,8 @@ pub fn run(config: Config, inherited: &InheritedSignals) -> u8 {
         },
         phase: lifecycle::start(),
         ignore_once: tty.ignore_once,
+        registrar,
+        pending: VecDeque::new(),
     };
     sup.run_loop()
 }
@@ -111,6 +124,12 @@ impl Supervisor {
         loop {
             self.wait(lifecycle::deadline(&self.phase));
             for event in self.read_signals() {
+                self.apply(event);
+            }
+            for event in self.read_news() {
+                self.apply(event);
+            }
+            while let Some(event) = self.pending.pop_front() {
                 self.apply(event);
             }
             if matches!(
@@ -143,7 +162,10 @@ impl Supervisor {
                 PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(r) = &self.registrar {
+            fds.push(PollFd::new(r.wake_fd(), PollFlags::POLLIN));
+        }
         match nix::poll::poll(&mut fds, timeout) {
             // EINTR cannot happen with every signal blocked, but would only mean "look again".
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -194,6 +216,30 @@ impl Supervisor {
         events
     }
 
+    /// Turns the registrar's news into lifecycle events; notices when it has ended.
+    fn read_news(&mut self) -> Vec<Event> {
+        let Some(r) = &self.registrar else {
+            return Vec::new();
+        };
+        let (news, alive) = r.take_news();
+        let mut events: Vec<Event> = news
+            .into_iter()
+            .map(|n| match n {
+                News::Registered(present) => Event::Registration(present),
+                News::Deregistered => Event::Deregistered,
+            })
+            .collect();
+        if events.contains(&Event::Deregistered) {
+            // Its last word: the thread ends now, and nothing more will come.
+            self.registrar = None;
+        } else if !alive {
+            log::error!("the registrar stopped unexpectedly; continuing as a plain init");
+            events.push(Event::Deregistered);
+            self.registrar = None;
+        }
+        events
+    }
+
     fn apply(&mut self, event: Event) {
         for action in lifecycle::step(&mut self.phase, event, Instant::now(), &self.settings) {
             self.perform(action);
@@ -215,9 +261,16 @@ impl Supervisor {
             }
             Action::TermGroup => self.signal_leftovers(libc::SIGTERM),
             Action::KillGroup => self.signal_leftovers(libc::SIGKILL),
-            // No registrar runs in this build (Settings::registering is false), so the
-            // lifecycle never asks for this.
-            Action::Deregister(_) => {}
+            Action::Deregister(deadline) => {
+                let asked = self
+                    .registrar
+                    .as_ref()
+                    .is_some_and(|r| r.deregister(deadline));
+                if !asked {
+                    // No registrar (any more): nothing is registered, so nothing to wait for.
+                    self.pending.push_back(Event::Deregistered);
+                }
+            }
         }
     }
 

@@ -377,3 +377,45 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+pub mod etcd;
+
+/// The key of a test app registered under the default prefix.
+pub fn key(name: &str) -> String {
+    format!("/app/servers/{name}")
+}
+
+/// Starts hecd-init registering a tiny_server app named `name` in `etcd_urls` (advertised as
+/// 127.0.0.1:PORT), with `args` before `--`. Returns once the app listens.
+pub fn start_registered(etcd_urls: &str, name: &str, args: &[&str]) -> (Hecd, u16) {
+    let port = etcd::free_port();
+    let advertise = format!("127.0.0.1:{port}");
+    let server = example("tiny_server");
+    let mut all: Vec<String> = vec![
+        "--etcd".into(),
+        etcd_urls.into(),
+        "--name".into(),
+        name.into(),
+    ];
+    all.extend(["--advertise".into(), advertise]);
+    all.extend(args.iter().map(|s| s.to_string()));
+    all.extend([
+        "--".into(),
+        server.to_string_lossy().into_owned(),
+        port.to_string(),
+        name.into(),
+    ]);
+    let mut h = start(&all);
+    let line = h.expect_line("listening");
+    assert!(line.starts_with("listening "), "{line}");
+    h.app_pid();
+    (h, port)
+}
+
+/// Milliseconds since the epoch (to compare with tiny_server's `signal N at MS` lines).
+pub fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}

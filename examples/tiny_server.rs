@@ -1,0 +1,73 @@
+//! Test app: a tiny HTTP server. `tiny_server PORT [NAME] [UNHEALTHY_FILE]` listens on
+//! 127.0.0.1:PORT (PORT 0: any free port), prints `listening <port> <pid>`, answers every
+//! request with `200 NAME`, except `/healthz` with 503 while UNHEALTHY_FILE exists. It prints
+//! `signal <n> at <unix ms>` for every signal and exits 0 on SIGTERM or SIGINT, so tests can
+//! compare when the app was signalled with when its key left etcd. SIGUSR1 makes it "crash"
+//! with exit status 3.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+use nix::sys::signalfd::SignalFd;
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let port: u16 = args
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("usage: tiny_server PORT [NAME] [UNHEALTHY_FILE]");
+    let name = args.next().unwrap_or_else(|| "tiny".into());
+    let unhealthy = args.next();
+
+    let all = SigSet::all();
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None).expect("block signals");
+    let signals = SignalFd::new(&all).expect("signalfd");
+    std::thread::spawn(move || {
+        loop {
+            if let Ok(Some(info)) = signals.read_signal() {
+                let sig = info.ssi_signo as i32;
+                println!("signal {sig} at {}", now_ms());
+                if sig == libc::SIGTERM || sig == libc::SIGINT {
+                    std::process::exit(0);
+                }
+                if sig == libc::SIGUSR1 {
+                    std::process::exit(3);
+                }
+            }
+        }
+    });
+
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let port = listener.local_addr().expect("local_addr").port();
+    println!("listening {port} {}", std::process::id());
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut buf = [0u8; 2048];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        let request = String::from_utf8_lossy(&buf[..n]);
+        let path = request.split_whitespace().nth(1).unwrap_or("/");
+        let sick = path == "/healthz"
+            && unhealthy
+                .as_deref()
+                .is_some_and(|f| std::path::Path::new(f).exists());
+        let (status, body) = if sick {
+            ("503 Service Unavailable", "sick\n".to_string())
+        } else {
+            ("200 OK", format!("{name}\n"))
+        };
+        let reply = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(reply.as_bytes());
+    }
+}

@@ -1,0 +1,30 @@
+//! The readiness and liveness check: `tcp` connects to the app's port, `http:PATH` expects a
+//! 2xx or 3xx answer to `GET PATH`, `none` always passes. Each probe has a timeout, so a hung
+//! app costs the registrar at most that long. Runs on the registrar thread, never the
+//! supervisor's.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::config::Check;
+use crate::http::{Http, Method};
+
+/// Runs one probe against the app on `port` (on the loopback address, from inside the
+/// container). `Err` says what failed.
+pub fn probe(check: &Check, http: &Http, port: u16, timeout: Duration) -> Result<(), String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    match check {
+        Check::None => Ok(()),
+        Check::Tcp => TcpStream::connect_timeout(&addr, timeout)
+            .map(drop)
+            .map_err(|e| format!("tcp {addr}: {e}")),
+        Check::Http(path) => {
+            let url = format!("http://{addr}{path}");
+            match http.request(Method::Get, &url, &[], None, timeout) {
+                Ok(r) if (200..400).contains(&r.status) => Ok(()),
+                Ok(r) => Err(format!("GET {url}: HTTP {}", r.status)),
+                Err(e) => Err(format!("GET {url}: {e}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! The etcd client the registrar uses: endpoints tried in turn (starting from the last one
+//! that answered), the API chosen (`--etcd-api`, or `/version` for auto), v3 auth tokens
+//! fetched and renewed, and the three operations registration needs — register, keep alive,
+//! deregister — each bounded by a deadline. Capped exponential backoff with jitter lives here
+//! too. Blocking I/O: only the registrar thread calls it.
+
+pub mod v2;
+pub mod v3;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::config::{Credentials, Endpoint, EtcdApi};
+use crate::http::{Http, Method, Reply};
+
+/// What an answer from one endpoint means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// v3: the lease expired, was revoked, or etcd lost it (restart with an empty data dir).
+    LeaseGone,
+    /// v2: the key to refresh has expired.
+    KeyGone,
+    /// v3: the auth token expired or is unknown; authenticate again.
+    BadToken(String),
+    /// The member cannot serve now (no leader, shutting down): try another endpoint.
+    Unavailable(String),
+    /// etcd refused the request (permissions, bad request).
+    Rejected(String),
+    /// The answer was not what etcd sends.
+    Malformed(String),
+}
+
+/// Why an operation failed, with the endpoint(s) and causes, ready to log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EtcdError {
+    /// The lease (v3) or key (v2) is gone: register again.
+    Gone,
+    /// No endpoint could be used; one `endpoint: cause` per endpoint tried.
+    Unreachable(Vec<String>),
+    /// An endpoint answered with an error that retrying elsewhere will not fix.
+    Failed { endpoint: String, cause: String },
+    /// The deadline passed before any endpoint answered.
+    OutOfTime,
+}
+
+impl fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EtcdError::Gone => write!(f, "the lease is gone"),
+            EtcdError::Unreachable(causes) => {
+                write!(f, "no endpoint answered: {}", causes.join("; "))
+            }
+            EtcdError::Failed { endpoint, cause } => write!(f, "{endpoint}: {cause}"),
+            EtcdError::OutOfTime => write!(f, "out of time"),
+        }
+    }
+}
+
+/// The resolved API of the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// v3 JSON gateway under this path prefix.
+    V3(&'static str),
+    V2,
+}
+
+/// What keeps a registration alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    V3(i64),
+    /// v2 keys carry their own TTL.
+    V2,
+}
+
+impl fmt::Display for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lease::V3(id) => write!(f, "lease {id:x}"),
+            Lease::V2 => write!(f, "v2 ttl"),
+        }
+    }
+}
+
+/// Picks the API from a `/version` answer: v3 (with its gateway prefix) on etcd 3.x, else v2.
+pub fn api_from_version(body: &str) -> Result<Api, Fault> {
+    let v: Value = serde_json::from_str(body)
+        .map_err(|e| Fault::Malformed(format!("/version is not JSON ({e})")))?;
+    let server = v
+        .get("etcdserver")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Fault::Malformed("/version without etcdserver".into()))?;
+    let mut parts = server.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(3), Some(minor)) if minor >= 4 => Ok(Api::V3("/v3")),
+        (Some(3), Some(3)) => Ok(Api::V3("/v3beta")),
+        (Some(3), Some(_)) => Ok(Api::V3("/v3alpha")),
+        (Some(major), _) if major > 3 => Ok(Api::V3("/v3")),
+        (Some(2), _) => Ok(Api::V2),
+        _ => Err(Fault::Malformed(format!("unknown etcd version {server:?}"))),
+    }
+}
+
+/// Capped exponential backoff with jitter: each delay is drawn from the upper half of an
+/// exponentially growing window, so many instances restarting together spread out.
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration, seed: u64) -> Self {
+        Self {
+            base,
+            cap,
+            attempt: 0,
+            seed: seed | 1,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let window = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        // xorshift64: jitter needs no cryptographic randomness.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let fraction = 0.5 + (self.seed % 1000) as f64 / 2000.0;
+        window.mul_f64(fraction)
+    }
+
+    /// Back to the first delay after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Longest single request; a deadline further away is cut to this, so one slow member cannot
+/// use up the whole budget meant for trying the others.
+const REQUEST_CAP: Duration = Duration::from_secs(5);
+
+/// The client.
+pub struct Client {
+    http: Http,
+    endpoints: Vec<String>,
+    current: usize,
+    wanted: EtcdApi,
+    api: Option<Api>,
+    credentials: Option<Credentials>,
+    token: Option<String>,
+}
+
+/// `http://host:port` for an endpoint, IPv6 in brackets.
+pub fn base_url(e: &Endpoint) -> String {
+    let scheme = if e.tls { "https" } else { "http" };
+    if e.host.contains(':') {
+        format!("{scheme}://[{}]:{}", e.host, e.port)
+    } else {
+        format!("{scheme}://{}:{}", e.host, e.port)
+    }
+}
+
+/// What one attempt at one endpoint gave.
+enum Attempt<T> {
+    Done(T),
+    /// Try the next endpoint.
+    Next(String),
+    /// Stop: the answer holds for the whole cluster.
+    Stop(EtcdError),
+}
+
+impl Client {
+    pub fn new(
+        http: Http,
+        endpoints: &[Endpoint],
+        api: EtcdApi,
+        credentials: Option<Credentials>,
+    ) -> Self {
+        Self {
+            http,
+            endpoints: endpoints.iter().map(base_url).collect(),
+            current: 0,
+            wanted: api,
+            api: match api {
+                EtcdApi::V3 => Some(Api::V3("/v3")),
+                EtcdApi::V2 => Some(Api::V2),
+                EtcdApi::Auto => None,
+            },
+            credentials,
+            token: None,
+        }
+    }
+
+    /// Grants a lease and puts `key = value` under it (v3), or sets the key with a TTL (v2).
+    pub fn register(
+        &mut self,
+        key: &str,
+        value: &str,
+        ttl: u64,
+        deadline: Instant,
+    ) -> Result<Lease, EtcdError> {
+        self.each_endpoint(deadline, |c, base, t| match c.api {
+            Some(Api::V3(prefix)) => {
+                let lease =
+                    match c.v3_call(base, prefix, v3::GRANT, &v3::grant(ttl), t, v3::parse_grant) {
+                        Attempt::Done(id) => id,
+                        Attempt::Next(e) => return Attempt::Next(e),
+                        Attempt::Stop(e) => return Attempt::Stop(e),
+                    };
+                match c.v3_call(
+                    base,
+                    prefix,
+                    v3::PUT,
+                    &v3::put(key, value, lease),
+                    t,
+                    v3::parse_done,
+                ) {
+                    Attempt::Done(()) => Attempt::Done(Lease::V3(lease)),
+                    Attempt::Next(e) => Attempt::Next(e),
+                    Attempt::Stop(e) => Attempt::Stop(e),
+                }
+            }
+            _ => c
+                .v2_call(base, Method::Put, key, Some(&v2::set(value, ttl)), t, false)
+                .map(|()| Lease::V2),
+        })
+    }
+
+    /// Renews the lease (v3) or the key's TTL (v2). [`EtcdError::Gone`] means register again.
+    pub fn keepalive(
+        &mut self,
+        lease: Lease,
+        key: &str,
+        ttl: u64,
+        deadline: Instant,
+    ) -> Result<(), EtcdError> {
+        self.each_endpoint(deadline, |c, base, t| match (lease, c.api) {
+            (Lease::V3(id), Some(Api::V3(prefix))) => {
+                match c.v3_call(
+                    base,
+                    prefix,
+                    v3::KEEPALIVE,
+                    &v3::lease_id(id),
+                    t,
+                    v3::parse_keepalive,
+                ) {
+                    Attempt::Done(_) => Attempt::Done(()),
+                    Attempt::Next(e) => Attempt::Next(e),
+                    Attempt::Stop(e) => Attempt::Stop(e),
+                }
+            }
+            _ => c.v2_call(base, Method::Put, key, Some(&v2::refresh(ttl)), t, false),
+        })
+    }
+
+    /// Deletes the key and revokes the lease. A key or lease already gone counts as done.
+    pub fn deregister(
+        &mut self,
+        lease: Lease,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<(), EtcdError> {
+        self.each_endpoint(deadline, |c, base, t| match (lease, c.api) {
+            (Lease::V3(id), Some(Api::V3(prefix))) => {
+                match c.v3_call(
+                    base,
+                    prefix,
+                    v3::DELETE,
+                    &v3::delete(key),
+                    t,
+                    v3::parse_done,
+                ) {
+                    Attempt::Done(()) => {}
+                    other => return other,
+                }
+                match c.v3_call(
+                    base,
+                    prefix,
+                    v3::REVOKE,
+                    &v3::lease_id(id),
+                    t,
+                    v3::parse_done,
+                ) {
+                    Attempt::Stop(EtcdError::Gone) => Attempt::Done(()),
+                    other => other,
+                }
+            }
+            _ => c.v2_call(base, Method::Delete, key, None, t, true),
+        })
+    }
+
+    /// Runs `op` against each endpoint in turn, starting with the last one that answered,
+    /// until one gives an answer that holds for the cluster or the deadline passes.
+    fn each_endpoint<T>(
+        &mut self,
+        deadline: Instant,
+        mut op: impl FnMut(&mut Self, &str, Duration) -> Attempt<T>,
+    ) -> Result<T, EtcdError> {
+        let mut causes = Vec::new();
+        for i in 0..self.endpoints.len() {
+            let index = (self.current + i) % self.endpoints.len();
+            let base = self.endpoints[index].clone();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(if causes.is_empty() {
+                    EtcdError::OutOfTime
+                } else {
+                    EtcdError::Unreachable(causes)
+                });
+            }
+            // Leave the other endpoints a share of the time.
+            let share = left / u32::try_from(self.endpoints.len() - i).unwrap_or(1);
+            let timeout = share
+                .max(left.min(Duration::from_millis(500)))
+                .min(REQUEST_CAP);
+            if self.api.is_none() {
+                match self.detect_api(&base, timeout) {
+                    Ok(api) => {
+                        log::info!(
+                            "{base}: using the etcd {} API",
+                            if api == Api::V2 { "v2" } else { "v3" }
+                        );
+                        self.api = Some(api);
+                    }
+                    Err(cause) => {
+                        causes.push(format!("{base}: {cause}"));
+                        continue;
+                    }
+                }
+            }
+            match op(self, &base, timeout) {
+                Attempt::Done(v) => {
+                    self.current = index;
+                    return Ok(v);
+                }
+                Attempt::Stop(e) => {
+                    self.current = index;
+                    return Err(e);
+                }
+                Attempt::Next(cause) => causes.push(format!("{base}: {cause}")),
+            }
+        }
+        Err(EtcdError::Unreachable(causes))
+    }
+
+    fn detect_api(&self, base: &str, timeout: Duration) -> Result<Api, String> {
+        debug_assert_eq!(self.wanted, EtcdApi::Auto);
+        let reply = self
+            .http
+            .request(Method::Get, &format!("{base}/version"), &[], None, timeout)
+            .map_err(|e| e.to_string())?;
+        if reply.status != 200 {
+            return Err(format!("/version answered HTTP {}", reply.status));
+        }
+        api_from_version(&reply.body).map_err(|f| format!("{f:?}"))
+    }
+
+    /// One v3 call, authenticating first (and once more on a rejected token) when a user is set.
+    fn v3_call<T>(
+        &mut self,
+        base: &str,
+        prefix: &str,
+        path: &str,
+        body: &str,
+        timeout: Duration,
+        parse: fn(u16, &str) -> Result<T, Fault>,
+    ) -> Attempt<T> {
+        let started = Instant::now();
+        for attempt in 0..2 {
+            if self.credentials.is_some() && self.token.is_none() {
+                match self.authenticate(base, prefix, timeout.saturating_sub(started.elapsed())) {
+                    Ok(token) => self.token = Some(token),
+                    Err(a) => return a,
+                }
+            }
+            let auth: Vec<(&str, &str)> = self
+                .token
+                .as_deref()
+                .map(|t| ("authorization", t))
+                .into_iter()
+                .collect();
+            let url = format!("{base}{prefix}{path}");
+            let left = timeout.saturating_sub(started.elapsed());
+            let reply = match self.http.request(
+                Method::Post,
+                &url,
+                &auth,
+                Some(("application/json", body)),
+                left,
+            ) {
+                Ok(r) => r,
+                Err(e) => return Attempt::Next(e.to_string()),
+            };
+            match parse(reply.status, &reply.body) {
+                Ok(v) => return Attempt::Done(v),
+                Err(Fault::BadToken(_)) if attempt == 0 && self.credentials.is_some() => {
+                    log::info!("{base}: auth token rejected; authenticating again");
+                    self.token = None;
+                }
+                Err(f) => return fault_attempt(base, f),
+            }
+        }
+        Attempt::Next("auth token rejected twice".into())
+    }
+
+    fn authenticate<T>(
+        &mut self,
+        base: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<String, Attempt<T>> {
+        let Some(creds) = &self.credentials else {
+            return Err(Attempt::Next("no credentials".into()));
+        };
+        let body = v3::authenticate(&creds.user, creds.password.as_deref().unwrap_or(""));
+        let url = format!("{base}{prefix}{}", v3::AUTHENTICATE);
+        let reply = self
+            .http
+            .request(
+                Method::Post,
+                &url,
+                &[],
+                Some(("application/json", &body)),
+                timeout,
+            )
+            .map_err(|e| Attempt::Next(e.to_string()))?;
+        v3::parse_token(reply.status, &reply.body).map_err(|f| match fault_attempt::<T>(base, f) {
+            Attempt::Stop(EtcdError::Failed { endpoint, cause }) => {
+                Attempt::Stop(EtcdError::Failed {
+                    endpoint,
+                    cause: format!("authentication as {:?} failed: {cause}", creds.user),
+                })
+            }
+            other => other,
+        })
+    }
+
+    fn v2_call(
+        &self,
+        base: &str,
+        method: Method,
+        key: &str,
+        form: Option<&str>,
+        timeout: Duration,
+        missing_ok: bool,
+    ) -> Attempt<()> {
+        let basic;
+        let mut headers = Vec::new();
+        if let Some(c) = &self.credentials {
+            basic = format!(
+                "Basic {}",
+                v3::base64(
+                    format!("{}:{}", c.user, c.password.as_deref().unwrap_or("")).as_bytes()
+                )
+            );
+            headers.push(("authorization", basic.as_str()));
+        }
+        let url = format!("{base}{}", v2::key_path(key));
+        let body = form.map(|f| ("application/x-www-form-urlencoded", f));
+        log::trace!("{method:?} {url} {}", form.unwrap_or(""));
+        let Reply { status, body } = match self.http.request(method, &url, &headers, body, timeout)
+        {
+            Ok(reply) => reply,
+            Err(e) => return Attempt::Next(e.to_string()),
+        };
+        log::trace!("{status} {body}");
+        match v2::parse(status, &body, missing_ok) {
+            Ok(()) => Attempt::Done(()),
+            Err(f) => fault_attempt(base, f),
+        }
+    }
+}
+
+impl<T> Attempt<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Attempt<U> {
+        match self {
+            Attempt::Done(v) => Attempt::Done(f(v)),
+            Attempt::Next(e) => Attempt::Next(e),
+            Attempt::Stop(e) => Attempt::Stop(e),
+        }
+    }
+}
+
+fn fault_attempt<T>(base: &str, fault: Fault) -> Attempt<T> {
+    match fault {
+        Fault::LeaseGone | Fault::KeyGone => Attempt::Stop(EtcdError::Gone),
+        Fault::Unavailable(cause) => Attempt::Next(format!("unavailable: {cause}")),
+        // A malformed answer may be one broken member or a proxy: try the others.
+        Fault::Malformed(cause) => Attempt::Next(cause),
+        Fault::BadToken(cause) | Fault::Rejected(cause) => Attempt::Stop(EtcdError::Failed {
+            endpoint: base.to_owned(),
+            cause,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_api_from_version() {
+        assert_eq!(
+            api_from_version(include_str!("../../tests/fixtures/version_3.4.json")),
+            Ok(Api::V3("/v3"))
+        );
+        assert_eq!(
+            api_from_version(r#"{"etcdserver":"3.3.27","etcdcluster":"3.3.0"}"#),
+            Ok(Api::V3("/v3beta"))
+        );
+        assert_eq!(
+            api_from_version(r#"{"etcdserver":"2.3.8","etcdcluster":"2.3.0"}"#),
+            Ok(Api::V2)
+        );
+        assert!(api_from_version("{}").is_err());
+        assert!(api_from_version("not json").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 42);
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
+        assert!(delays[9] >= Duration::from_secs(1), "{delays:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn endpoints_as_urls() {
+        let e = |tls, host: &str, port| Endpoint {
+            tls,
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            base_url(&e(false, "10.0.0.1", 2379)),
+            "http://10.0.0.1:2379"
+        );
+        assert_eq!(
+            base_url(&e(true, "fd00::1", 2379)),
+            "https://[fd00::1]:2379"
+        );
+    }
+}

@@ -1,0 +1,384 @@
+//! etcd that misbehaves or is locked down: an endpoint that accepts connections and never
+//! answers, answers that are not JSON, TLS with client certificates, and authentication.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::etcd::{Etcd, free_port};
+use common::{TempDir, key, start_registered, wait_until};
+
+#[test]
+fn hung_endpoint_never_delays_signals_or_the_stop() {
+    // Accepts connections (the kernel's backlog does) and never answers.
+    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", hung.local_addr().unwrap());
+    let (mut h, _) = start_registered(
+        &url,
+        "web-hung",
+        &["--drain", "1", "--check-interval", "200ms"],
+    );
+    std::thread::sleep(Duration::from_millis(800)); // the registrar is now stuck in a request
+    let sent = Instant::now();
+    h.signal(libc::SIGUSR2);
+    assert!(h.expect_line("USR2").starts_with("signal 12 at "));
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "forwarding waited for etcd: {:?}",
+        sent.elapsed()
+    );
+    let stop = Instant::now();
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.expect_exit(), 0);
+    // Deregistration is bounded by about 2 s; nothing was registered, so no drain.
+    assert!(
+        stop.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        stop.elapsed()
+    );
+    drop(hung);
+}
+
+/// A peer that answers every request with HTTP 200 and a body that is not JSON.
+struct Garbage {
+    url: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Garbage {
+    fn start() -> Garbage {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut served = 0;
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                        let mut buf = [0u8; 4096];
+                        let _ = s.read(&mut buf);
+                        let body = ["{not json", "[1,2", "{\"ID\": {}}", "\u{1}\u{2}"][served % 4];
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        served += 1;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            served
+        });
+        Garbage {
+            url,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().map(|t| t.join().unwrap()).unwrap_or(0)
+    }
+}
+
+impl Drop for Garbage {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn malformed_answers_are_logged_and_retried_never_a_panic() {
+    for api in ["auto", "v3", "v2"] {
+        let mut garbage = Garbage::start();
+        let (mut h, _) = start_registered(
+            &garbage.url,
+            "web-g",
+            &["--etcd-api", api, "--check-interval", "100ms"],
+        );
+        let retried = wait_until(Duration::from_secs(10), || {
+            h.stderr().matches("retrying in").count() >= 3
+        });
+        assert!(retried, "{api}: no retries logged:\n{}", h.stderr());
+        h.signal(libc::SIGUSR2);
+        assert!(h.expect_line("USR2").starts_with("signal 12"));
+        h.signal(libc::SIGTERM);
+        assert_eq!(h.expect_exit(), 0, "{api}");
+        let err = h.stderr_final();
+        assert!(
+            !err.contains("panicked") && !err.contains("internal error"),
+            "{api}:\n{err}"
+        );
+        assert!(
+            err.contains(&garbage.url),
+            "{api}: the endpoint is named:\n{err}"
+        );
+        assert!(garbage.stop() >= 3);
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hecd test CA",
+        ],
+    ]
+    .concat());
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
+        (
+            "client",
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+        ),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    let dir = TempDir::new("tls");
+    make_certs(&dir.0);
+    let p = |f: &str| dir.0.join(f).to_string_lossy().into_owned();
+    let https = format!("https://127.0.0.1:{}", free_port());
+    let etcd = Etcd::start_with_url(
+        https.clone(),
+        &[
+            "--cert-file",
+            &p("server.pem"),
+            "--key-file",
+            &p("server.key"),
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            &p("ca.pem"),
+        ],
+    );
+    let tls = [
+        "--etcd-cacert",
+        &p("ca.pem"),
+        "--etcd-cert",
+        &p("client.pem"),
+        "--etcd-key",
+        &p("client.key"),
+    ];
+    let (h, port) = start_registered(&https, "web-tls", &tls);
+    let ok = wait_until(Duration::from_secs(10), || {
+        etcd.get(&key("web-tls")) == Some(format!("127.0.0.1:{port}"))
+    });
+    assert!(ok, "not registered over TLS:\n{}", h.stderr());
+    drop(h);
+
+    // The server certificate is verified: another CA's bundle gets nowhere.
+    let other = TempDir::new("tls-other");
+    make_certs(&other.0);
+    let wrong = other.0.join("ca.pem").to_string_lossy().into_owned();
+    let (h, _) = start_registered(
+        &https,
+        "web-bad",
+        &[
+            "--etcd-cacert",
+            &wrong,
+            "--etcd-cert",
+            &p("client.pem"),
+            "--etcd-key",
+            &p("client.key"),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || h
+            .stderr()
+            .contains("retrying in")),
+        "{}",
+        h.stderr()
+    );
+    assert!(h.stderr().contains("TLS"), "{}", h.stderr());
+    assert_eq!(etcd.get(&key("web-bad")), None);
+}
+
+#[test]
+fn tls_setup_errors_are_usage_errors() {
+    let dir = TempDir::new("tls-bad");
+    let not_pem = dir.0.join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    for (args, want) in [
+        (
+            vec!["--etcd-cacert", "/no/such/ca.pem"],
+            "hecd-init: --etcd-cacert: cannot read /no/such/ca.pem: No such file or directory (os error 2)",
+        ),
+        (
+            vec!["--etcd-cacert", not_pem.to_str().unwrap()],
+            &*format!(
+                "hecd-init: --etcd-cacert: {}: no PEM certificate in it",
+                not_pem.display()
+            ),
+        ),
+    ] {
+        let mut all = vec![
+            "--etcd",
+            "https://127.0.0.1:2379",
+            "--advertise",
+            "127.0.0.1:80",
+        ];
+        all.extend(args);
+        all.push("true");
+        let mut h = common::start(&all);
+        assert_eq!(h.expect_exit(), 2);
+        assert_eq!(h.stderr_final().trim_end(), want);
+    }
+}
+
+#[test]
+fn authentication_with_password_from_the_environment_and_token_renewal() {
+    let etcd = Etcd::start_with(&["--auth-token-ttl", "1"]);
+    for args in [
+        &["user", "add", "root:s3cret-pass"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ] {
+        let out = etcd.etcdctl(args);
+        assert!(!out.contains("Error"), "etcdctl {args:?}: {out}");
+    }
+    let get = || {
+        etcd.etcdctl(&[
+            "--user",
+            "root:s3cret-pass",
+            "get",
+            "--print-value-only",
+            &key("web-a"),
+        ])
+        .trim()
+        .to_owned()
+    };
+    let port = free_port();
+    let server = common::example("tiny_server");
+    let mut cmd = Command::new(common::hecd_init());
+    cmd.args([
+        "-vv",
+        "--etcd",
+        &etcd.url(),
+        "--name",
+        "web-a",
+        "--advertise",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args([
+        "--etcd-user",
+        "root",
+        "--ttl",
+        "3",
+        "--check-interval",
+        "200ms",
+        "--",
+    ])
+    .arg(&server)
+    .args([port.to_string(), "web-a".into()])
+    .env("HECD_ETCD_PASSWORD", "s3cret-pass");
+    let mut h = common::start_command(cmd);
+    h.expect_line("listening");
+    h.app_pid();
+    let value = format!("127.0.0.1:{port}");
+    assert!(
+        wait_until(Duration::from_secs(10), || get() == value),
+        "not registered with auth:\n{}",
+        h.stderr()
+    );
+    // Let the token expire, then make hecd-init register again: it must authenticate anew.
+    std::thread::sleep(Duration::from_secs(2));
+    let lease = etcd.etcdctl(&["--user", "root:s3cret-pass", "lease", "list"]);
+    let id = lease.lines().nth(1).expect("one lease").trim().to_owned();
+    etcd.etcdctl(&["--user", "root:s3cret-pass", "lease", "revoke", &id]);
+    assert!(
+        wait_until(Duration::from_secs(10), || get() == value),
+        "not re-registered:\n{}",
+        h.stderr()
+    );
+    assert!(
+        h.stderr()
+            .contains("auth token rejected; authenticating again"),
+        "{}",
+        h.stderr()
+    );
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.expect_exit(), 0);
+    let err = h.stderr_final();
+    assert!(
+        !err.contains("s3cret-pass"),
+        "the password was logged:\n{err}"
+    );
+    assert_eq!(get(), "", "deregistered with auth");
+}

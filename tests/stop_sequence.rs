@@ -1,0 +1,212 @@
+//! The stop sequence against a real etcd: on SIGTERM the key goes first, the drain passes, and
+//! only then the app gets the signal; the app's own exit and hecd-init's death remove the key
+//! too; health checks take the key out and put it back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::{key, now_ms, start_registered, wait_until};
+
+/// Polls etcd every 10 ms from the moment it is called; returns when `key` was first seen
+/// missing (ms since the epoch), or `None` within `limit`.
+fn time_key_gone(etcd: &Etcd, key: &str, limit: Duration) -> Option<u128> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if etcd.get(key).is_none() {
+            return Some(now_ms());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// The `signal 15 at MS` line of tiny_server.
+fn signalled_at(line: &str, sig: i32) -> u128 {
+    let rest = line
+        .strip_prefix(&format!("signal {sig} at "))
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    rest.trim().parse().expect("ms")
+}
+
+#[test]
+fn sigterm_deletes_the_key_then_drains_then_signals_the_app() {
+    let etcd = Etcd::start();
+    let (mut h, _) = start_registered(
+        &etcd.url(),
+        "web-s",
+        &["--drain", "1", "--ttl", "10", "--check-interval", "200ms"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || etcd
+            .get(&key("web-s"))
+            .is_some()),
+        "{}",
+        h.stderr()
+    );
+    let sent = now_ms();
+    h.signal(libc::SIGTERM);
+    let gone = time_key_gone(&etcd, &key("web-s"), Duration::from_secs(5)).expect("key deleted");
+    let app_got_term = signalled_at(&h.expect_line("TERM"), libc::SIGTERM);
+    assert_eq!(h.expect_exit(), 0);
+    eprintln!(
+        "deregistered {} ms after SIGTERM; app signalled {} ms after the key was gone",
+        gone - sent,
+        app_got_term as i128 - gone as i128
+    );
+    assert!(
+        gone < app_got_term,
+        "the key must be gone before the app sees SIGTERM"
+    );
+    let gap = app_got_term - gone;
+    assert!(
+        (800..=2500).contains(&gap),
+        "drain of 1 s expected between delete and signal, got {gap} ms"
+    );
+    assert!(gone - sent < 1000, "deregistration took {} ms", gone - sent);
+}
+
+#[test]
+fn second_sigterm_cuts_the_drain_short() {
+    let etcd = Etcd::start();
+    let (mut h, _) = start_registered(
+        &etcd.url(),
+        "web-2t",
+        &["--drain", "30", "--check-interval", "200ms"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || etcd
+            .get(&key("web-2t"))
+            .is_some()),
+        "{}",
+        h.stderr()
+    );
+    let started = Instant::now();
+    h.signal(libc::SIGTERM);
+    time_key_gone(&etcd, &key("web-2t"), Duration::from_secs(5)).expect("key deleted");
+    assert_eq!(h.line(Duration::from_millis(500)), None, "still draining");
+    h.signal(libc::SIGTERM);
+    assert!(h.expect_line("TERM").starts_with("signal 15 at "));
+    assert_eq!(h.expect_exit(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the 30 s drain was not cut short"
+    );
+}
+
+#[test]
+fn app_crash_removes_the_key_at_once_and_passes_the_status() {
+    let etcd = Etcd::start();
+    let (mut h, _) = start_registered(
+        &etcd.url(),
+        "web-x",
+        &["--ttl", "30", "--check-interval", "200ms"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || etcd
+            .get(&key("web-x"))
+            .is_some()),
+        "{}",
+        h.stderr()
+    );
+    let started = now_ms();
+    // tiny_server exits 3 on SIGUSR1, which hecd-init passes on.
+    h.signal(libc::SIGUSR1);
+    let gone = time_key_gone(&etcd, &key("web-x"), Duration::from_secs(5))
+        .expect("key deleted, not left to the 30 s TTL");
+    assert_eq!(h.expect_exit(), 3);
+    assert!(gone - started < 3000, "took {} ms", gone - started);
+}
+
+#[test]
+fn hecd_init_killed_leaves_the_key_to_expire_within_one_ttl() {
+    let etcd = Etcd::start();
+    let (mut h, _) = start_registered(
+        &etcd.url(),
+        "web-k",
+        &["--ttl", "3", "--check-interval", "200ms"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || etcd
+            .get(&key("web-k"))
+            .is_some()),
+        "{}",
+        h.stderr()
+    );
+    let killed = now_ms();
+    h.signal(libc::SIGKILL);
+    h.wait(Duration::from_secs(5));
+    let gone = time_key_gone(&etcd, &key("web-k"), Duration::from_secs(10)).expect("key expired");
+    assert!(
+        gone - killed <= 4000,
+        "gone {} ms after SIGKILL, TTL is 3 s",
+        gone - killed
+    );
+}
+
+#[test]
+fn stop_before_registration_skips_the_drain() {
+    let etcd = Etcd::start();
+    // The check never passes (nothing listens on the checked port), so nothing is registered.
+    let port = common::etcd::free_port().to_string();
+    let (mut h, _) = start_registered(&etcd.url(), "web-n", &["--drain", "20", "--port", &port]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(etcd.get(&key("web-n")), None);
+    let started = Instant::now();
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.expect_exit(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drained although nothing was registered"
+    );
+}
+
+#[test]
+fn failing_http_check_removes_the_key_and_recovery_puts_it_back() {
+    let etcd = Etcd::start();
+    let dir = common::TempDir::new("health");
+    let sick = dir.0.join("sick");
+    let port = common::etcd::free_port();
+    let server = common::example("tiny_server");
+    let mut h = common::start([
+        "--etcd",
+        &etcd.url(),
+        "--name",
+        "web-h",
+        "--advertise",
+        &format!("127.0.0.1:{port}"),
+        "--check",
+        "http:/healthz",
+        "--check-interval",
+        "200ms",
+        "--",
+        server.to_str().unwrap(),
+        &port.to_string(),
+        "web-h",
+        sick.to_str().unwrap(),
+    ]);
+    h.expect_line("listening");
+    let present = |want: bool| {
+        wait_until(Duration::from_secs(10), || {
+            etcd.get(&key("web-h")).is_some() == want
+        })
+    };
+    assert!(present(true), "{}", h.stderr());
+    std::fs::write(&sick, "").unwrap();
+    assert!(
+        present(false),
+        "key not removed while /healthz fails:\n{}",
+        h.stderr()
+    );
+    std::fs::remove_file(&sick).unwrap();
+    assert!(
+        present(true),
+        "key not back after recovery:\n{}",
+        h.stderr()
+    );
+    assert!(
+        common::alive(h.app_pid()),
+        "the app keeps running while unhealthy"
+    );
+}
