@@ -77,13 +77,13 @@ pub const OPTIONS: &[OptSpec] = &[
     opt(
         "port",
         "PORT",
-        "the TCP port the app listens on",
-        "the app's port inside the container",
+        "the TCP port the app listens on (this build: the --advertise port)",
+        "the app's port inside the container, which the check probes",
     ),
     opt(
         "advertise",
         "[HOST][:PORT]",
-        "discovered",
+        "discovered (this build: required as HOST:PORT with --etcd)",
         "advertise this host, port or both; IPv6 as [fd00::5]:8080",
     ),
     opt(

@@ -31,10 +31,13 @@ pub struct Settings {
 pub enum Phase {
     /// The app runs; `registered` mirrors the registrar's last news.
     Running { registered: bool },
-    /// A stop signal arrived; the key is being deleted (at most until `until`).
+    /// A stop signal arrived; the key is being deleted (at most until `until`). `registered`
+    /// is what the last news said, used only if the registrar does not answer in time;
+    /// `hurry` is set by a second stop signal.
     Deregistering {
         signal: i32,
-        drain: bool,
+        registered: bool,
+        hurry: bool,
         until: Instant,
     },
     /// The key is gone; load balancers are given `--drain` to stop sending traffic.
@@ -65,8 +68,9 @@ pub enum Event {
     GroupEmpty,
     /// The registrar reports the key as present (true) or absent (false).
     Registration(bool),
-    /// The registrar finished deleting the key and revoking the lease (or gave up).
-    Deregistered,
+    /// The registrar finished deleting the key and revoking the lease (or gave up); true
+    /// when there was a key to delete, so load balancers may still be sending traffic.
+    Deregistered(bool),
     /// Time passed; deadlines at or before `now` are due.
     Tick,
 }
@@ -122,23 +126,39 @@ pub fn step(phase: &mut Phase, event: Event, now: Instant, s: &Settings) -> Vec<
         (Phase::Running { .. }, Event::AppExited(status)) => {
             on_app_exit(status, s.registering, now, s, &mut actions)
         }
-        (Phase::Deregistering { signal, until, .. }, Event::StopSignal(_)) => {
+        (
+            Phase::Deregistering {
+                signal,
+                registered,
+                until,
+                ..
+            },
+            Event::StopSignal(_),
+        ) => {
             // A second stop signal: no drain once the key is gone.
             Phase::Deregistering {
                 signal,
-                drain: false,
+                registered,
+                hurry: true,
                 until,
             }
         }
         (
             Phase::Deregistering {
                 signal,
-                drain,
+                registered,
+                hurry,
                 until,
             },
             ev,
-        ) if ev == Event::Deregistered || (ev == Event::Tick && now >= until) => {
-            if drain && !s.drain.is_zero() {
+        ) if matches!(ev, Event::Deregistered(_)) || (ev == Event::Tick && now >= until) => {
+            // The registrar's answer says whether there was a key; without one (it hung),
+            // the last news decides.
+            let had_key = match ev {
+                Event::Deregistered(had_key) => had_key,
+                _ => registered,
+            };
+            if had_key && !hurry && !s.drain.is_zero() {
                 Phase::Draining {
                     signal,
                     until: now + s.drain,
@@ -189,8 +209,8 @@ fn on_stop_signal(
     actions.push(Action::Deregister(until));
     Phase::Deregistering {
         signal,
-        // Draining only makes sense when a load balancer may still be sending traffic.
-        drain: registered,
+        registered,
+        hurry: false,
         until,
     }
 }
@@ -247,7 +267,7 @@ fn on_exiting(
         return phase.clone();
     };
     match event {
-        Event::Deregistered => deregistered = true,
+        Event::Deregistered(_) => deregistered = true,
         Event::GroupEmpty => group_empty = true,
         Event::Tick => {
             if now >= deregister_until {
@@ -346,7 +366,7 @@ mod tests {
             "nothing is passed on before the key is gone"
         );
         // Deregistered after 1 s: drain starts then, 2 s long.
-        assert_eq!(step(&mut p, Event::Deregistered, at(t0, 1), &s), []);
+        assert_eq!(step(&mut p, Event::Deregistered(true), at(t0, 1), &s), []);
         assert_eq!(deadline(&p), Some(at(t0, 3)));
         assert_eq!(
             step(&mut p, Event::Tick, at(t0, 2), &s),
@@ -379,7 +399,10 @@ mod tests {
         let acts = run(
             &s,
             &mut p,
-            &[(0, Event::StopSignal(TERM)), (0, Event::Deregistered)],
+            &[
+                (0, Event::StopSignal(TERM)),
+                (0, Event::Deregistered(false)),
+            ],
         );
         assert_eq!(
             acts.iter()
@@ -389,6 +412,24 @@ mod tests {
             1
         );
         assert!(matches!(p, Phase::Stopping { .. }));
+    }
+
+    #[test]
+    fn the_registrars_answer_decides_the_drain() {
+        // The stop came before the news of the registration: the registrar knows better.
+        let s = settings(true);
+        let mut p = Phase::Running { registered: false };
+        let t0 = Instant::now();
+        step(&mut p, Event::StopSignal(TERM), t0, &s);
+        assert_eq!(step(&mut p, Event::Deregistered(true), t0, &s), []);
+        assert!(matches!(p, Phase::Draining { .. }));
+        // And the other way round: news said registered, but the key was already gone.
+        let mut p = Phase::Running { registered: true };
+        step(&mut p, Event::StopSignal(TERM), t0, &s);
+        assert_eq!(
+            step(&mut p, Event::Deregistered(false), t0, &s),
+            [Action::PassOn(TERM)]
+        );
     }
 
     #[test]
@@ -413,7 +454,7 @@ mod tests {
         let mut p = Phase::Running { registered: true };
         let t0 = Instant::now();
         step(&mut p, Event::StopSignal(TERM), t0, &s);
-        step(&mut p, Event::Deregistered, t0, &s);
+        step(&mut p, Event::Deregistered(true), t0, &s);
         assert!(matches!(p, Phase::Draining { .. }));
         assert_eq!(
             step(&mut p, Event::StopSignal(INT), at(t0, 1), &s),
@@ -424,7 +465,7 @@ mod tests {
         step(&mut p, Event::StopSignal(TERM), t0, &s);
         assert_eq!(step(&mut p, Event::StopSignal(TERM), t0, &s), []);
         assert_eq!(
-            step(&mut p, Event::Deregistered, t0, &s),
+            step(&mut p, Event::Deregistered(true), t0, &s),
             [Action::PassOn(TERM)]
         );
     }
@@ -450,7 +491,7 @@ mod tests {
         assert_eq!(acts, [Action::Deregister(at(t0, 2)), Action::TermGroup]);
         assert_eq!(step(&mut p, Event::GroupEmpty, t0, &s), []);
         assert!(matches!(p, Phase::Exiting { .. }), "still deregistering");
-        assert_eq!(step(&mut p, Event::Deregistered, t0, &s), []);
+        assert_eq!(step(&mut p, Event::Deregistered(true), t0, &s), []);
         assert_eq!(p, Phase::Done(Ended::Exited(3)));
     }
 
@@ -500,7 +541,7 @@ mod tests {
         let mut p = Phase::Running { registered: true };
         let t0 = Instant::now();
         step(&mut p, Event::StopSignal(TERM), t0, &s);
-        step(&mut p, Event::Deregistered, t0, &s);
+        step(&mut p, Event::Deregistered(true), t0, &s);
         let acts = step(&mut p, Event::AppExited(Ended::Exited(0)), at(t0, 1), &s);
         assert_eq!(
             acts,

@@ -21,6 +21,9 @@ use crate::error::UsageError;
 use crate::etcd::{Backoff, Client, EtcdError, Lease};
 use crate::http::{Http, PemFile, Tls};
 
+/// How often the check runs before the app has passed it once (at most).
+const READINESS_POLL: Duration = Duration::from_millis(100);
+
 /// From the supervisor to the registrar.
 #[derive(Debug)]
 pub enum Command {
@@ -33,8 +36,9 @@ pub enum Command {
 pub enum News {
     /// The key is now present (true) or absent (false) in etcd.
     Registered(bool),
-    /// Deregistration finished (or failed; the lease then expires by itself).
-    Deregistered,
+    /// Deregistration finished (or failed; the lease then expires by itself); true when a key
+    /// was registered at that moment.
+    Deregistered(bool),
 }
 
 /// Everything the registrar needs, prepared and checked before the app starts.
@@ -141,6 +145,8 @@ struct Registrar {
     lease: Option<Lease>,
     /// Passed the last check, or failed fewer than two in a row since.
     healthy: bool,
+    /// Has passed a check at least once.
+    passed_once: bool,
     failures: u32,
     next_check: Instant,
     next_keepalive: Instant,
@@ -163,6 +169,7 @@ impl Registrar {
             client: Client::new(http, &reg.endpoints, reg.api, reg.credentials.clone()),
             probe_http: Http::new(None),
             healthy: reg.check == Check::None,
+            passed_once: false,
             check: reg.check,
             check_interval: reg.check_interval,
             check_port: plan.check_port,
@@ -193,8 +200,9 @@ impl Registrar {
             };
             match command {
                 Ok(Command::Deregister(deadline)) => {
+                    let had_key = self.lease.is_some();
                     self.deregister(deadline);
-                    self.notifier.send(News::Deregistered);
+                    self.notifier.send(News::Deregistered(had_key));
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => self.work(),
@@ -216,7 +224,14 @@ impl Registrar {
         let now = Instant::now();
         if self.check != Check::None && now >= self.next_check {
             self.run_check();
-            self.next_check = Instant::now() + self.check_interval;
+            // Until the app first passes, look more often, so a fresh instance takes traffic
+            // soon after it listens rather than up to a whole interval later.
+            let every = if self.passed_once {
+                self.check_interval
+            } else {
+                self.check_interval.min(READINESS_POLL)
+            };
+            self.next_check = Instant::now() + every;
         }
         if self.lease.is_some() && now >= self.next_keepalive {
             self.keepalive();
@@ -236,6 +251,7 @@ impl Registrar {
                     log::info!("check passed: {} on port {}", self.check, self.check_port);
                 }
                 self.healthy = true;
+                self.passed_once = true;
                 self.failures = 0;
             }
             Err(e) => {

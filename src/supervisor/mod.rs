@@ -123,10 +123,11 @@ impl Supervisor {
     fn run_loop(&mut self) -> u8 {
         loop {
             self.wait(lifecycle::deadline(&self.phase));
-            for event in self.read_signals() {
+            // News first: a stop signal must see a registration that happened before it.
+            for event in self.read_news() {
                 self.apply(event);
             }
-            for event in self.read_news() {
+            for event in self.read_signals() {
                 self.apply(event);
             }
             while let Some(event) = self.pending.pop_front() {
@@ -226,23 +227,33 @@ impl Supervisor {
             .into_iter()
             .map(|n| match n {
                 News::Registered(present) => Event::Registration(present),
-                News::Deregistered => Event::Deregistered,
+                News::Deregistered(had_key) => Event::Deregistered(had_key),
             })
             .collect();
-        if events.contains(&Event::Deregistered) {
+        if events.iter().any(|e| matches!(e, Event::Deregistered(_))) {
             // Its last word: the thread ends now, and nothing more will come.
             self.registrar = None;
         } else if !alive {
             log::error!("the registrar stopped unexpectedly; continuing as a plain init");
-            events.push(Event::Deregistered);
+            events.push(Event::Deregistered(false));
             self.registrar = None;
         }
         events
     }
 
     fn apply(&mut self, event: Event) {
+        let was_draining = matches!(self.phase, Phase::Draining { .. });
         for action in lifecycle::step(&mut self.phase, event, Instant::now(), &self.settings) {
             self.perform(action);
+        }
+        if let Phase::Draining { signal, .. } = self.phase
+            && !was_draining
+        {
+            log::info!(
+                "draining for {}ms before passing SIG{} on",
+                self.settings.drain.as_millis(),
+                signals::name(self.forwarder.rewrites.map(signal))
+            );
         }
     }
 
@@ -268,7 +279,7 @@ impl Supervisor {
                     .is_some_and(|r| r.deregister(deadline));
                 if !asked {
                     // No registrar (any more): nothing is registered, so nothing to wait for.
-                    self.pending.push_back(Event::Deregistered);
+                    self.pending.push_back(Event::Deregistered(false));
                 }
             }
         }
