@@ -208,26 +208,13 @@ impl Client {
         deadline: Instant,
     ) -> Result<Lease, EtcdError> {
         self.each_endpoint(deadline, |c, base, t| match c.api {
-            Some(Api::V3(prefix)) => {
-                let lease =
-                    match c.v3_call(base, prefix, v3::GRANT, &v3::grant(ttl), t, v3::parse_grant) {
-                        Attempt::Done(id) => id,
-                        Attempt::Next(e) => return Attempt::Next(e),
-                        Attempt::Stop(e) => return Attempt::Stop(e),
-                    };
-                match c.v3_call(
-                    base,
-                    prefix,
-                    v3::PUT,
-                    &v3::put(key, value, lease),
-                    t,
-                    v3::parse_done,
-                ) {
-                    Attempt::Done(()) => Attempt::Done(Lease::V3(lease)),
-                    Attempt::Next(e) => Attempt::Next(e),
-                    Attempt::Stop(e) => Attempt::Stop(e),
-                }
-            }
+            Some(Api::V3(prefix)) => c
+                .v3_call(base, prefix, v3::GRANT, &v3::grant(ttl), t, v3::parse_grant)
+                .and_then(|id| {
+                    let put = v3::put(key, value, id);
+                    c.v3_call(base, prefix, v3::PUT, &put, t, v3::parse_done)
+                        .map(|()| Lease::V3(id))
+                }),
             _ => c
                 .v2_call(base, Method::Put, key, Some(&v2::set(value, ttl)), t, false)
                 .map(|()| Lease::V2),
@@ -243,20 +230,16 @@ impl Client {
         deadline: Instant,
     ) -> Result<(), EtcdError> {
         self.each_endpoint(deadline, |c, base, t| match (lease, c.api) {
-            (Lease::V3(id), Some(Api::V3(prefix))) => {
-                match c.v3_call(
+            (Lease::V3(id), Some(Api::V3(prefix))) => c
+                .v3_call(
                     base,
                     prefix,
                     v3::KEEPALIVE,
                     &v3::lease_id(id),
                     t,
                     v3::parse_keepalive,
-                ) {
-                    Attempt::Done(_) => Attempt::Done(()),
-                    Attempt::Next(e) => Attempt::Next(e),
-                    Attempt::Stop(e) => Attempt::Stop(e),
-                }
-            }
+                )
+                .map(|_ttl| ()),
             _ => c.v2_call(base, Method::Put, key, Some(&v2::refresh(ttl)), t, false),
         })
     }
@@ -269,30 +252,28 @@ impl Client {
         deadline: Instant,
     ) -> Result<(), EtcdError> {
         self.each_endpoint(deadline, |c, base, t| match (lease, c.api) {
-            (Lease::V3(id), Some(Api::V3(prefix))) => {
-                match c.v3_call(
+            (Lease::V3(id), Some(Api::V3(prefix))) => c
+                .v3_call(
                     base,
                     prefix,
                     v3::DELETE,
                     &v3::delete(key),
                     t,
                     v3::parse_done,
-                ) {
-                    Attempt::Done(()) => {}
-                    other => return other,
-                }
-                match c.v3_call(
-                    base,
-                    prefix,
-                    v3::REVOKE,
-                    &v3::lease_id(id),
-                    t,
-                    v3::parse_done,
-                ) {
-                    Attempt::Stop(EtcdError::Gone) => Attempt::Done(()),
-                    other => other,
-                }
-            }
+                )
+                .and_then(|()| {
+                    match c.v3_call(
+                        base,
+                        prefix,
+                        v3::REVOKE,
+                        &v3::lease_id(id),
+                        t,
+                        v3::parse_done,
+                    ) {
+                        Attempt::Stop(EtcdError::Gone) => Attempt::Done(()),
+                        other => other,
+                    }
+                }),
             _ => c.v2_call(base, Method::Delete, key, None, t, true),
         })
     }
@@ -480,12 +461,16 @@ impl Client {
 }
 
 impl<T> Attempt<T> {
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Attempt<U> {
+    fn and_then<U>(self, f: impl FnOnce(T) -> Attempt<U>) -> Attempt<U> {
         match self {
-            Attempt::Done(v) => Attempt::Done(f(v)),
+            Attempt::Done(v) => f(v),
             Attempt::Next(e) => Attempt::Next(e),
             Attempt::Stop(e) => Attempt::Stop(e),
         }
+    }
+
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Attempt<U> {
+        self.and_then(|v| Attempt::Done(f(v)))
     }
 }
 

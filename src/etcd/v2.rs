@@ -8,20 +8,12 @@ use super::Fault;
 
 /// `/v2/keys/app/servers/web-1`, each byte outside the unreserved set percent-encoded.
 pub fn key_path(key: &str) -> String {
-    let mut out = String::from("/v2/keys");
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    format!("/v2/keys{}", percent_encode(key, b"/"))
 }
 
 /// Form body that sets the key with a TTL.
 pub fn set(value: &str, ttl_secs: u64) -> String {
-    format!("value={}&ttl={ttl_secs}", form_encode(value))
+    format!("value={}&ttl={ttl_secs}", percent_encode(value, b":"))
 }
 
 /// Form body that refreshes the TTL of an existing key without changing it.
@@ -62,10 +54,11 @@ pub fn parse(status: u16, body: &str, missing_ok: bool) -> Result<(), Fault> {
     }
 }
 
-fn form_encode(value: &str) -> String {
+/// Percent-encodes every byte outside the unreserved set (RFC 3986) and `keep`.
+fn percent_encode(value: &str, keep: &[u8]) -> String {
     let mut out = String::new();
     for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
