@@ -3,22 +3,27 @@
 //! app costs the registrar at most that long. Runs on the registrar thread, never the
 //! supervisor's.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use crate::config::Check;
 use crate::http::{Http, Method};
 
-/// Runs one probe against the app on `port` (on the loopback address, from inside the
-/// container). `Err` says what failed.
-pub fn probe(check: &Check, http: &Http, port: u16, timeout: Duration) -> Result<(), String> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+/// Runs one probe against the app at `addr` (from inside the container: its listening address,
+/// or loopback for a wildcard bind). `Err` says what failed.
+pub fn probe(
+    check: &Check,
+    http: &Http,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(), String> {
     match check {
         Check::None => Ok(()),
         Check::Tcp => TcpStream::connect_timeout(&addr, timeout)
             .map(drop)
             .map_err(|e| format!("tcp {addr}: {e}")),
         Check::Http(path) => {
+            // SocketAddr's Display brackets IPv6 as URLs need.
             let url = format!("http://{addr}{path}");
             match http.request(Method::Get, &url, &[], None, timeout) {
                 Ok(r) if (200..400).contains(&r.status) => Ok(()),

@@ -109,13 +109,6 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// Settings of registration in etcd (present only with `--etcd`).
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "read by the registrar, which lands with the registration issue"
-    )
-)]
 #[derive(Clone, Debug)]
 pub struct Registration {
     pub endpoints: Vec<Endpoint>,

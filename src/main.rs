@@ -14,6 +14,7 @@ mod discovery;
 mod error;
 mod etcd;
 mod http;
+mod json;
 mod lifecycle;
 mod logging;
 mod registrar;

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 
+use std::net::{Ipv4Addr, SocketAddr};
+
 use crate::check;
-use crate::config::{Check, Registration};
-use crate::discovery::Address;
+use crate::config::{Check, DockerApi, Registration};
+use crate::discovery::{Discovery, Found};
 use crate::error::UsageError;
 use crate::etcd::{Backoff, Client, EtcdError, Lease};
 use crate::http::{Http, PemFile, Tls};
@@ -45,9 +47,8 @@ pub enum News {
 pub struct Plan {
     pub registration: Registration,
     pub tls: Option<Tls>,
-    pub address: Address,
-    /// The app's port inside the container, for the check.
-    pub check_port: u16,
+    /// `--docker`, or the default socket when it exists.
+    pub docker: Option<DockerApi>,
 }
 
 /// The supervisor's side of a running registrar.
@@ -84,8 +85,9 @@ impl Handle {
     }
 }
 
-/// Starts the registrar thread. Call after the signal mask is set, so the thread inherits it.
-pub fn start(plan: Plan) -> io::Result<Handle> {
+/// Starts the registrar thread for the app `app_pid`. Call after the signal mask is set, so
+/// the thread inherits it.
+pub fn start(plan: Plan, app_pid: i32) -> io::Result<Handle> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     let (command_tx, command_rx) = mpsc::channel();
     let (news_tx, news_rx) = mpsc::channel();
@@ -95,7 +97,7 @@ pub fn start(plan: Plan) -> io::Result<Handle> {
     };
     thread::Builder::new()
         .name("registrar".into())
-        .spawn(move || Registrar::new(plan, notifier).run(&command_rx))?;
+        .spawn(move || Registrar::new(plan, app_pid, notifier).run(&command_rx))?;
     Ok(Handle {
         commands: command_tx,
         news: news_rx,
@@ -138,9 +140,14 @@ struct Registrar {
     probe_http: Http,
     check: Check,
     check_interval: Duration,
-    check_port: u16,
+    discovery: Discovery,
+    prefix: String,
+    /// Set once discovery has found the name and address.
     key: String,
     value: String,
+    check_addr: SocketAddr,
+    found: bool,
+    next_discovery: Instant,
     ttl: Duration,
     lease: Option<Lease>,
     /// Passed the last check, or failed fewer than two in a row since.
@@ -156,26 +163,28 @@ struct Registrar {
 }
 
 impl Registrar {
-    fn new(plan: Plan, notifier: Notifier) -> Self {
+    fn new(plan: Plan, app_pid: i32, notifier: Notifier) -> Self {
         let reg = plan.registration;
         let http = Http::new(plan.tls.as_ref());
         let now = Instant::now();
         let seed =
             u64::from(std::process::id()) ^ u64::from(now.elapsed().subsec_nanos()) ^ 0x5851_f42d;
-        let name = reg.name.clone().unwrap_or_else(default_name);
-        let key = format!("{}/{}", reg.prefix, name);
         let cap = (reg.ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(5));
         Self {
             client: Client::new(http, &reg.endpoints, reg.api, reg.credentials.clone()),
             probe_http: Http::new(None),
             healthy: reg.check == Check::None,
             passed_once: false,
-            check: reg.check,
+            check: reg.check.clone(),
             check_interval: reg.check_interval,
-            check_port: plan.check_port,
-            key,
-            value: plan.address.to_string(),
+            prefix: reg.prefix.clone(),
             ttl: reg.ttl,
+            discovery: Discovery::new(reg, plan.docker, app_pid),
+            key: String::new(),
+            value: String::new(),
+            check_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            found: false,
+            next_discovery: now,
             lease: None,
             failures: 0,
             next_check: now,
@@ -214,6 +223,9 @@ impl Registrar {
 
     /// The earliest time something is due.
     fn next_due(&self) -> Option<Instant> {
+        if !self.found {
+            return Some(self.next_discovery);
+        }
         let check = (self.check != Check::None).then_some(self.next_check);
         let keepalive = self.lease.map(|_| self.next_keepalive);
         let retry = (self.lease.is_none() && self.healthy).then_some(self.retry_at);
@@ -221,6 +233,10 @@ impl Registrar {
     }
 
     fn work(&mut self) {
+        if !self.found {
+            self.discover();
+            return;
+        }
         let now = Instant::now();
         if self.check != Check::None && now >= self.next_check {
             self.run_check();
@@ -241,14 +257,41 @@ impl Registrar {
         }
     }
 
+    /// Finds the name and address; retried every 100 ms until the app listens.
+    fn discover(&mut self) {
+        match self.discovery.discover() {
+            Ok(Found {
+                name,
+                address,
+                check,
+            }) => {
+                self.key = format!("{}/{name}", self.prefix);
+                self.value = address.to_string();
+                self.check_addr = check;
+                self.found = true;
+                self.next_check = Instant::now();
+                log::info!(
+                    "will register {} = {} once the {} check on {check} passes",
+                    self.key,
+                    self.value,
+                    self.check
+                );
+            }
+            Err(why) => {
+                log::debug!("discovery: {why}");
+                self.next_discovery = Instant::now() + READINESS_POLL;
+            }
+        }
+    }
+
     fn run_check(&mut self) {
         let timeout = self
             .check_interval
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
-        match check::probe(&self.check, &self.probe_http, self.check_port, timeout) {
+        match check::probe(&self.check, &self.probe_http, self.check_addr, timeout) {
             Ok(()) => {
                 if !self.healthy {
-                    log::info!("check passed: {} on port {}", self.check, self.check_port);
+                    log::info!("check passed: {} on {}", self.check, self.check_addr);
                 }
                 self.healthy = true;
                 self.passed_once = true;
@@ -353,15 +396,8 @@ impl Registrar {
     }
 }
 
-/// The hostname, which Docker sets to the container's short id (the Docker API's name comes
-/// with discovery).
-fn default_name() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
-}
+/// The Docker Engine API socket used when `--docker` is not given and it exists.
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// CA bundle used for `https://` endpoints when `--etcd-cacert` is not given.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -369,8 +405,11 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Reads the TLS files and fixes the address, before the app starts: a missing or bad file is
 /// a usage error (exit 2), not something to find out later on the registrar thread.
 pub fn plan(registration: Registration) -> Result<Plan, UsageError> {
-    let (address, check_port) =
-        crate::discovery::resolve(&registration).map_err(|e| UsageError::new("--advertise", e))?;
+    let docker = registration.docker.clone().or_else(|| {
+        std::path::Path::new(DOCKER_SOCKET)
+            .exists()
+            .then(|| DockerApi::Unix(DOCKER_SOCKET.to_owned()))
+    });
     let wants_tls = registration.endpoints.iter().any(|e| e.tls);
     let tls = if wants_tls || registration.cacert.is_some() {
         let ca_path = match &registration.cacert {
@@ -404,8 +443,7 @@ pub fn plan(registration: Registration) -> Result<Plan, UsageError> {
     Ok(Plan {
         registration,
         tls,
-        address,
-        check_port,
+        docker,
     })
 }
 

@@ -1,10 +1,25 @@
-//! Picks the `HOST:PORT` to advertise and the port to check. This build takes both from
-//! `--advertise HOST:PORT` (with `--port` for the check when the app listens on another port
-//! than the one advertised); finding them from the container and the Docker API comes next.
+//! Picks the `HOST:PORT` to advertise, the key's name, and where to run the check, from what
+//! the options say, what the kernel says (`net`) and what Docker says (`docker`):
+//!
+//! - port: `--port`, else the lowest TCP port the app's session listens on (waiting until one
+//!   exists);
+//! - mode `published` (auto: when Docker shows the port published): the host's IP and the
+//!   published host port; mode `container`: the default route's interface IP and the app port;
+//! - `--advertise` overrides the host, the port, or both;
+//! - name: `--name`, else the container's name from Docker, else the hostname.
+//!
+//! Runs on the registrar thread (it reads `/proc` and may ask the Docker API), never on the
+//! supervisor's.
+
+pub mod docker;
+pub mod net;
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
-use crate::config::Registration;
+use crate::config::{DockerApi, Mode, Registration};
+use crate::http::Http;
 
 /// The advertised address, written as etcd values are: `10.0.0.5:8080`, `[fd00::5]:8080`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,20 +38,166 @@ impl fmt::Display for Address {
     }
 }
 
-/// The address to advertise and the app's own port, or why they are not known.
-pub fn resolve(reg: &Registration) -> Result<(Address, u16), String> {
-    match (&reg.advertise.host, reg.advertise.port.or(reg.port)) {
-        (Some(host), Some(port)) => Ok((
-            Address {
-                host: host.clone(),
-                port,
-            },
-            reg.port.unwrap_or(port),
-        )),
-        _ => Err(
-            "address discovery is not available in this build: set --advertise HOST:PORT".into(),
-        ),
+/// What discovery settled on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub name: String,
+    pub address: Address,
+    /// Where the check connects: the app's listening address (loopback for a wildcard bind).
+    pub check: SocketAddr,
+}
+
+/// Discovery state kept across attempts (it retries until the app listens).
+pub struct Discovery {
+    reg: Registration,
+    docker: Option<DockerApi>,
+    app_sid: i32,
+    http: Http,
+    told_ports: bool,
+}
+
+impl Discovery {
+    /// `docker` is `--docker`, or the default socket when it exists; `app_sid` the app's pid
+    /// (it leads its own session).
+    pub fn new(reg: Registration, docker: Option<DockerApi>, app_sid: i32) -> Self {
+        Self {
+            reg,
+            docker,
+            app_sid,
+            http: Http::new(None),
+            told_ports: false,
+        }
     }
+
+    /// One attempt; `Err` says what is still missing (retried by the caller).
+    pub fn discover(&mut self) -> Result<Found, String> {
+        let listeners = net::app_listeners(self.app_sid);
+        let port = match self.reg.port.or_else(|| listeners.first().map(|l| l.port)) {
+            Some(p) => p,
+            // Before the app listens, an explicit advertised port stands in for the app's.
+            None => self
+                .reg
+                .advertise
+                .port
+                .ok_or("waiting for the app to listen on a TCP port")?,
+        };
+        if self.reg.port.is_none() && listeners.len() > 1 && !self.told_ports {
+            let all: Vec<String> = listeners.iter().map(|l| l.port.to_string()).collect();
+            log::info!(
+                "the app listens on ports {}; using {port} (set --port to choose)",
+                all.join(", ")
+            );
+            self.told_ports = true;
+        }
+        let check = listeners
+            .iter()
+            .find(|l| l.port == port)
+            .map_or(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), |l| {
+                SocketAddr::new(check_host(l.addr), port)
+            });
+
+        let container = self.docker.as_ref().and_then(|api| {
+            let id = docker::own_id()?;
+            match docker::inspect(api, &self.http, &id, Duration::from_secs(2)) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    log::debug!("{e}; not using the Docker API");
+                    None
+                }
+            }
+        });
+        let name = self
+            .reg
+            .name
+            .clone()
+            .or_else(|| container.as_ref().map(|c| c.name.clone()))
+            .unwrap_or_else(hostname);
+
+        let published = container.as_ref().and_then(|c| c.published(port));
+        let use_published = match (self.reg.mode, published) {
+            (Mode::Published, None) => {
+                return Err(format!(
+                    "--mode published: port {port} is not published by Docker (docker run -p/-P){}",
+                    if container.is_none() {
+                        ", or the Docker API does not know this container"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            (Mode::Published, Some(_)) | (Mode::Auto, Some(_)) => true,
+            (Mode::Container, _) | (Mode::Auto, None) => false,
+        };
+        let (mut host, mut adv_port) = match (use_published, published) {
+            (true, Some(bindings)) => {
+                // Prefer an IPv4 binding: `-P` publishes on 0.0.0.0 and :: alike.
+                let &(bind_ip, host_port) = bindings
+                    .iter()
+                    .find(|(ip, _)| !ip.is_some_and(|i| i.is_ipv6()))
+                    .or(bindings.first())
+                    .ok_or("no port binding")?;
+                (self.host_ip(bind_ip)?, host_port)
+            }
+            _ => {
+                let host = match &self.reg.advertise.host {
+                    Some(_) => String::new(), // overridden below; no need to look
+                    None => net::container_ip()?.to_string(),
+                };
+                (host, port)
+            }
+        };
+        if let Some(h) = &self.reg.advertise.host {
+            host.clone_from(h);
+        }
+        if let Some(p) = self.reg.advertise.port {
+            adv_port = p;
+        }
+        Ok(Found {
+            name,
+            address: Address {
+                host,
+                port: adv_port,
+            },
+            check,
+        })
+    }
+
+    /// The host address for a published port: `--host-ip`, else a specific binding address,
+    /// else the default gateway (reachable only from this host).
+    fn host_ip(&mut self, binding: Option<IpAddr>) -> Result<String, String> {
+        if let Some(ip) = self.reg.host_ip {
+            return Ok(ip.to_string());
+        }
+        if let Some(ip) = binding.filter(|ip| !ip.is_unspecified()) {
+            return Ok(ip.to_string());
+        }
+        let gw = net::default_gateway()
+            .ok_or("no --host-ip, no specific HostIp, and no default gateway")?;
+        log::warn!(
+            "advertising the default gateway {gw} as the host address: only this host can reach it; set --host-ip"
+        );
+        Ok(gw.to_string())
+    }
+}
+
+/// Where to connect to reach a socket listening on `addr`.
+fn check_host(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        // A v4-mapped address (::ffff:a.b.c.d) is reached over IPv4.
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+        other => other,
+    }
+}
+
+/// The hostname, which Docker sets to the container's short id.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }
 
 #[cfg(test)]
@@ -55,5 +216,14 @@ mod tests {
         assert_eq!(a("10.0.0.5"), "10.0.0.5:80");
         assert_eq!(a("fd00::5"), "[fd00::5]:80");
         assert_eq!(a("web.local"), "web.local:80");
+    }
+
+    #[test]
+    fn check_hosts() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(check_host(ip("0.0.0.0")), ip("127.0.0.1"));
+        assert_eq!(check_host(ip("::")), ip("::1"));
+        assert_eq!(check_host(ip("172.17.0.2")), ip("172.17.0.2"));
+        assert_eq!(check_host(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
     }
 }

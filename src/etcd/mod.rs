@@ -10,10 +10,9 @@ pub mod v3;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::config::{Credentials, Endpoint, EtcdApi};
 use crate::http::{Http, Method, Reply};
+use crate::json::Json;
 
 /// What an answer from one endpoint means.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,11 +84,11 @@ impl fmt::Display for Lease {
 
 /// Picks the API from a `/version` answer: v3 (with its gateway prefix) on etcd 3.x, else v2.
 pub fn api_from_version(body: &str) -> Result<Api, Fault> {
-    let v: Value = serde_json::from_str(body)
-        .map_err(|e| Fault::Malformed(format!("/version is not JSON ({e})")))?;
+    let v =
+        Json::parse(body).map_err(|e| Fault::Malformed(format!("/version is not JSON ({e})")))?;
     let server = v
         .get("etcdserver")
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .ok_or_else(|| Fault::Malformed("/version without etcdserver".into()))?;
     let mut parts = server.split('.').map(|p| p.parse::<u32>().ok());
     match (parts.next().flatten(), parts.next().flatten()) {

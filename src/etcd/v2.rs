@@ -2,9 +2,8 @@
 //! paths, form bodies and response parsers. v2 has no leases: the TTL sits on the key, which is
 //! refreshed with `refresh=true&prevExist=true` (no value, so watchers see no change). No I/O.
 
-use serde_json::Value;
-
 use super::Fault;
+use crate::json::Json;
 
 /// `/v2/keys/app/servers/web-1`, each byte outside the unreserved set percent-encoded.
 pub fn key_path(key: &str) -> String {
@@ -24,11 +23,11 @@ pub fn refresh(ttl_secs: u64) -> String {
 /// Success of set, refresh and delete. A refresh of a key that expired is [`Fault::KeyGone`];
 /// deleting a key that is already gone counts as done (`missing_ok`).
 pub fn parse(status: u16, body: &str, missing_ok: bool) -> Result<(), Fault> {
-    let v: Option<Value> = serde_json::from_str(body).ok();
+    let v = Json::parse(body).ok();
     let code = v
         .as_ref()
         .and_then(|v| v.get("errorCode"))
-        .and_then(Value::as_i64);
+        .and_then(Json::as_i64);
     if (200..300).contains(&status) {
         return match v {
             Some(v) if v.get("node").is_some() => Ok(()),
@@ -41,7 +40,7 @@ pub fn parse(status: u16, body: &str, missing_ok: bool) -> Result<(), Fault> {
     let message = v
         .as_ref()
         .and_then(|v| v.get("message"))
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .unwrap_or("")
         .to_owned();
     match (status, code) {

@@ -6,9 +6,8 @@
 //! strings; fields holding zero are left out, so a keepalive answer without `TTL` means the
 //! lease is gone.
 
-use serde_json::{Value, json};
-
 use super::Fault;
+use crate::json::{Json, quote};
 
 /// Path of each call under the API prefix (`/v3` on etcd 3.4+, `/v3beta` on 3.3).
 pub const GRANT: &str = "/lease/grant";
@@ -20,27 +19,32 @@ pub const AUTHENTICATE: &str = "/auth/authenticate";
 
 /// `{"TTL": 10}`
 pub fn grant(ttl_secs: u64) -> String {
-    json!({ "TTL": ttl_secs }).to_string()
+    format!(r#"{{"TTL":{ttl_secs}}}"#)
 }
 
 /// `{"key": b64, "value": b64, "lease": "ID"}`
 pub fn put(key: &str, value: &str, lease: i64) -> String {
-    json!({ "key": base64(key.as_bytes()), "value": base64(value.as_bytes()), "lease": lease.to_string() }).to_string()
+    let (k, v) = (base64(key.as_bytes()), base64(value.as_bytes()));
+    format!(r#"{{"key":"{k}","value":"{v}","lease":"{lease}"}}"#)
 }
 
 /// `{"ID": "ID"}`, for keepalive and revoke.
 pub fn lease_id(lease: i64) -> String {
-    json!({ "ID": lease.to_string() }).to_string()
+    format!(r#"{{"ID":"{lease}"}}"#)
 }
 
 /// `{"key": b64}`: deletes exactly that key.
 pub fn delete(key: &str) -> String {
-    json!({ "key": base64(key.as_bytes()) }).to_string()
+    format!(r#"{{"key":"{}"}}"#, base64(key.as_bytes()))
 }
 
 /// `{"name": user, "password": password}`
 pub fn authenticate(user: &str, password: &str) -> String {
-    json!({ "name": user, "password": password }).to_string()
+    format!(
+        r#"{{"name":{},"password":{}}}"#,
+        quote(user),
+        quote(password)
+    )
 }
 
 /// The granted lease ID.
@@ -48,7 +52,7 @@ pub fn parse_grant(status: u16, body: &str) -> Result<i64, Fault> {
     let v = parse_ok(status, body)?;
     if let Some(e) = v
         .get("error")
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .filter(|e| !e.is_empty())
     {
         return Err(Fault::Rejected(e.to_owned()));
@@ -84,15 +88,15 @@ pub fn parse_done(status: u16, body: &str) -> Result<(), Fault> {
 pub fn parse_token(status: u16, body: &str) -> Result<String, Fault> {
     let v = parse_ok(status, body)?;
     v.get("token")
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| Fault::Malformed("authenticate answer without a token".into()))
 }
 
 /// Parses a body as JSON; a non-2xx status becomes the fault the gateway's error describes.
-fn parse_ok(status: u16, body: &str) -> Result<Value, Fault> {
-    let v: Value = serde_json::from_str(body).map_err(|e| {
+fn parse_ok(status: u16, body: &str) -> Result<Json, Fault> {
+    let v = Json::parse(body).map_err(|e| {
         if (200..300).contains(&status) {
             Fault::Malformed(format!("answer is not JSON ({e}): {}", clip(body)))
         } else {
@@ -117,13 +121,13 @@ fn status_fault(status: u16, body: &str) -> Fault {
 
 /// Sorts a gateway error (`{"error": "...", "code": N, "message": "..."}`) into what the
 /// registrar acts on. gRPC codes: 5 not found, 14 unavailable, 16 unauthenticated.
-fn classify_error(status: u16, err: &Value) -> Fault {
+fn classify_error(status: u16, err: &Json) -> Fault {
     let message = ["message", "error"]
         .iter()
-        .find_map(|k| err.get(*k).and_then(Value::as_str))
+        .find_map(|k| err.get(k).and_then(Json::as_str))
         .unwrap_or("")
         .to_owned();
-    let code = err.get("code").and_then(Value::as_i64);
+    let code = err.get("code").and_then(Json::as_i64);
     if message.contains("lease not found") {
         Fault::LeaseGone
     } else if code == Some(16) || status == 401 || message.contains("invalid auth token") {
@@ -138,12 +142,8 @@ fn classify_error(status: u16, err: &Value) -> Fault {
 }
 
 /// An int64 field, which the gateway writes as a string (numbers accepted too).
-fn int_field(v: &Value, name: &str) -> Option<i64> {
-    match v.get(name)? {
-        Value::String(s) => s.parse().ok(),
-        Value::Number(n) => n.as_i64(),
-        _ => None,
-    }
+fn int_field(v: &Json, name: &str) -> Option<i64> {
+    v.get(name)?.as_i64()
 }
 
 /// At most 200 characters of a body, for error messages.
@@ -209,7 +209,7 @@ mod tests {
     fn requests_use_strings_for_int64_and_base64_for_bytes() {
         assert_eq!(
             put("/a", "1.2.3.4:80", 7587),
-            r#"{"key":"L2E=","lease":"7587","value":"MS4yLjMuNDo4MA=="}"#
+            r#"{"key":"L2E=","value":"MS4yLjMuNDo4MA==","lease":"7587"}"#
         );
         assert_eq!(lease_id(42), r#"{"ID":"42"}"#);
         assert_eq!(grant(10), r#"{"TTL":10}"#);

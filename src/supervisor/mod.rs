@@ -78,7 +78,7 @@ pub fn run(config: Config, inherited: &InheritedSignals, plan: Option<Plan>) -> 
     }
     // Started after the app, so nothing network-related delays it; after the signal mask,
     // so the thread inherits it and every signal still comes to the signalfd.
-    let registrar = plan.and_then(|plan| match registrar::start(plan) {
+    let registrar = plan.and_then(|plan| match registrar::start(plan, pid) {
         Ok(handle) => Some(handle),
         Err(e) => {
             log::error!("cannot start the registrar thread ({e}); running as a plain init");

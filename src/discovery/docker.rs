@@ -1,0 +1,181 @@
+//! The Docker Engine API, for the two things only Docker knows: the container's name and the
+//! host port published for the app's port (`docker run -P`). Finds its own container id in
+//! `/proc/self/mountinfo` or `/proc/self/cgroup` (else uses the hostname, which Docker sets to
+//! the short id), asks `GET /containers/<id>/json` through the shared HTTP client (unix
+//! socket or tcp://), and parses the answer. Read-only: it never changes anything in Docker.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::config::DockerApi;
+use crate::http::{Http, Method};
+use crate::json::Json;
+
+/// One published binding: (HostIp, HostPort).
+pub type Binding = (Option<IpAddr>, u16);
+
+/// What the API says about this container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    /// Without Docker's leading `/`.
+    pub name: String,
+    /// `NetworkSettings.Ports`: container port → (HostIp, HostPort) bindings.
+    pub ports: Vec<(u16, Vec<Binding>)>,
+}
+
+impl Container {
+    /// The bindings published for a TCP port, if any.
+    pub fn published(&self, port: u16) -> Option<&[Binding]> {
+        self.ports
+            .iter()
+            .find(|(p, b)| *p == port && !b.is_empty())
+            .map(|(_, b)| b.as_slice())
+    }
+}
+
+/// A 64-hex-digit container id in a mountinfo or cgroup line: `/docker/containers/<id>/`,
+/// `/docker/<id>`, `docker-<id>.scope`.
+pub fn container_id(mountinfo: &str, cgroup: &str) -> Option<String> {
+    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let from_mounts = mountinfo.lines().find_map(|line| {
+        let rest = line.split("/containers/").nth(1)?;
+        let id = rest.split('/').next()?;
+        is_id(id).then(|| id.to_owned())
+    });
+    from_mounts.or_else(|| {
+        cgroup.lines().find_map(|line| {
+            line.split(['/', '-', '.', ':'])
+                .find(|part| is_id(part))
+                .map(str::to_owned)
+        })
+    })
+}
+
+/// Parses `GET /containers/<id>/json`.
+pub fn parse_inspect(body: &str) -> Result<Container, String> {
+    let v = Json::parse(body).map_err(|e| format!("container {e}"))?;
+    let name = v
+        .get("Name")
+        .and_then(Json::as_str)
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .filter(|n| !n.is_empty())
+        .ok_or("container JSON without a Name")?;
+    let mut ports = Vec::new();
+    if let Some(map) = v.path("NetworkSettings/Ports").and_then(Json::as_object) {
+        for (spec, bindings) in map {
+            let Some(port) = spec
+                .strip_suffix("/tcp")
+                .and_then(|p| p.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            let bindings = bindings
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|b| {
+                            let host_port = b.get("HostPort")?.as_str()?.parse::<u16>().ok()?;
+                            let host_ip = b
+                                .get("HostIp")
+                                .and_then(Json::as_str)
+                                .and_then(|ip| ip.parse().ok());
+                            Some((host_ip, host_port))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            ports.push((port, bindings));
+        }
+    }
+    Ok(Container { name, ports })
+}
+
+/// Asks the Engine API about `id` (an id, id prefix or name).
+pub fn inspect(
+    api: &DockerApi,
+    http: &Http,
+    id: &str,
+    timeout: Duration,
+) -> Result<Container, String> {
+    let url = match api {
+        DockerApi::Unix(path) => format!("unix://{path}:/containers/{id}/json"),
+        DockerApi::Tcp { host, port } if host.contains(':') => {
+            format!("http://[{host}]:{port}/containers/{id}/json")
+        }
+        DockerApi::Tcp { host, port } => format!("http://{host}:{port}/containers/{id}/json"),
+    };
+    let reply = http
+        .request(Method::Get, &url, &[], None, timeout)
+        .map_err(|e| format!("Docker API {}: {e}", describe(api)))?;
+    match reply.status {
+        200 => parse_inspect(&reply.body),
+        404 => Err(format!("Docker API {}: no container {id:?}", describe(api))),
+        s => Err(format!("Docker API {}: HTTP {s}", describe(api))),
+    }
+}
+
+fn describe(api: &DockerApi) -> String {
+    match api {
+        DockerApi::Unix(path) => format!("unix://{path}"),
+        DockerApi::Tcp { host, port } => format!("tcp://{host}:{port}"),
+    }
+}
+
+/// This container's id as Docker knows it: from mountinfo or cgroup, else the hostname.
+pub fn own_id() -> Option<String> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    container_id(&read("/proc/self/mountinfo"), &read("/proc/self/cgroup")).or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3aa6e0e8cf1f7480ce4022d7a83ac3966a1d6b7032acbe5c3227cd09e15b516a";
+
+    #[test]
+    fn finds_the_container_id() {
+        let mountinfo = include_str!("../../tests/fixtures/mountinfo_docker.txt");
+        let cgroup = include_str!("../../tests/fixtures/cgroup_docker_v1.txt");
+        assert_eq!(container_id(mountinfo, "").as_deref(), Some(ID));
+        assert_eq!(container_id("", cgroup).as_deref(), Some(ID));
+        let systemd = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(container_id("", &systemd).as_deref(), Some(ID));
+        assert_eq!(
+            container_id("1 2 3:4 / / rw - ext4 /dev/sda rw\n", "0::/\n"),
+            None
+        );
+        assert_eq!(
+            container_id("x /containers/short/hostname y\n", "garbage"),
+            None
+        );
+    }
+
+    #[test]
+    fn parses_a_real_inspect_answer() {
+        let c = parse_inspect(include_str!("../../tests/fixtures/docker_inspect.json")).unwrap();
+        assert_eq!(c.name, "hecd-fx");
+        assert_eq!(
+            c.published(8080),
+            Some(&[(Some("127.0.0.1".parse().unwrap()), 32769)][..])
+        );
+        let both = c.published(9090).unwrap();
+        assert_eq!(both[0], (Some("0.0.0.0".parse().unwrap()), 32768));
+        assert_eq!(c.published(1234), None);
+    }
+
+    #[test]
+    fn bad_inspect_answers_are_errors() {
+        for body in ["", "{", "[]", "{}", r#"{"Name": 5}"#, r#"{"Name": "/"}"#] {
+            assert!(parse_inspect(body).is_err(), "{body:?}");
+        }
+        let odd = r#"{"Name":"/x","NetworkSettings":{"Ports":{"53/udp":null,"80/tcp":null,"81/tcp":[{"HostPort":"x"}]}}}"#;
+        let c = parse_inspect(odd).unwrap();
+        assert_eq!((c.published(80), c.published(81)), (None, None));
+    }
+}

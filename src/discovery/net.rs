@@ -1,0 +1,276 @@
+//! What the kernel says about the network from inside the container: the TCP ports the app's
+//! processes listen on (`/proc/net/tcp{,6}` matched with socket inodes under `/proc/<pid>/fd`),
+//! the interface carrying the default route and its address, and the default gateway. Parsers
+//! are pure and tested on real samples; the readers around them only read `/proc`.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A listening TCP socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub inode: u64,
+}
+
+/// Parses `/proc/net/tcp` or `/proc/net/tcp6` text into its LISTEN sockets. Malformed lines
+/// are skipped (the kernel's format is fixed, but a truncated read must not fail the rest).
+pub fn parse_listeners(text: &str) -> Vec<Listener> {
+    text.lines().skip(1).filter_map(parse_tcp_line).collect()
+}
+
+fn parse_tcp_line(line: &str) -> Option<Listener> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+    if f.len() < 10 || f[3] != "0A" {
+        return None;
+    }
+    let (addr_hex, port_hex) = f[1].split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    let addr = parse_hex_addr(addr_hex)?;
+    let inode = f[9].parse().ok()?;
+    Some(Listener { addr, port, inode })
+}
+
+/// The kernel prints addresses as 32-bit words in host byte order (little-endian here).
+fn parse_hex_addr(hex: &str) -> Option<IpAddr> {
+    match hex.len() {
+        8 => Some(IpAddr::V4(Ipv4Addr::from(
+            u32::from_str_radix(hex, 16).ok()?.swap_bytes(),
+        ))),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+                let word = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&word.to_le_bytes());
+            }
+            let v6 = Ipv6Addr::from(bytes);
+            Some(IpAddr::V6(v6))
+        }
+        _ => None,
+    }
+}
+
+/// The default route's interface and gateway from `/proc/net/route`.
+pub fn parse_default_route(text: &str) -> Option<(String, Ipv4Addr)> {
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 || f[1] != "00000000" || f[7] != "00000000" {
+            return None;
+        }
+        let gw = u32::from_str_radix(f[2], 16).ok()?.swap_bytes();
+        Some((f[0].to_owned(), Ipv4Addr::from(gw)))
+    })
+}
+
+/// The interface of the IPv6 default route (`::/0`) from `/proc/net/ipv6_route`.
+pub fn parse_default_route6(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let zero = "00000000000000000000000000000000";
+        (f.len() >= 10 && f[0] == zero && f[1] == "00" && f[9] != "lo").then(|| f[9].to_owned())
+    })
+}
+
+/// Global IPv6 addresses of `iface` from `/proc/net/if_inet6` (scope 00 = global).
+pub fn parse_inet6(text: &str, iface: &str) -> Vec<Ipv6Addr> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 6 || f[5] != iface || f[3] != "00" {
+                return None;
+            }
+            match parse_hex_addr_be(f[0])? {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            }
+        })
+        .collect()
+}
+
+/// if_inet6 prints the address as plain big-endian hex.
+fn parse_hex_addr_be(hex: &str) -> Option<IpAddr> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(IpAddr::V6(Ipv6Addr::from(bytes)))
+}
+
+/// The IPv4 address of `iface` (first one), from getifaddrs.
+pub fn interface_ipv4(iface: &str) -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        if a.interface_name != iface {
+            return None;
+        }
+        a.address?.as_sockaddr_in().map(|sin| sin.ip())
+    })
+}
+
+/// The container's own address: the IPv4 address of the default route's interface, else a
+/// global IPv6 address of the IPv6 default route's interface.
+pub fn container_ip() -> Result<IpAddr, String> {
+    let route = read("/proc/net/route");
+    if let Some((iface, _)) = parse_default_route(&route) {
+        return interface_ipv4(&iface)
+            .map(IpAddr::V4)
+            .ok_or_else(|| format!("default route via {iface}, which has no IPv4 address"));
+    }
+    let iface = parse_default_route6(&read("/proc/net/ipv6_route"))
+        .ok_or("no default route (IPv4 or IPv6)")?;
+    parse_inet6(&read("/proc/net/if_inet6"), &iface)
+        .first()
+        .map(|a| IpAddr::V6(*a))
+        .ok_or_else(|| format!("IPv6 default route via {iface}, which has no global address"))
+}
+
+/// The default IPv4 gateway (on a Docker bridge: the host).
+pub fn default_gateway() -> Option<Ipv4Addr> {
+    parse_default_route(&read("/proc/net/route")).map(|(_, gw)| gw)
+}
+
+/// The TCP ports the processes of session `sid` (the app and everything it started in its
+/// session) listen on, lowest first, with the listening address.
+pub fn app_listeners(sid: i32) -> Vec<Listener> {
+    let inodes = session_socket_inodes(sid);
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let mut found: Vec<Listener> = parse_listeners(&read("/proc/net/tcp"))
+        .into_iter()
+        .chain(parse_listeners(&read("/proc/net/tcp6")))
+        .filter(|l| inodes.contains(&l.inode))
+        .collect();
+    found.sort_by_key(|l| (l.port, l.addr.is_ipv6()));
+    found.dedup_by_key(|l| l.port);
+    found
+}
+
+/// Socket inodes open in any process whose session is `sid`.
+fn session_socket_inodes(sid: i32) -> HashSet<u64> {
+    let mut inodes = HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return inodes;
+    };
+    for entry in procs.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if session_of(pid) != Some(sid) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && let Some(inode) = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse().ok())
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    inodes
+}
+
+/// The session id field of `/proc/<pid>/stat` (after the parenthesised command name).
+fn session_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_from_real_tcp_and_tcp6() {
+        let v4 = parse_listeners(include_str!("../../tests/fixtures/proc_net_tcp_host.txt"));
+        assert_eq!(
+            v4[0],
+            Listener {
+                addr: "0.0.0.0".parse().unwrap(),
+                port: 2024,
+                inode: 1677
+            }
+        );
+        assert!(
+            v4.iter().all(|l| l.inode != 0),
+            "only LISTEN sockets: {v4:?}"
+        );
+        let v6 = parse_listeners(include_str!(
+            "../../tests/fixtures/proc_net_tcp6_docker.txt"
+        ));
+        assert_eq!(
+            v6,
+            [Listener {
+                addr: "::".parse().unwrap(),
+                port: 8080,
+                inode: 84451
+            }]
+        );
+        let loopback = "sl local\n 0: 0100007F:1F90 00000000:0000 0A 0:0 0:0 0 0 0 77 1\n";
+        assert_eq!(
+            parse_listeners(loopback)[0].addr,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        let v6_loop = "h\n 0: 00000000000000000000000001000000:0050 0:0 0A 0:0 0:0 0 0 0 5 1\n";
+        assert_eq!(
+            parse_listeners(v6_loop)[0].addr,
+            "::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn malformed_tcp_lines_are_skipped() {
+        let text = "header\n\
+                    garbage\n\
+                    0: 0100007F 00000000:0000 0A 0 0 0 0 0 1\n\
+                    0: XYZ:1F90 00000000:0000 0A 0:0 0:0 0 0 0 5\n\
+                    0: 0100007F:GGGG 00000000:0000 0A 0:0 0:0 0 0 0 5\n\
+                    0: 0100007F:1F90 00000000:0000 0A 0:0 0:0 0 0 0 notanumber\n\
+                    0: 0100007F:1F90 00000000:0000 0A\n\
+                    0: 0100007F:1F91 00000000:0000 0A 0:0 0:0 0 0 0 9\n";
+        assert_eq!(
+            parse_listeners(text),
+            [Listener {
+                addr: "127.0.0.1".parse().unwrap(),
+                port: 8081,
+                inode: 9
+            }]
+        );
+        assert!(parse_listeners("").is_empty());
+    }
+
+    #[test]
+    fn default_routes_and_addresses() {
+        let route = include_str!("../../tests/fixtures/proc_net_route_docker.txt");
+        assert_eq!(
+            parse_default_route(route),
+            Some(("eth0".into(), "172.17.0.1".parse().unwrap()))
+        );
+        assert_eq!(parse_default_route("Iface\tDestination\n"), None);
+        let v6 = include_str!("../../tests/fixtures/proc_net_ipv6_route_host.txt");
+        assert_eq!(parse_default_route6(v6), Some("eth0".into()));
+        let inet6 = include_str!("../../tests/fixtures/proc_net_if_inet6_host.txt");
+        assert_eq!(
+            parse_inet6(inet6, "eth0"),
+            ["fd00::2".parse::<Ipv6Addr>().unwrap()]
+        );
+        assert!(parse_inet6(inet6, "docker0").is_empty(), "link-local only");
+    }
+}
