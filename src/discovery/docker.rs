@@ -21,9 +21,20 @@ pub struct Container {
     pub name: String,
     /// `NetworkSettings.Ports`: container port → (HostIp, HostPort) bindings.
     pub ports: Vec<(u16, Vec<Binding>)>,
+    /// `NetworkSettings.Networks`: network name → this container's address on it.
+    pub networks: Vec<(String, IpAddr)>,
 }
 
 impl Container {
+    /// The address on the container's own network: the first network other than Swarm's
+    /// `ingress` (whose addresses only the routing mesh uses).
+    pub fn network_ip(&self) -> Option<IpAddr> {
+        self.networks
+            .iter()
+            .find(|(n, _)| n != "ingress")
+            .map(|(_, ip)| *ip)
+    }
+
     /// The bindings published for a TCP port, if any.
     pub fn published(&self, port: u16) -> Option<&[Binding]> {
         self.ports
@@ -87,7 +98,27 @@ pub fn parse_inspect(body: &str) -> Result<Container, String> {
             ports.push((port, bindings));
         }
     }
-    Ok(Container { name, ports })
+    let mut networks = Vec::new();
+    for (net, settings) in v
+        .path("NetworkSettings/Networks")
+        .and_then(Json::as_object)
+        .unwrap_or_default()
+    {
+        let ip = ["IPAddress", "GlobalIPv6Address"].iter().find_map(|k| {
+            settings
+                .get(k)
+                .and_then(Json::as_str)
+                .and_then(|a| a.parse::<IpAddr>().ok())
+        });
+        if let Some(ip) = ip {
+            networks.push((net.clone(), ip));
+        }
+    }
+    Ok(Container {
+        name,
+        ports,
+        networks,
+    })
 }
 
 /// Asks the Engine API about `id` (an id, id prefix or name).
@@ -167,6 +198,12 @@ mod tests {
         let both = c.published(9090).unwrap();
         assert_eq!(both[0], (Some("0.0.0.0".parse().unwrap()), 32768));
         assert_eq!(c.published(1234), None);
+        assert_eq!(c.network_ip(), Some("172.17.0.2".parse().unwrap()));
+        let swarm = r#"{"Name":"/t","NetworkSettings":{"Networks":{"ingress":{"IPAddress":"10.0.0.5"},"web":{"IPAddress":"10.0.1.7"}}}}"#;
+        assert_eq!(
+            parse_inspect(swarm).unwrap().network_ip(),
+            Some("10.0.1.7".parse().unwrap())
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod docker;
 pub mod net;
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::config::{DockerApi, Mode, Registration};
@@ -139,9 +139,13 @@ impl Discovery {
                 (self.host_ip(bind_ip)?, host_port)
             }
             _ => {
-                let host = match &self.reg.advertise.host {
-                    Some(_) => String::new(), // overridden below; no need to look
-                    None => net::container_ip()?.to_string(),
+                let host = match (
+                    &self.reg.advertise.host,
+                    container.as_ref().and_then(|c| c.network_ip()),
+                ) {
+                    (Some(_), _) => String::new(), // overridden below; no need to look
+                    (None, Some(ip)) => ip.to_string(),
+                    (None, None) => net::container_ip()?.to_string(),
                 };
                 (host, port)
             }
@@ -180,11 +184,12 @@ impl Discovery {
     }
 }
 
-/// Where to connect to reach a socket listening on `addr`.
+/// Where to connect to reach a socket listening on `addr`. A wildcard bind is reached on
+/// 127.0.0.1, also for `::`: such sockets take IPv4 too (Linux's default `bindv6only=0`), and
+/// containers often have no `::1` at all (Docker disables IPv6 unless asked).
 fn check_host(addr: IpAddr) -> IpAddr {
     match addr {
-        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        a if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         // A v4-mapped address (::ffff:a.b.c.d) is reached over IPv4.
         IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
         other => other,
@@ -222,7 +227,8 @@ mod tests {
     fn check_hosts() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(check_host(ip("0.0.0.0")), ip("127.0.0.1"));
-        assert_eq!(check_host(ip("::")), ip("::1"));
+        assert_eq!(check_host(ip("::")), ip("127.0.0.1"));
+        assert_eq!(check_host(ip("::1")), ip("::1"));
         assert_eq!(check_host(ip("172.17.0.2")), ip("172.17.0.2"));
         assert_eq!(check_host(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
     }

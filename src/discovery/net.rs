@@ -101,24 +101,53 @@ fn parse_hex_addr_be(hex: &str) -> Option<IpAddr> {
     Some(IpAddr::V6(Ipv6Addr::from(bytes)))
 }
 
-/// The IPv4 address of `iface` (first one), from getifaddrs.
-pub fn interface_ipv4(iface: &str) -> Option<Ipv4Addr> {
-    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
-        if a.interface_name != iface {
-            return None;
-        }
-        a.address?.as_sockaddr_in().map(|sin| sin.ip())
-    })
+/// Non-loopback IPv4 addresses by interface name, from getifaddrs, sorted by name.
+pub fn interface_ipv4s() -> Vec<(String, Ipv4Addr)> {
+    let mut out: Vec<(String, Ipv4Addr)> = nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| Some((a.interface_name.clone(), a.address?.as_sockaddr_in()?.ip())))
+                .filter(|(_, ip)| !ip.is_loopback())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
-/// The container's own address: the IPv4 address of the default route's interface, else a
+/// Picks the container's address among its interfaces. One interface: that one. Several: the
+/// first that does not carry the default route, because in a Swarm task the default route
+/// goes through `docker_gwbridge` (host-local) while the overlay network is the one other
+/// tasks reach; on a plain bridge there is only one interface anyway.
+pub fn pick_container_ipv4(
+    ifaces: &[(String, Ipv4Addr)],
+    default_iface: Option<&str>,
+) -> Option<Ipv4Addr> {
+    match ifaces {
+        [] => None,
+        [(_, only)] => Some(*only),
+        several => several
+            .iter()
+            .find(|(name, _)| Some(name.as_str()) != default_iface)
+            .or(several.first())
+            .map(|(_, ip)| *ip),
+    }
+}
+
+/// The container's own address from its interfaces (see [`pick_container_ipv4`]), else a
 /// global IPv6 address of the IPv6 default route's interface.
 pub fn container_ip() -> Result<IpAddr, String> {
-    let route = read("/proc/net/route");
-    if let Some((iface, _)) = parse_default_route(&route) {
-        return interface_ipv4(&iface)
-            .map(IpAddr::V4)
-            .ok_or_else(|| format!("default route via {iface}, which has no IPv4 address"));
+    let ifaces = interface_ipv4s();
+    let default = parse_default_route(&read("/proc/net/route")).map(|(iface, _)| iface);
+    if let Some(ip) = pick_container_ipv4(&ifaces, default.as_deref()) {
+        if ifaces.len() > 1 {
+            let all: Vec<String> = ifaces.iter().map(|(n, a)| format!("{n} {a}")).collect();
+            log::info!(
+                "several interfaces ({}); advertising {ip} (set --advertise to choose)",
+                all.join(", ")
+            );
+        }
+        return Ok(IpAddr::V4(ip));
     }
     let iface = parse_default_route6(&read("/proc/net/ipv6_route"))
         .ok_or("no default route (IPv4 or IPv6)")?;
@@ -254,6 +283,26 @@ mod tests {
             }]
         );
         assert!(parse_listeners("").is_empty());
+    }
+
+    #[test]
+    fn container_address_prefers_the_overlay_in_swarm() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let plain = [("eth0".to_string(), ip("172.17.0.2"))];
+        assert_eq!(
+            pick_container_ipv4(&plain, Some("eth0")),
+            Some(ip("172.17.0.2"))
+        );
+        // A Swarm task: eth0 on the overlay, eth1 on docker_gwbridge with the default route.
+        let swarm = [
+            ("eth0".to_string(), ip("10.0.1.2")),
+            ("eth1".to_string(), ip("172.18.0.3")),
+        ];
+        assert_eq!(
+            pick_container_ipv4(&swarm, Some("eth1")),
+            Some(ip("10.0.1.2"))
+        );
+        assert_eq!(pick_container_ipv4(&[], None), None);
     }
 
     #[test]
