@@ -3,7 +3,7 @@
 //! request with `200 NAME`, except `/healthz` with 503 while UNHEALTHY_FILE exists. It prints
 //! `signal <n> at <unix ms>` for every signal and exits 0 on SIGTERM or SIGINT, so tests can
 //! compare when the app was signalled with when its key left etcd. SIGUSR1 makes it "crash"
-//! with exit status 3.
+//! with exit status 3. With TINY_LOG_REQUESTS=1 it also prints `request <path> at <unix ms>`.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -46,6 +46,7 @@ fn main() {
         }
     });
 
+    let log_requests = std::env::var_os("TINY_LOG_REQUESTS").is_some();
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
     let port = listener.local_addr().expect("local_addr").port();
     println!("listening {port} {}", std::process::id());
@@ -55,6 +56,9 @@ fn main() {
         let n = stream.read(&mut buf).unwrap_or(0);
         let request = String::from_utf8_lossy(&buf[..n]);
         let path = request.split_whitespace().nth(1).unwrap_or("/");
+        if log_requests && n > 0 {
+            println!("request {path} at {}", now_ms());
+        }
         let sick = path == "/healthz"
             && unhealthy
                 .as_deref()
