@@ -77,13 +77,13 @@ pub const OPTIONS: &[OptSpec] = &[
     opt(
         "port",
         "PORT",
-        "the TCP port the app listens on (this build: the --advertise port)",
+        "the TCP port the app listens on",
         "the app's port inside the container, which the check probes",
     ),
     opt(
         "advertise",
         "[HOST][:PORT]",
-        "discovered (this build: required as HOST:PORT with --etcd)",
+        "discovered",
         "advertise this host, port or both; IPv6 as [fd00::5]:8080",
     ),
     opt(

@@ -25,10 +25,17 @@ impl Stage {
     fn start(etcd: &Etcd) -> Stage {
         let dir = TempDir::new("haproxy");
         let port = free_port();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/haproxy/hecd-haproxy");
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/haproxy/hecd-haproxy");
         let log = std::fs::File::create(dir.0.join("stage.log")).unwrap();
         let child = Command::new(script)
-            .args(["--etcd", &etcd.url(), "--listen", &format!("127.0.0.1:{port}"), "--dir"])
+            .args([
+                "--etcd",
+                &etcd.url(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--dir",
+            ])
             .arg(dir.0.join("run"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -37,7 +44,12 @@ impl Stage {
             .spawn()
             .expect("start hecd-haproxy (needs haproxy and etcdctl)");
         let stage = Stage { child, dir, port };
-        assert!(wait_until(Duration::from_secs(10), || stage.get().is_some() || stage.config().contains("backend")), "{}", stage.log());
+        assert!(
+            wait_until(Duration::from_secs(10), || stage.get().is_some()
+                || stage.config().contains("backend")),
+            "{}",
+            stage.log()
+        );
         stage
     }
 
@@ -57,7 +69,8 @@ impl Stage {
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         let (head, body) = out.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.trim().to_owned())
+        head.starts_with("HTTP/1.1 200")
+            .then(|| body.trim().to_owned())
     }
 }
 
@@ -67,7 +80,11 @@ impl Drop for Stage {
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- consumer stage ---\n{}\n--- haproxy.cfg ---\n{}", self.log(), self.config());
+            eprintln!(
+                "--- consumer stage ---\n{}\n--- haproxy.cfg ---\n{}",
+                self.log(),
+                self.config()
+            );
         }
     }
 }
@@ -76,11 +93,26 @@ impl Drop for Stage {
 fn app(etcd: &Etcd, name: &str) -> Hecd {
     let port = free_port();
     let mut cmd = Command::new(common::hecd_init());
-    cmd.args(["--etcd", &etcd.url(), "--name", name, "--advertise", &format!("127.0.0.1:{port}")])
-        .args(["--ttl", "3", "--check-interval", "500ms", "--drain", "2", "--"])
-        .arg(example("tiny_server"))
-        .args([port.to_string(), name.to_owned()])
-        .env("TINY_LOG_REQUESTS", "1");
+    cmd.args([
+        "--etcd",
+        &etcd.url(),
+        "--name",
+        name,
+        "--advertise",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args([
+        "--ttl",
+        "3",
+        "--check-interval",
+        "500ms",
+        "--drain",
+        "2",
+        "--",
+    ])
+    .arg(example("tiny_server"))
+    .args([port.to_string(), name.to_owned()])
+    .env("TINY_LOG_REQUESTS", "1");
     let mut h = common::start_command(cmd);
     assert!(h.expect_line("listening").starts_with("listening"));
     h.app_pid();
@@ -89,7 +121,13 @@ fn app(etcd: &Etcd, name: &str) -> Hecd {
 
 /// Sends about `rate` requests a second for `for_`, calling `during` once after `at`;
 /// returns (ok, failed) and who answered.
-fn load(stage: &Stage, rate: u32, for_: Duration, at: Duration, mut during: impl FnMut()) -> (u32, u32, Vec<String>) {
+fn load(
+    stage: &Stage,
+    rate: u32,
+    for_: Duration,
+    at: Duration,
+    mut during: impl FnMut(),
+) -> (u32, u32, Vec<String>) {
     let started = Instant::now();
     let (mut ok, mut failed, mut who) = (0, 0, Vec::new());
     let mut fired = false;
@@ -116,7 +154,12 @@ fn backends(stage: &Stage) -> Vec<String> {
     stage
         .config()
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("server ").and_then(|r| r.split_whitespace().next()).map(str::to_owned))
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("server ")
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -124,8 +167,16 @@ fn backends(stage: &Stage) -> Vec<String> {
 fn stopping_an_instance_under_load_fails_no_request() {
     let etcd = Etcd::start();
     let stage = Stage::start(&etcd);
-    let mut apps: Vec<Hecd> = ["web-1", "web-2", "web-3"].iter().map(|n| app(&etcd, n)).collect();
-    assert!(wait_until(Duration::from_secs(15), || backends(&stage).len() == 3), "backends {:?}\n{}", backends(&stage), stage.log());
+    let mut apps: Vec<Hecd> = ["web-1", "web-2", "web-3"]
+        .iter()
+        .map(|n| app(&etcd, n))
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(15), || backends(&stage).len() == 3),
+        "backends {:?}\n{}",
+        backends(&stage),
+        stage.log()
+    );
     // Let every server pass HAProxy's own first check.
     assert!(wait_until(Duration::from_secs(10), || {
         let mut seen: Vec<String> = (0..9).filter_map(|_| stage.get()).collect();
@@ -135,13 +186,27 @@ fn stopping_an_instance_under_load_fails_no_request() {
     }));
 
     let mut term_sent = 0;
-    let (ok, failed, who) = load(&stage, 50, Duration::from_secs(8), Duration::from_secs(2), || {
-        term_sent = now_ms();
-        apps[0].signal(libc::SIGTERM);
-    });
-    assert_eq!(failed, 0, "{failed} of {} requests failed while web-1 stopped", ok + failed);
+    let (ok, failed, who) = load(
+        &stage,
+        50,
+        Duration::from_secs(8),
+        Duration::from_secs(2),
+        || {
+            term_sent = now_ms();
+            apps[0].signal(libc::SIGTERM);
+        },
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed while web-1 stopped",
+        ok + failed
+    );
     assert!(ok >= 300, "load too thin: {ok}");
-    assert!(who.iter().any(|w| w == "web-1") && who.iter().any(|w| w == "web-2"), "traffic was spread");
+    assert!(
+        who.iter().any(|w| w == "web-1") && who.iter().any(|w| w == "web-2"),
+        "traffic was spread"
+    );
     assert_eq!(apps[0].expect_exit(), 0);
 
     // web-1 got no request after its key was deleted plus the reload (1 s of margin), even
@@ -157,7 +222,11 @@ fn stopping_an_instance_under_load_fails_no_request() {
         }
     }
     assert!(signalled > term_sent, "the app got SIGTERM");
-    assert!(last_request < term_sent + 1000, "web-1 still got traffic {} ms after its key was deleted", last_request - term_sent);
+    assert!(
+        last_request < term_sent + 1000,
+        "web-1 still got traffic {} ms after its key was deleted",
+        last_request - term_sent
+    );
     assert!(!backends(&stage).contains(&"web-1".to_string()));
     apps.remove(0);
 
@@ -165,14 +234,32 @@ fn stopping_an_instance_under_load_fails_no_request() {
     // goes within TTL + 1 s (plus the reload).
     let killed = Instant::now();
     apps[0].signal(libc::SIGKILL);
-    assert!(wait_until(Duration::from_secs(6), || !backends(&stage).contains(&"web-2".to_string())), "{:?}", backends(&stage));
-    assert!(killed.elapsed() <= Duration::from_secs(5), "backend gone after {:?}", killed.elapsed());
+    assert!(
+        wait_until(Duration::from_secs(6), || !backends(&stage)
+            .contains(&"web-2".to_string())),
+        "{:?}",
+        backends(&stage)
+    );
+    assert!(
+        killed.elapsed() <= Duration::from_secs(5),
+        "backend gone after {:?}",
+        killed.elapsed()
+    );
 
     // A fourth instance takes traffic within one check interval plus the reload.
     let started = Instant::now();
     let _web4 = app(&etcd, "web-4");
-    let took = wait_until(Duration::from_secs(10), || stage.get().as_deref() == Some("web-4") || stage.get().as_deref() == Some("web-4"));
+    let took = wait_until(Duration::from_secs(10), || {
+        stage.get().as_deref() == Some("web-4") || stage.get().as_deref() == Some("web-4")
+    });
     assert!(took, "web-4 never answered:\n{}", stage.log());
-    eprintln!("web-4 took traffic {:?} after it started", started.elapsed());
-    assert!(started.elapsed() < Duration::from_secs(4), "web-4 took {:?}", started.elapsed());
+    eprintln!(
+        "web-4 took traffic {:?} after it started",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "web-4 took {:?}",
+        started.elapsed()
+    );
 }
