@@ -13,6 +13,8 @@ mod config;
 mod discovery;
 mod error;
 mod etcd;
+#[cfg(test)]
+mod fuzz;
 mod http;
 mod json;
 mod lifecycle;
