@@ -44,12 +44,10 @@ impl Stage {
             .spawn()
             .expect("start hecd-haproxy (needs haproxy and etcdctl)");
         let stage = Stage { child, dir, port };
-        assert!(
-            wait_until(Duration::from_secs(10), || stage.get().is_some()
-                || stage.config().contains("backend")),
-            "{}",
-            stage.log()
-        );
+        let watching = wait_until(Duration::from_secs(10), || {
+            stage.log().contains("hecd-haproxy: watching")
+        });
+        assert!(watching, "the stage did not start:\n{}", stage.log());
         stage
     }
 
@@ -261,5 +259,64 @@ fn stopping_an_instance_under_load_fails_no_request() {
         started.elapsed() < Duration::from_secs(4),
         "web-4 took {:?}",
         started.elapsed()
+    );
+}
+
+/// How many times the stage has reloaded HAProxy so far.
+fn reloads(stage: &Stage) -> usize {
+    stage.log().matches("hecd-haproxy: reloaded").count()
+}
+
+#[test]
+fn consumer_stage_debounces_bursts_and_never_loads_an_invalid_config() {
+    let etcd = Etcd::start();
+    let stage = Stage::start(&etcd);
+    let before = reloads(&stage);
+    // A burst: 20 keys, one every 10 ms (each a separate etcd revision and watch event),
+    // all within the 200 ms quiet period the stage waits for.
+    for i in 0..20 {
+        let body = serde_json::json!({
+            "key": common::etcd::b64encode(format!("/app/servers/b{i:02}").as_bytes()),
+            "value": common::etcd::b64encode(format!("127.0.0.1:{}", 40000 + i).as_bytes()),
+        });
+        assert!(etcd.call("/v3/kv/put", Some(body)).is_some());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || backends(&stage).len() == 20),
+        "{:?}\n{}",
+        backends(&stage),
+        stage.log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        reloads(&stage) - before,
+        1,
+        "one reload for the burst:\n{}",
+        stage.log()
+    );
+
+    // A value HAProxy cannot use: the config is rejected by `haproxy -c` and not loaded.
+    etcd.etcdctl(&["put", "/app/servers/zz-bad", "not an address"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || stage
+            .log()
+            .contains("rendered config is invalid")),
+        "{}",
+        stage.log()
+    );
+    assert_eq!(
+        backends(&stage).len(),
+        20,
+        "the running config is unchanged"
+    );
+    assert!(!stage.config().contains("zz-bad"));
+    // Fixed: the next valid state loads again.
+    etcd.etcdctl(&["del", "/app/servers/zz-bad"]);
+    etcd.etcdctl(&["put", "/app/servers/b20", "127.0.0.1:40020"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || backends(&stage).len() == 21),
+        "{}",
+        stage.log()
     );
 }
