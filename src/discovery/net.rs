@@ -17,7 +17,41 @@ pub struct Listener {
 /// Parses `/proc/net/tcp` or `/proc/net/tcp6` text into its LISTEN sockets. Malformed lines
 /// are skipped (the kernel's format is fixed, but a truncated read must not fail the rest).
 pub fn parse_listeners(text: &str) -> Vec<Listener> {
-    text.lines().skip(1).filter_map(parse_tcp_line).collect()
+    // The header line does not parse (its state column is not 0A), so no need to skip it.
+    text.lines().filter_map(parse_tcp_line).collect()
+}
+
+/// [`parse_listeners`] on a file read 16 KiB at a time: on a busy host `/proc/net/tcp` holds
+/// many thousands of connections, and reading it whole would set hecd-init's peak memory.
+fn read_listeners(path: &str) -> Vec<Listener> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return out;
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut filled = 0;
+    // A read error ends the scan with what was parsed so far.
+    while let Ok(n) = file.read(&mut buf[filled..]) {
+        filled += n;
+        // Parse the complete lines; keep a partial last line for the next read.
+        let end = if n == 0 {
+            filled
+        } else {
+            buf[..filled]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1)
+        };
+        out.extend(parse_listeners(&String::from_utf8_lossy(&buf[..end])));
+        buf.copy_within(end..filled, 0);
+        filled -= end;
+        // EOF, or one line longer than the buffer (not the kernel's format): stop.
+        if n == 0 || filled == buf.len() {
+            break;
+        }
+    }
+    out
 }
 
 fn parse_tcp_line(line: &str) -> Option<Listener> {
@@ -169,9 +203,9 @@ pub fn app_listeners(sid: i32) -> Vec<Listener> {
     if inodes.is_empty() {
         return Vec::new();
     }
-    let mut found: Vec<Listener> = parse_listeners(&read("/proc/net/tcp"))
-        .into_iter()
-        .chain(parse_listeners(&read("/proc/net/tcp6")))
+    let mut found: Vec<Listener> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|path| read_listeners(path))
         .filter(|l| inodes.contains(&l.inode))
         .collect();
     found.sort_by_key(|l| (l.port, l.addr.is_ipv6()));
@@ -262,6 +296,41 @@ mod tests {
             parse_listeners(v6_loop)[0].addr,
             "::1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn reads_a_large_file_in_chunks() {
+        // 3000 connections, with LISTEN lines at the start, across chunk boundaries, and last.
+        let mut text = String::from("  sl  local_address rem_address   st tx_queue rx_queue\n");
+        let listen = |i: usize, port: u16| {
+            format!(
+                "{i:4}: 00000000:{port:04X} 00000000:0000 0A 0:0 0:0 0 0 0 {} 1\n",
+                100 + i
+            )
+        };
+        let other = |i: usize| {
+            format!(
+                "{i:4}: 0100007F:C621 0100007F:9DB0 06 00000000:00000000 03:0000015A 00000000 0 0 0 3 x\n"
+            )
+        };
+        let mut want = Vec::new();
+        for i in 0..3000 {
+            if i == 0 || i % 137 == 0 || i == 2999 {
+                text.push_str(&listen(i, 1000 + i as u16));
+                want.push(1000 + i as u16);
+            } else {
+                text.push_str(&other(i));
+            }
+        }
+        let path = std::env::temp_dir().join(format!("hecd-tcp-{}", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let got: Vec<u16> = read_listeners(path.to_str().unwrap())
+            .iter()
+            .map(|l| l.port)
+            .collect();
+        std::fs::remove_file(&path).unwrap();
+        assert!(text.len() > 5 * 16 * 1024, "the file spans several chunks");
+        assert_eq!(got, want);
     }
 
     #[test]
