@@ -167,8 +167,11 @@ impl Registrar {
         let reg = plan.registration;
         let http = Http::new(plan.tls.as_ref());
         let now = Instant::now();
-        let seed =
-            u64::from(std::process::id()) ^ u64::from(now.elapsed().subsec_nanos()) ^ 0x5851_f42d;
+        // Jitter only needs instances started together to differ: pid and wall-clock nanos.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let seed = (u64::from(std::process::id()) << 32) ^ u64::from(nanos);
         let cap = (reg.ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(5));
         Self {
             client: Client::new(http, &reg.endpoints, reg.api, reg.credentials.clone()),
@@ -196,12 +199,6 @@ impl Registrar {
     }
 
     fn run(mut self, commands: &Receiver<Command>) {
-        log::debug!(
-            "registrar: {} = {} once the {} check passes",
-            self.key,
-            self.value,
-            self.check
-        );
         loop {
             let command = match self.next_due() {
                 Some(due) => commands.recv_timeout(due.saturating_duration_since(Instant::now())),
@@ -210,7 +207,7 @@ impl Registrar {
             match command {
                 Ok(Command::Deregister(deadline)) => {
                     let had_key = self.lease.is_some();
-                    self.deregister(deadline);
+                    self.remove(deadline);
                     self.notifier.send(News::Deregistered(had_key));
                     return;
                 }
@@ -386,13 +383,6 @@ impl Registrar {
                 self.ttl.as_secs()
             ),
         }
-    }
-
-    fn deregister(&mut self, deadline: Instant) {
-        if self.lease.is_none() {
-            log::debug!("nothing to deregister");
-        }
-        self.remove(deadline);
     }
 }
 
