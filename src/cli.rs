@@ -143,7 +143,7 @@ pub const OPTIONS: &[OptSpec] = &[
         short: None,
         value: Some("FROM:TO"),
         default: "none",
-        help: "pass signal FROM on as TO (TERM:QUIT, 15:3; TO=0 drops it); repeatable, comma-separated in the variable",
+        help: "pass signal FROM on as TO (TERM:QUIT, 15:3; TO=0 drops it; TSTP/TTIN/TTOU go on as STOP unless rewritten); repeatable, comma-separated in the variable",
         env: true,
         repeat: true,
     },
