@@ -38,13 +38,7 @@ fn sigterm_deletes_the_key_then_drains_then_signals_the_app() {
         "web-s",
         &["--drain", "1", "--ttl", "10", "--check-interval", "200ms"],
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || etcd
-            .get(&key("web-s"))
-            .is_some()),
-        "{}",
-        h.stderr()
-    );
+    common::expect_registered(&etcd, &h, "web-s");
     let sent = now_ms();
     h.signal(libc::SIGTERM);
     let gone = time_key_gone(&etcd, &key("web-s"), Duration::from_secs(5)).expect("key deleted");
@@ -75,13 +69,7 @@ fn second_sigterm_cuts_the_drain_short() {
         "web-2t",
         &["--drain", "30", "--check-interval", "200ms"],
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || etcd
-            .get(&key("web-2t"))
-            .is_some()),
-        "{}",
-        h.stderr()
-    );
+    common::expect_registered(&etcd, &h, "web-2t");
     let started = Instant::now();
     h.signal(libc::SIGTERM);
     time_key_gone(&etcd, &key("web-2t"), Duration::from_secs(5)).expect("key deleted");
@@ -103,13 +91,7 @@ fn app_crash_removes_the_key_at_once_and_passes_the_status() {
         "web-x",
         &["--ttl", "30", "--check-interval", "200ms"],
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || etcd
-            .get(&key("web-x"))
-            .is_some()),
-        "{}",
-        h.stderr()
-    );
+    common::expect_registered(&etcd, &h, "web-x");
     let started = now_ms();
     // tiny_server exits 3 on SIGUSR1, which hecd-init passes on.
     h.signal(libc::SIGUSR1);
@@ -127,13 +109,7 @@ fn hecd_init_killed_leaves_the_key_to_expire_within_one_ttl() {
         "web-k",
         &["--ttl", "3", "--check-interval", "200ms"],
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || etcd
-            .get(&key("web-k"))
-            .is_some()),
-        "{}",
-        h.stderr()
-    );
+    common::expect_registered(&etcd, &h, "web-k");
     let killed = now_ms();
     h.signal(libc::SIGKILL);
     h.wait(Duration::from_secs(5));

@@ -155,12 +155,8 @@ fn describe(api: &DockerApi) -> String {
 /// This container's id as Docker knows it: from mountinfo or cgroup, else the hostname.
 pub fn own_id() -> Option<String> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    container_id(&read("/proc/self/mountinfo"), &read("/proc/self/cgroup")).or_else(|| {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .filter(|h| !h.is_empty())
-    })
+    container_id(&read("/proc/self/mountinfo"), &read("/proc/self/cgroup"))
+        .or_else(super::hostname_if_set)
 }
 
 #[cfg(test)]

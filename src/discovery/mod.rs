@@ -196,13 +196,17 @@ fn check_host(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// The hostname, which Docker sets to the container's short id.
-pub fn hostname() -> String {
+/// The hostname, which Docker sets to the container's short id; `None` when unset.
+pub fn hostname_if_set() -> Option<String> {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
+}
+
+/// The hostname, or `pid-N` when the system has none.
+pub fn hostname() -> String {
+    hostname_if_set().unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }
 
 #[cfg(test)]

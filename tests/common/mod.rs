@@ -412,6 +412,17 @@ pub fn start_registered(etcd_urls: &str, name: &str, args: &[&str]) -> (Hecd, u1
     (h, port)
 }
 
+/// Waits up to 10 s for `name`'s key to appear in etcd, failing with hecd-init's stderr.
+pub fn expect_registered(etcd: &etcd::Etcd, h: &Hecd, name: &str) {
+    let present = wait_until(Duration::from_secs(10), || etcd.get(&key(name)).is_some());
+    assert!(
+        present,
+        "{} not registered; stderr:\n{}",
+        key(name),
+        h.stderr()
+    );
+}
+
 /// Milliseconds since the epoch (to compare with tiny_server's `signal N at MS` lines).
 pub fn now_ms() -> u128 {
     std::time::SystemTime::now()
