@@ -4,6 +4,8 @@
 //! `signal <n> at <unix ms>` for every signal and exits 0 on SIGTERM or SIGINT, so tests can
 //! compare when the app was signalled with when its key left etcd. SIGUSR1 makes it "crash"
 //! with exit status 3. With TINY_LOG_REQUESTS=1 it also prints `request <path> at <unix ms>`.
+//! With TINY_SLOW_FILE=PATH, while PATH exists, `/healthz` prints `slow request at <unix ms>`
+//! and answers only 20 s later (a busy app whose health probe hangs).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -47,6 +49,7 @@ fn main() {
     });
 
     let log_requests = std::env::var_os("TINY_LOG_REQUESTS").is_some();
+    let slow_file = std::env::var_os("TINY_SLOW_FILE");
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
     let port = listener.local_addr().expect("local_addr").port();
     println!("listening {port} {}", std::process::id());
@@ -58,6 +61,14 @@ fn main() {
         let path = request.split_whitespace().nth(1).unwrap_or("/");
         if log_requests && n > 0 {
             println!("request {path} at {}", now_ms());
+        }
+        if path == "/healthz"
+            && slow_file
+                .as_ref()
+                .is_some_and(|f| std::path::Path::new(f).exists())
+        {
+            println!("slow request at {}", now_ms());
+            std::thread::sleep(std::time::Duration::from_secs(20));
         }
         let sick = path == "/healthz"
             && unhealthy

@@ -159,7 +159,13 @@ pub const OPTIONS: &[OptSpec] = &[
         "etcd-user",
         "USER[:PASSWORD]",
         "none",
-        "etcd user; the password may come from HECD_ETCD_PASSWORD",
+        "etcd user; the password may come from HECD_ETCD_PASSWORD or --etcd-password-file",
+    ),
+    opt(
+        "etcd-password-file",
+        "FILE",
+        "none",
+        "read the etcd password from FILE (Docker/Swarm secrets: /run/secrets/NAME); one trailing newline is dropped",
     ),
     OptSpec {
         long: "verbose",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::cli::{Given, RawArgs};
 use crate::error::UsageError;
-use crate::supervisor::signals::Rewrites;
+use crate::signal::Rewrites;
 
 /// Longest duration any option accepts; longer values are typos, and this keeps deadline
 /// arithmetic far from overflow.
@@ -31,6 +31,9 @@ pub struct Config {
     pub rewrites: Rewrites,
     /// env_logger filter.
     pub log_filter: String,
+    /// Changes to the environment the app starts with: each variable removed (`None`) or set
+    /// to a value (`Some`), so hecd-init's secrets never reach the app.
+    pub app_env: Vec<(String, Option<String>)>,
 }
 
 /// Which etcd API to speak.
@@ -128,6 +131,8 @@ pub struct Registration {
     pub cert: Option<String>,
     pub key: Option<String>,
     pub credentials: Option<Credentials>,
+    /// `--etcd-password-file`: read (before the app starts) into the credentials' password.
+    pub password_file: Option<String>,
 }
 
 /// The variables that are not options: `HECD_ETCD_PASSWORD` and `HECD_LOG`.
@@ -217,11 +222,41 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
             })
             .collect::<Result<Vec<_>, _>>(),
     );
+    let had_password_variable = password.is_some();
     let credentials = errors.take(
         raw.get("etcd-user")
             .map(|g| parse_user(g, password))
             .transpose(),
     );
+    let password_file = raw.get("etcd-password-file");
+    if let Some(g) = password_file {
+        let inline = raw.get("etcd-user").is_some_and(|u| u.value.contains(':'));
+        if raw.get("etcd-user").is_none() {
+            errors.take(Err::<(), _>(UsageError::new(
+                &g.source,
+                "needs --etcd-user USER (the file holds only the password)",
+            )));
+        } else if inline {
+            errors.take(Err::<(), _>(UsageError::new(
+                &g.source,
+                "--etcd-user USER:PASSWORD already gives a password; give USER alone",
+            )));
+        }
+    }
+    let password_file = password_file.map(|g| g.value.clone());
+    // Secrets are hecd-init's, not the app's: the password variable goes, and a password in
+    // HECD_ETCD_USER is cut off (the user name stays, it may matter to a wrapper script).
+    let mut app_env = Vec::new();
+    if had_password_variable {
+        app_env.push(("HECD_ETCD_PASSWORD".to_owned(), None));
+    }
+    if let Some(g) = raw
+        .get("etcd-user")
+        .filter(|g| g.source.starts_with("HECD_"))
+        && let Some((user, _)) = g.value.split_once(':')
+    {
+        app_env.push((g.source.clone(), Some(user.to_owned())));
+    }
     let file = |long: &str| raw.get(long).map(|g| g.value.clone());
     let (cacert, cert, key) = (file("etcd-cacert"), file("etcd-cert"), file("etcd-key"));
     if cert.is_some() != key.is_some() {
@@ -266,6 +301,7 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
         cert,
         key,
         credentials: credentials.clone().flatten(),
+        password_file,
     });
     let default_drain = if registering {
         Duration::from_secs(2)
@@ -274,9 +310,14 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     };
     let log_filter = match (verbose.unwrap_or(0), log) {
         (0, Some(filter)) => filter,
-        (0, None) => "info".into(),
-        (1, _) => "debug".into(),
-        _ => "trace".into(),
+        // A pure init is silent like tini and dumb-init: the terminal and the container's log
+        // belong to the app. Registering, info shows the registration events.
+        (0, None) if registering => "info".into(),
+        (0, None) => "warn".into(),
+        // -v is about hecd-init: the HTTP and TLS crates stay at warnings (their debug lines
+        // are per-request plumbing; their trace lines could show what hecd-init never logs).
+        (1, _) => "warn,hecd_init=debug".into(),
+        _ => "warn,hecd_init=trace".into(),
     };
     Ok(Config {
         command: raw.command,
@@ -284,8 +325,9 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
         drain: drain.flatten().unwrap_or(default_drain),
         stop_timeout: stop_timeout.flatten(),
         single_child: single_child.unwrap_or(false),
-        rewrites: Rewrites::new(rewrites.unwrap_or_default()),
+        rewrites: Rewrites::new(rewrites.unwrap_or_default(), !single_child.unwrap_or(false)),
         log_filter,
+        app_env,
     })
 }
 
@@ -606,8 +648,58 @@ mod tests {
         assert_eq!(c.drain, Duration::ZERO);
         assert_eq!(c.stop_timeout, None);
         assert!(!c.single_child);
-        assert_eq!(c.log_filter, "info");
+        // Silent like tini: warnings and errors only.
+        assert_eq!(c.log_filter, "warn");
         assert_eq!(c.command, vec![OsString::from("app")]);
+    }
+
+    #[test]
+    fn registering_logs_at_info_and_secrets_stay_out_of_the_app_env() {
+        let c = build_with(
+            &["--etcd", "http://127.0.0.1:2379"],
+            &[
+                ("HECD_ETCD_USER", "root:s3cret"),
+                ("HECD_ETCD_PASSWORD", "other"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.log_filter, "info");
+        assert_eq!(
+            c.app_env,
+            vec![
+                ("HECD_ETCD_PASSWORD".to_owned(), None),
+                ("HECD_ETCD_USER".to_owned(), Some("root".to_owned())),
+            ]
+        );
+        // A user given as a flag leaves the environment alone (nothing of it is there).
+        let c = build_with(&["--etcd-user", "root:pw"], &[]).unwrap();
+        assert!(c.app_env.is_empty());
+    }
+
+    #[test]
+    fn password_file_needs_a_user_without_inline_password() {
+        let r = reg(&[
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            "/run/secrets/pw",
+        ]);
+        assert_eq!(r.password_file.as_deref(), Some("/run/secrets/pw"));
+        assert_eq!(
+            err(&["--etcd", "http://e:2379", "--etcd-password-file", "/x"]),
+            "--etcd-password-file: needs --etcd-user USER (the file holds only the password)"
+        );
+        assert_eq!(
+            err(&[
+                "--etcd",
+                "http://e:2379",
+                "--etcd-user",
+                "u:p",
+                "--etcd-password-file",
+                "/x"
+            ]),
+            "--etcd-password-file: --etcd-user USER:PASSWORD already gives a password; give USER alone"
+        );
     }
 
     #[test]
@@ -674,7 +766,7 @@ mod tests {
         );
         assert!(c.single_child);
         assert_eq!(c.rewrites.map(15), 3);
-        assert_eq!(c.log_filter, "debug");
+        assert_eq!(c.log_filter, "warn,hecd_init=debug");
         let c = build_with(
             &[],
             &[
@@ -692,7 +784,7 @@ mod tests {
         );
         assert!(c.single_child);
         assert_eq!((c.rewrites.map(10), c.rewrites.map(1)), (12, 0));
-        assert_eq!(c.log_filter, "trace");
+        assert_eq!(c.log_filter, "warn,hecd_init=trace");
         let env = [
             ("HECD_ETCD", "http://e:2379"),
             ("HECD_ETCD_API", "v2"),

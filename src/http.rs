@@ -1,31 +1,40 @@
-//! The one HTTP plumbing of hecd-init (etcd now, the Docker API next): HTTP/1.1 requests over
-//! TCP, TLS (rustls with ring, our own CA and client certificate) or a unix socket, each bounded
-//! by a deadline that covers resolving, connecting, sending and reading. One request per
-//! connection (`Connection: close`): registration sends a request every few seconds, so a pool
-//! would buy nothing. It knows nothing about etcd or Docker; it never retries, and never logs
-//! bodies (they may hold passwords and tokens; callers log what is safe).
+//! The one HTTP plumbing of hecd-init, for etcd, the Docker API and the `http:` check: a
+//! configured ureq agent (rustls with ring, TLS 1.2 and 1.3, our own CA and client certificate)
+//! and a small unix-socket connector for the Docker API. Every request is bounded by one
+//! deadline that covers the name lookup, connecting, sending and reading the whole answer, and
+//! what it reads is bounded too (head and body sizes). It knows nothing about etcd or Docker;
+//! it never retries, and never logs bodies (they may hold passwords and tokens).
 //!
-//! Why not ureq: it forces rustls' TLS 1.2 and logging code in, and with its `http` types it
-//! took the static binary past the 1.5 MiB budget (2.07 MB against 1.4 MB without it); and
-//! the Docker API needs unix sockets, which ureq only offers through an unstable interface.
+//! Every byte of an answer is hostile: framing (chunked sizes, Content-Length, the status line,
+//! the headers) is ureq's, which turns any breakage into an error; this module only maps those
+//! errors to the three kinds its callers act on.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use ureq::Agent;
+use ureq::http::{Request, Uri};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, Transport,
+};
 
-/// Largest response head (status line and headers) and body read.
+/// Largest response head (status line and headers) and body read. etcd's answers are a few
+/// hundred bytes and Docker's inspect a few KiB; anything bigger is not what we asked for.
 const MAX_HEAD: usize = 16 * 1024;
-const MAX_BODY: usize = 1 << 20;
+const MAX_BODY: u64 = 1 << 20;
+/// ureq's read and write buffers per connection (its default is 128 KiB each).
+const BUFFER: usize = 32 * 1024;
 
 /// TLS settings, built before the app starts (a bad file is a usage error).
 #[derive(Clone)]
-pub struct Tls(Arc<rustls::ClientConfig>);
+pub struct Tls(TlsConfig);
 
 impl fmt::Debug for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -41,41 +50,58 @@ pub struct PemFile<'a> {
 
 impl Tls {
     /// Builds a client configuration from a PEM CA bundle and an optional PEM certificate
-    /// chain and key. Errors name the file.
+    /// chain and key. Errors name the file. TLS 1.2 and 1.3, server certificates always
+    /// verified against the given CA only.
     pub fn from_pem(
         ca: PemFile<'_>,
         client: Option<(PemFile<'_>, PemFile<'_>)>,
     ) -> Result<Self, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certificates(ca.path, ca.data)? {
-            roots
-                .add(cert)
+        let roots = certificates(ca.path, ca.data)?;
+        // ureq skips certificates it cannot use; check them here so a bad CA file is named.
+        let mut store = rustls::RootCertStore::empty();
+        for cert in &roots {
+            store
+                .add(CertificateDer::from(cert.der()))
                 .map_err(|e| format!("{}: unusable CA certificate ({e})", ca.path))?;
         }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?
-        .with_root_certificates(roots);
-        let config = match client {
-            None => builder.with_no_client_auth(),
+        let client = match client {
+            None => None,
             Some((cert, key)) => {
                 let chain = certificates(cert.path, cert.data)?;
-                let private = PrivateKeyDer::from_pem_slice(key.data)
-                    .map_err(|e| format!("{}: no usable private key ({e})", key.path))?;
-                builder
-                    .with_client_auth_cert(chain, private)
-                    .map_err(|e| format!("{}: does not fit the key ({e})", cert.path))?
+                let bad_key = |e: String| format!("{}: no usable private key ({e})", key.path);
+                let private = PrivateKey::from_pem(key.data).map_err(|e| bad_key(e.to_string()))?;
+                // The pair must fit: let rustls say so now rather than at the first handshake.
+                let der =
+                    PrivateKeyDer::from_pem_slice(key.data).map_err(|e| bad_key(e.to_string()))?;
+                let ders = chain
+                    .iter()
+                    .map(|c| CertificateDer::from(c.der()).into_owned());
+                rustls::ClientConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("TLS set-up: {e}"))?
+                    .with_root_certificates(store)
+                    .with_client_auth_cert(ders.collect(), der)
+                    .map_err(|e| format!("{}: does not fit the key ({e})", cert.path))?;
+                Some(ClientCert::new_with_certs(&chain, private))
             }
         };
-        Ok(Self(Arc::new(config)))
+        let config = TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&roots))
+            .client_cert(client)
+            .unversioned_rustls_crypto_provider(provider())
+            .build();
+        Ok(Self(config))
     }
 }
 
-fn certificates(path: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(path: &str, pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
+    let certs: Vec<Certificate<'static>> = CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)
+        .map(|der| Certificate::from_der(der.as_ref()).to_owned())
         .collect();
     if certs.is_empty() {
         return Err(format!("{path}: no PEM certificate in it"));
@@ -117,7 +143,7 @@ pub enum HttpError {
     Timeout,
     /// Could not connect (refused, unreachable, name not found, TLS handshake).
     Connect(String),
-    /// The connection broke or the answer was not HTTP.
+    /// The connection broke or the answer was not HTTP (or too big, or not UTF-8).
     Broken(String),
 }
 
@@ -131,71 +157,80 @@ impl fmt::Display for HttpError {
     }
 }
 
-/// Where a request goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Target {
-    Tcp { host: String, port: u16, tls: bool },
-    Unix(String),
-}
-
-/// Splits `http://host:port/path`, `https://[v6]:port/path` or `unix:///socket:/path` (the
-/// socket path, then the request path after the last `:/`).
-fn parse_url(url: &str) -> Result<(Target, String), HttpError> {
-    let bad = || HttpError::Broken(format!("bad URL {url:?}"));
-    if let Some(rest) = url.strip_prefix("unix://") {
-        let (socket, path) = rest.rsplit_once(":/").ok_or_else(bad)?;
-        return Ok((Target::Unix(socket.to_owned()), format!("/{path}")));
-    }
-    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
-        (Some(r), _) => (false, r),
-        (_, Some(r)) => (true, r),
-        _ => return Err(bad()),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, p) = v6.split_once(']').ok_or_else(bad)?;
-        (h, p.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
+impl From<ureq::Error> for HttpError {
+    fn from(e: ureq::Error) -> Self {
+        use ureq::Error as E;
+        if let E::Io(io) = &e
+            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return HttpError::Connect(format!("TLS: {tls}"));
         }
-    };
-    let port = match port {
-        Some(p) => p.parse().map_err(|_| bad())?,
-        None if tls => 443,
-        None => 80,
-    };
-    if host.is_empty() {
-        return Err(bad());
+        match e {
+            E::Timeout(_) => HttpError::Timeout,
+            E::Io(io)
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                HttpError::Timeout
+            }
+            E::Io(io)
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::NotFound
+                        | io::ErrorKind::PermissionDenied
+                        | io::ErrorKind::AddrNotAvailable
+                        | io::ErrorKind::HostUnreachable
+                        | io::ErrorKind::NetworkUnreachable
+                ) =>
+            {
+                HttpError::Connect(io.to_string())
+            }
+            E::HostNotFound => HttpError::Connect("host not found".into()),
+            E::ConnectionFailed => HttpError::Connect("connection failed".into()),
+            E::Tls(why) => HttpError::Connect(format!("TLS: {why}")),
+            E::Rustls(why) => HttpError::Connect(format!("TLS: {why}")),
+            E::BodyExceedsLimit(n) => HttpError::Broken(format!("answer body over {n} bytes")),
+            E::LargeResponseHeader(..) => {
+                HttpError::Broken(format!("answer head over {MAX_HEAD} bytes"))
+            }
+            E::Protocol(p) => HttpError::Broken(format!("not an HTTP answer: {p}")),
+            other => HttpError::Broken(other.to_string()),
+        }
     }
-    Ok((
-        Target::Tcp {
-            host: host.to_owned(),
-            port,
-            tls,
-        },
-        path.to_owned(),
-    ))
 }
 
-/// The HTTP client.
-#[derive(Clone, Debug, Default)]
+/// The HTTP client: cheap to clone (the agent is shared).
+#[derive(Clone, Debug)]
 pub struct Http {
-    tls: Option<Tls>,
+    agent: Agent,
 }
 
 impl Http {
-    /// A client; `tls` is needed only for `https://` URLs.
+    /// A client for `http://` and `https://` URLs; `tls` is needed only for `https://`.
     pub fn new(tls: Option<&Tls>) -> Self {
-        Self { tls: tls.cloned() }
+        let mut config = base_config();
+        if let Some(tls) = tls {
+            config = config.tls_config(tls.0.clone());
+        }
+        Self {
+            agent: config.build().new_agent(),
+        }
+    }
+
+    /// A client whose every request goes to the unix socket at `path`, whatever the URL's
+    /// host (use `http://localhost/...`). For the Docker Engine API.
+    pub fn unix(path: &str) -> Self {
+        let config = base_config().build();
+        Self {
+            agent: Agent::with_parts(config, UnixConnector(path.to_owned()), NoResolver),
+        }
     }
 
     /// Sends one request and reads the whole answer, all within `timeout`. `body` is
-    /// (content type, text).
+    /// (content type, text). Header values with CR or LF are refused (the request is not sent).
     pub fn request(
         &self,
         method: Method,
@@ -204,356 +239,255 @@ impl Http {
         body: Option<(&str, &str)>,
         timeout: Duration,
     ) -> Result<Reply, HttpError> {
-        let deadline = Instant::now() + timeout;
-        let (target, path) = parse_url(url)?;
-        let host_header = match &target {
-            Target::Tcp { host, port, .. } if host.contains(':') => format!("[{host}]:{port}"),
-            Target::Tcp { host, port, .. } => format!("{host}:{port}"),
-            Target::Unix(_) => "localhost".to_owned(),
+        let mut builder = Request::builder().method(method.as_str()).uri(url);
+        for (name, value) in headers {
+            if value.contains(['\r', '\n']) || name.contains(['\r', '\n']) {
+                return Err(HttpError::Broken(format!(
+                    "header {name} holds a line break; not sent"
+                )));
+            }
+            builder = builder.header(*name, *value);
+        }
+        let bad = |e: ureq::http::Error| HttpError::Broken(format!("bad request {url:?}: {e}"));
+        let mut response = match body {
+            Some((content_type, text)) => {
+                let request = builder
+                    .header("content-type", content_type)
+                    .body(text.to_owned())
+                    .map_err(bad)?;
+                self.run(request, timeout)?
+            }
+            None => self.run(builder.body(()).map_err(bad)?, timeout)?,
         };
-        let mut head = format!(
-            "{} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: hecd-init/{}\r\nConnection: close\r\n",
-            method.as_str(),
-            env!("CARGO_PKG_VERSION")
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        let text = body.map_or("", |(_, t)| t);
-        if let Some((content_type, _)) = body {
-            head.push_str(&format!("Content-Type: {content_type}\r\n"));
-        }
-        if body.is_some() || matches!(method, Method::Post | Method::Put) {
-            head.push_str(&format!("Content-Length: {}\r\n", text.len()));
-        }
-        head.push_str("\r\n");
-        head.push_str(text);
-
-        let reply = match &target {
-            Target::Unix(socket) => {
-                let stream = UnixStream::connect(socket)
-                    .map_err(|e| HttpError::Connect(format!("{socket}: {e}")))?;
-                exchange(Deadlined::new(stream, deadline)?, &head)
-            }
-            Target::Tcp { host, port, tls } => {
-                let stream = connect(host, *port, deadline)?;
-                let stream = Deadlined::new(stream, deadline)?;
-                if *tls {
-                    let config = self.tls.as_ref().ok_or_else(|| {
-                        HttpError::Connect("https:// without TLS settings".into())
-                    })?;
-                    let name = ServerName::try_from(host.clone()).map_err(|e| {
-                        HttpError::Connect(format!("bad TLS server name {host:?}: {e}"))
-                    })?;
-                    let conn = rustls::ClientConnection::new(Arc::clone(&config.0), name)
-                        .map_err(|e| HttpError::Connect(format!("TLS: {e}")))?;
-                    exchange(rustls::StreamOwned::new(conn, stream), &head)
-                } else {
-                    exchange(stream, &head)
-                }
-            }
-        }?;
-        Ok(reply)
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_vec()?;
+        let body = String::from_utf8(body)
+            .map_err(|_| HttpError::Broken("answer body is not UTF-8".into()))?;
+        Ok(Reply { status, body })
     }
 }
 
-/// Resolves and connects, trying each address in turn until the deadline.
-fn connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, HttpError> {
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| HttpError::Connect(format!("{host}: {e}")))?
-        .collect();
-    let mut last = HttpError::Connect(format!("{host}: no address"));
-    for addr in addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HttpError::Timeout);
-        }
-        match TcpStream::connect_timeout(&addr, left) {
-            Ok(s) => {
-                // Requests are small and sent whole: no reason to wait for Nagle.
-                let _nodelay = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => last = HttpError::Timeout,
-            Err(e) => last = HttpError::Connect(format!("{addr}: {e}")),
-        }
-    }
-    Err(last)
-}
-
-/// Writes the request and reads the response.
-fn exchange<S: Read + Write>(mut stream: S, request: &str) -> Result<Reply, HttpError> {
-    stream.write_all(request.as_bytes()).map_err(io_error)?;
-    stream.flush().map_err(io_error)?;
-    read_response(&mut BufReader::new(stream))
-}
-
-fn io_error(e: io::Error) -> HttpError {
-    if let Some(tls) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        return HttpError::Connect(format!("TLS: {tls}"));
-    }
-    match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => HttpError::Timeout,
-        io::ErrorKind::ConnectionRefused => HttpError::Connect(e.to_string()),
-        _ => HttpError::Broken(e.to_string()),
+impl Http {
+    fn run<B: ureq::AsSendBody>(
+        &self,
+        request: Request<B>,
+        timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let request = self
+            .agent
+            .configure_request(request)
+            .timeout_global(Some(timeout))
+            .build();
+        self.agent.run(request)
     }
 }
 
-/// A socket whose every read and write is bounded by one deadline.
-struct Deadlined<S> {
-    inner: S,
-    deadline: Instant,
+/// What every agent shares: statuses are answers, not errors; no redirects, no proxy from the
+/// environment (`HTTP_PROXY` and friends are the app's; etcd and Docker are reached directly),
+/// bounded heads and buffers.
+fn base_config() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .user_agent(concat!("hecd-init/", env!("CARGO_PKG_VERSION")))
+        .max_response_header_size(MAX_HEAD)
+        .input_buffer_size(BUFFER)
+        .output_buffer_size(BUFFER)
+        .max_idle_connections(4)
+        .max_idle_connections_per_host(2)
 }
 
-trait Timeouts {
-    fn set_timeouts(&self, t: Duration) -> io::Result<()>;
-}
+/// Connects every request to one unix socket (ureq's transport interface; ureq has no unix
+/// sockets of its own).
+#[derive(Debug)]
+struct UnixConnector(String);
 
-impl Timeouts for TcpStream {
-    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
+impl<In: Transport> Connector<In> for UnixConnector {
+    type Out = UnixTransport;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        _chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        let stream = UnixStream::connect(&self.0)
+            .map_err(|e| ureq::Error::Io(io::Error::new(e.kind(), format!("{}: {e}", self.0))))?;
+        let config = details.config;
+        Ok(Some(UnixTransport {
+            stream,
+            buffers: LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size()),
+        }))
     }
 }
 
-impl Timeouts for UnixStream {
-    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
-    }
+#[derive(Debug)]
+struct UnixTransport {
+    stream: UnixStream,
+    buffers: LazyBuffers,
 }
 
-impl<S: Timeouts> Deadlined<S> {
-    fn new(inner: S, deadline: Instant) -> Result<Self, HttpError> {
-        let s = Self { inner, deadline };
-        s.arm().map_err(io_error)?;
-        Ok(s)
-    }
-
-    /// Sets the socket timeouts to the time left; an error once it is used up.
-    fn arm(&self) -> io::Result<()> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        self.inner.set_timeouts(left)
-    }
-}
-
-impl<S: Timeouts + Read> Read for Deadlined<S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.arm()?;
-        self.inner.read(buf)
-    }
-}
-
-impl<S: Timeouts + Write> Write for Deadlined<S> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.arm()?;
-        self.inner.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Reads a status line, headers and a body (by Content-Length, chunked, or up to EOF).
-fn read_response<R: BufRead>(r: &mut R) -> Result<Reply, HttpError> {
-    let broken = |what: &str| HttpError::Broken(format!("not an HTTP answer: {what}"));
-    let mut head_len = 0;
-    let mut line = String::new();
-    let mut read_line = |line: &mut String| -> Result<(), HttpError> {
-        line.clear();
-        let n = r
-            .by_ref()
-            .take((MAX_HEAD + 1) as u64)
-            .read_line(line)
-            .map_err(io_error)?;
-        head_len += n;
-        if n == 0 {
-            return Err(broken("connection closed"));
-        }
-        if head_len > MAX_HEAD {
-            return Err(broken("head too large"));
+impl UnixTransport {
+    fn arm(&self, timeout: NextTimeout, write: bool) -> Result<(), ureq::Error> {
+        // A zero timeout means "already due": report it instead of blocking forever.
+        let Some(left) = timeout.not_zero() else {
+            return Err(ureq::Error::Timeout(timeout.reason));
+        };
+        let left = Some(*left);
+        if write {
+            self.stream.set_write_timeout(left)?;
+        } else {
+            self.stream.set_read_timeout(left)?;
         }
         Ok(())
-    };
-    read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let version = parts.next().unwrap_or("");
-    if !version.starts_with("HTTP/1.") {
-        return Err(broken("no HTTP/1.x status line"));
     }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .filter(|s| (100..1000).contains(s))
-        .ok_or_else(|| broken("bad status"))?;
-    let mut length: Option<usize> = None;
-    let mut chunked = false;
-    loop {
-        read_line(&mut line)?;
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        let Some((name, value)) = header.split_once(':') else {
-            return Err(broken("bad header"));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse().map_err(|_| broken("bad Content-Length"))?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        }
-    }
-    let body = if chunked {
-        read_chunked(r)?
-    } else if let Some(n) = length {
-        if n > MAX_BODY {
-            return Err(broken("body too large"));
-        }
-        let mut body = vec![0; n];
-        r.read_exact(&mut body).map_err(io_error)?;
-        body
-    } else {
-        let mut body = Vec::new();
-        r.take(MAX_BODY as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(io_error)?;
-        if body.len() > MAX_BODY {
-            return Err(broken("body too large"));
-        }
-        body
-    };
-    let body = String::from_utf8(body).map_err(|_| broken("body is not UTF-8"))?;
-    Ok(Reply { status, body })
 }
 
-fn read_chunked<R: BufRead>(r: &mut R) -> Result<Vec<u8>, HttpError> {
-    let broken = |what: &str| HttpError::Broken(format!("bad chunked body: {what}"));
-    let mut body = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        r.by_ref()
-            .take(1024)
-            .read_line(&mut line)
-            .map_err(io_error)?;
-        let size_text = line.trim_end().split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| broken("chunk size"))?;
-        if size == 0 {
-            // Trailers until the empty line; a closed connection here is fine too.
-            loop {
-                line.clear();
-                let n = r
-                    .by_ref()
-                    .take(1024)
-                    .read_line(&mut line)
-                    .map_err(io_error)?;
-                if n == 0 || line.trim_end().is_empty() {
-                    return Ok(body);
-                }
+fn timed_out(e: io::Error, timeout: &NextTimeout) -> ureq::Error {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        ureq::Error::Timeout(timeout.reason)
+    } else {
+        ureq::Error::Io(e)
+    }
+}
+
+impl Transport for UnixTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        use std::io::Write;
+        self.arm(timeout, true)?;
+        let output = self
+            .buffers
+            .output()
+            .get(..amount)
+            .ok_or_else(|| ureq::Error::Io(io::Error::other("output beyond the buffer")))?;
+        (&self.stream)
+            .write_all(output)
+            .map_err(|e| timed_out(e, &timeout))
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        use std::io::Read;
+        self.arm(timeout, false)?;
+        let input = self.buffers.input_append_buf();
+        let n = loop {
+            match (&self.stream).read(input) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(timed_out(e, &timeout)),
             }
-        }
-        if body.len() + size > MAX_BODY {
-            return Err(broken("too large"));
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        r.read_exact(&mut body[start..]).map_err(io_error)?;
-        let mut crlf = [0u8; 2];
-        r.read_exact(&mut crlf).map_err(io_error)?;
-        if &crlf != b"\r\n" {
-            return Err(broken("missing CRLF"));
-        }
+        };
+        self.buffers.input_appended(n);
+        Ok(n > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        // One request per connection: never reuse a unix connection.
+        false
+    }
+}
+
+/// The unix connector needs no address: a placeholder instead of a DNS lookup of the URL host.
+#[derive(Debug)]
+struct NoResolver;
+
+impl Resolver for NoResolver {
+    fn resolve(
+        &self,
+        _uri: &Uri,
+        _config: &ureq::config::Config,
+        _timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let mut addrs = self.empty();
+        addrs.push(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        Ok(addrs)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::Instant;
 
-    fn parse(raw: &str) -> Result<Reply, HttpError> {
-        read_response(&mut io::Cursor::new(raw.as_bytes().to_vec()))
+    /// Serves `answer` to one connection after reading the request head.
+    fn serve_once(answer: &'static [u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/x", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(answer);
+            }
+        });
+        url
+    }
+
+    fn get(url: &str) -> Result<Reply, HttpError> {
+        Http::new(None).request(Method::Get, url, &[], None, Duration::from_secs(3))
     }
 
     #[test]
-    fn reads_content_length_chunked_and_eof_bodies() {
-        let reply = parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA").unwrap();
-        assert_eq!(
-            reply,
-            Reply {
-                status: 200,
-                body: "hello".into()
-            }
+    fn reads_content_length_and_chunked_bodies() {
+        let url = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        assert_eq!(get(&url).unwrap().body, "hello");
+        let url = serve_once(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
         );
-        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n";
-        assert_eq!(parse(chunked).unwrap().body, "{\"a\":1}");
         assert_eq!(
-            parse("HTTP/1.0 404 Not Found\r\n\r\ngone").unwrap(),
+            get(&url).unwrap(),
             Reply {
                 status: 404,
-                body: "gone".into()
+                body: "{\"a\":1}".into()
             }
         );
     }
 
     #[test]
-    fn bad_answers_are_errors() {
-        for raw in [
-            "",
-            "SSH-2.0-OpenSSH\r\n",
-            "HTTP/1.1 abc\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            "HTTP/1.1 200 OK\r\nno-colon\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n",
+    fn hostile_answers_are_errors() {
+        for answer in [
+            &b"SSH-2.0-OpenSSH\r\n"[..],
+            b"HTTP/1.1 abc\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nfffffffffffffffd\r\nxx",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n",
         ] {
-            assert!(parse(raw).is_err(), "{raw:?}");
+            let url = serve_once(answer);
+            assert!(get(&url).is_err(), "{:?}", String::from_utf8_lossy(answer));
         }
     }
 
     #[test]
-    fn urls() {
-        let tcp = |h: &str, p, tls| Target::Tcp {
-            host: h.into(),
-            port: p,
-            tls,
-        };
-        assert_eq!(
-            parse_url("http://127.0.0.1:2379/v3/kv/put").unwrap(),
-            (tcp("127.0.0.1", 2379, false), "/v3/kv/put".into())
-        );
-        assert_eq!(
-            parse_url("https://[fd00::1]:2379/version").unwrap(),
-            (tcp("fd00::1", 2379, true), "/version".into())
-        );
-        assert_eq!(
-            parse_url("http://etcd").unwrap(),
-            (tcp("etcd", 80, false), "/".into())
-        );
-        assert_eq!(
-            parse_url("unix:///var/run/docker.sock:/v1.41/containers/json").unwrap(),
-            (
-                Target::Unix("/var/run/docker.sock".into()),
-                "/v1.41/containers/json".into()
+    fn header_values_with_line_breaks_are_not_sent() {
+        let err = Http::new(None)
+            .request(
+                Method::Get,
+                "http://127.0.0.1:9/",
+                &[("authorization", "x\r\nHost: evil")],
+                None,
+                Duration::from_secs(1),
             )
-        );
-        for bad in ["ftp://x", "http://:80/", "http://h:port/", "unix:///sock"] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
+            .unwrap_err();
+        assert!(matches!(err, HttpError::Broken(_)), "{err:?}");
     }
 
     #[test]
     fn deadline_bounds_a_silent_server() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let started = Instant::now();
         let err = Http::new(None)
@@ -562,5 +496,32 @@ mod tests {
         assert_eq!(err, HttpError::Timeout);
         assert!(started.elapsed() < Duration::from_secs(3));
         drop(listener);
+    }
+
+    #[test]
+    fn unix_socket_requests() {
+        let dir = std::env::temp_dir().join(format!("hecd-http-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+            }
+        });
+        let reply = Http::unix(path.to_str().unwrap())
+            .request(
+                Method::Get,
+                "http://localhost/containers/x/json",
+                &[],
+                None,
+                Duration::from_secs(3),
+            )
+            .unwrap();
+        assert_eq!(reply.body, "{}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

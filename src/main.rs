@@ -20,6 +20,7 @@ mod json;
 mod lifecycle;
 mod logging;
 mod registrar;
+mod signal;
 mod supervisor;
 mod sys;
 
@@ -44,16 +45,23 @@ fn run(args: &[OsString]) -> u8 {
     let inherited = match sys::InheritedSignals::capture() {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("hecd-init: cannot read the signal mask: {e}");
+            say(&format!("cannot read the signal mask: {e}"));
             return status::INTERNAL;
         }
     };
+    // Block every signal at once (the supervisor reads them from a signalfd later): a usage
+    // error written to a closed stderr then raises a SIGPIPE that waits, instead of killing
+    // hecd-init before it can exit with status 2.
+    if let Err(e) = sys::block_all_signals() {
+        say(&format!("cannot block signals: {e}"));
+        return status::INTERNAL;
+    }
     let raw = match cli::parse(args, |name| std::env::var_os(name)) {
         Ok(cli::Request::Run(raw)) => raw,
         Ok(cli::Request::Help) => return print_stdout(&cli::help_text()),
         Ok(cli::Request::Version) => return print_stdout(&cli::version_text()),
         Err(e) => {
-            eprintln!("hecd-init: {e}");
+            say(&e.to_string());
             return status::USAGE;
         }
     };
@@ -65,7 +73,7 @@ fn run(args: &[OsString]) -> u8 {
         Ok(c) => c,
         Err(errors) => {
             for e in errors {
-                eprintln!("hecd-init: {e}");
+                say(&e.to_string());
             }
             return status::USAGE;
         }
@@ -73,16 +81,28 @@ fn run(args: &[OsString]) -> u8 {
     let plan = match config.registration.clone().map(registrar::plan).transpose() {
         Ok(plan) => plan,
         Err(e) => {
-            eprintln!("hecd-init: {e}");
+            say(&e.to_string());
             return status::USAGE;
         }
     };
     logging::init(&config.log_filter);
-    // Release builds abort on panic (Cargo.toml): say so in one line the operator can find.
+    // A panic is a bug: one line the operator can find. On the registrar threads it ends only
+    // that thread (they catch it); the supervisor has no code that can panic, and should it
+    // ever, hecd-init exits with status 1 instead of unwinding into the C runtime.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("hecd-init: error: internal error, please report: {info}");
+        say(&format!("error: internal error, please report: {info}"));
     }));
-    supervisor::run(config, &inherited, plan)
+    let supervise = std::panic::AssertUnwindSafe(|| supervisor::run(config, &inherited, plan));
+    let status = std::panic::catch_unwind(supervise).unwrap_or(status::INTERNAL);
+    logging::flush(std::time::Duration::from_secs(1));
+    status
+}
+
+/// One `hecd-init: ` line on stderr, written directly (before logging is set up, and from the
+/// panic hook). A closed or broken stderr drops it: `eprintln!` would panic instead.
+fn say(message: &str) {
+    let line = format!("hecd-init: {message}\n");
+    let _dropped = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 #[cfg_attr(test, allow(dead_code, reason = "called only from the C main"))]

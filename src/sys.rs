@@ -180,16 +180,25 @@ pub fn release_controlling_tty() -> bool {
 }
 
 /// Arranges for the child, between fork and exec: a new session (and so its own process
-/// group), the terminal on stdin as controlling terminal when `take_tty`, and the signal mask
+/// group) unless `Session::Shared`, the terminal on stdin as controlling terminal when `take_tty`, and the signal mask
 /// and ignored signals hecd-init was started with (the std runtime clears the mask and resets
 /// SIGPIPE before this runs, so both are set back here).
-pub fn prepare_child(command: &mut Command, inherited: &InheritedSignals, take_tty: bool) {
+pub fn prepare_child(
+    command: &mut Command,
+    inherited: &InheritedSignals,
+    session: crate::supervisor::spawn::Session,
+) {
+    use crate::supervisor::spawn::Session;
     let mask = inherited.mask;
     let ignored = inherited.ignored.clone();
+    let (new_session, take_tty) = match session {
+        Session::New { take_tty } => (true, take_tty),
+        Session::Shared => (false, false),
+    };
     let hook = move || -> io::Result<()> {
         // Only async-signal-safe calls from here on: we are in the forked child.
         // SAFETY: setsid has no preconditions; a fresh child is never a group leader.
-        if unsafe { libc::setsid() } < 0 {
+        if new_session && unsafe { libc::setsid() } < 0 {
             return Err(io::Error::last_os_error());
         }
         if take_tty {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::DockerApi;
 use crate::http::{Http, Method};
-use crate::json::Json;
+use crate::json::{self, Value};
 
 /// One published binding: (HostIp, HostPort).
 pub type Binding = (Option<IpAddr>, u16);
@@ -64,15 +64,16 @@ pub fn container_id(mountinfo: &str, cgroup: &str) -> Option<String> {
 
 /// Parses `GET /containers/<id>/json`.
 pub fn parse_inspect(body: &str) -> Result<Container, String> {
-    let v = Json::parse(body).map_err(|e| format!("container {e}"))?;
-    let name = v
-        .get("Name")
-        .and_then(Json::as_str)
+    let v = json::parse(body).map_err(|e| format!("container JSON is {e}"))?;
+    let name = json::str_at(&v, "Name")
         .map(|n| n.trim_start_matches('/').to_owned())
         .filter(|n| !n.is_empty())
         .ok_or("container JSON without a Name")?;
     let mut ports = Vec::new();
-    if let Some(map) = v.path("NetworkSettings/Ports").and_then(Json::as_object) {
+    if let Some(map) = v
+        .pointer("/NetworkSettings/Ports")
+        .and_then(Value::as_object)
+    {
         for (spec, bindings) in map {
             let Some(port) = spec
                 .strip_suffix("/tcp")
@@ -86,10 +87,7 @@ pub fn parse_inspect(body: &str) -> Result<Container, String> {
                     list.iter()
                         .filter_map(|b| {
                             let host_port = b.get("HostPort")?.as_str()?.parse::<u16>().ok()?;
-                            let host_ip = b
-                                .get("HostIp")
-                                .and_then(Json::as_str)
-                                .and_then(|ip| ip.parse().ok());
+                            let host_ip = json::str_at(b, "HostIp").and_then(|ip| ip.parse().ok());
                             Some((host_ip, host_port))
                         })
                         .collect()
@@ -99,17 +97,15 @@ pub fn parse_inspect(body: &str) -> Result<Container, String> {
         }
     }
     let mut networks = Vec::new();
+    let no_networks = serde_json::Map::new();
     for (net, settings) in v
-        .path("NetworkSettings/Networks")
-        .and_then(Json::as_object)
-        .unwrap_or_default()
+        .pointer("/NetworkSettings/Networks")
+        .and_then(Value::as_object)
+        .unwrap_or(&no_networks)
     {
-        let ip = ["IPAddress", "GlobalIPv6Address"].iter().find_map(|k| {
-            settings
-                .get(k)
-                .and_then(Json::as_str)
-                .and_then(|a| a.parse::<IpAddr>().ok())
-        });
+        let ip = ["IPAddress", "GlobalIPv6Address"]
+            .iter()
+            .find_map(|k| json::str_at(settings, k).and_then(|a| a.parse::<IpAddr>().ok()));
         if let Some(ip) = ip {
             networks.push((net.clone(), ip));
         }
@@ -121,7 +117,15 @@ pub fn parse_inspect(body: &str) -> Result<Container, String> {
     })
 }
 
-/// Asks the Engine API about `id` (an id, id prefix or name).
+/// The HTTP client for the Engine API: one bound to the socket for `unix://`.
+pub fn client(api: &DockerApi) -> Http {
+    match api {
+        DockerApi::Unix(path) => Http::unix(path),
+        DockerApi::Tcp { .. } => Http::new(None),
+    }
+}
+
+/// Asks the Engine API about `id` (an id, id prefix or name), through [`client`]'s client.
 pub fn inspect(
     api: &DockerApi,
     http: &Http,
@@ -129,7 +133,7 @@ pub fn inspect(
     timeout: Duration,
 ) -> Result<Container, String> {
     let url = match api {
-        DockerApi::Unix(path) => format!("unix://{path}:/containers/{id}/json"),
+        DockerApi::Unix(_) => format!("http://localhost/containers/{id}/json"),
         DockerApi::Tcp { host, port } if host.contains(':') => {
             format!("http://[{host}]:{port}/containers/{id}/json")
         }

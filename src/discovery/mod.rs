@@ -61,10 +61,12 @@ impl Discovery {
     /// (it leads its own session).
     pub fn new(reg: Registration, docker: Option<DockerApi>, app_sid: i32) -> Self {
         Self {
+            http: docker
+                .as_ref()
+                .map_or_else(|| Http::new(None), docker::client),
             reg,
             docker,
             app_sid,
-            http: Http::new(None),
             told_ports: false,
         }
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Credentials, Endpoint, EtcdApi};
 use crate::http::{Http, Method, Reply};
-use crate::json::Json;
+use crate::json;
 
 /// What an answer from one endpoint means.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,11 +84,8 @@ impl fmt::Display for Lease {
 
 /// Picks the API from a `/version` answer: v3 (with its gateway prefix) on etcd 3.x, else v2.
 pub fn api_from_version(body: &str) -> Result<Api, Fault> {
-    let v =
-        Json::parse(body).map_err(|e| Fault::Malformed(format!("/version is not JSON ({e})")))?;
-    let server = v
-        .get("etcdserver")
-        .and_then(Json::as_str)
+    let v = json::parse(body).map_err(|e| Fault::Malformed(format!("/version is {e}")))?;
+    let server = json::str_at(&v, "etcdserver")
         .ok_or_else(|| Fault::Malformed("/version without etcdserver".into()))?;
     let mut parts = server.split('.').map(|p| p.parse::<u32>().ok());
     match (parts.next().flatten(), parts.next().flatten()) {
@@ -147,6 +144,7 @@ impl Backoff {
 const REQUEST_CAP: Duration = Duration::from_secs(5);
 
 /// The client.
+#[derive(Clone)]
 pub struct Client {
     http: Http,
     endpoints: Vec<String>,
@@ -198,26 +196,47 @@ impl Client {
         }
     }
 
-    /// Grants a lease and puts `key = value` under it (v3), or sets the key with a TTL (v2).
-    pub fn register(
-        &mut self,
-        key: &str,
-        value: &str,
-        ttl: u64,
-        deadline: Instant,
-    ) -> Result<Lease, EtcdError> {
+    /// Grants a lease of `ttl` seconds (v3). v2 keys carry their TTL themselves: no request.
+    pub fn grant(&mut self, ttl: u64, deadline: Instant) -> Result<Lease, EtcdError> {
         self.each_endpoint(deadline, |c, base, t| match c.api {
             Some(Api::V3(prefix)) => c
                 .v3_call(base, prefix, v3::GRANT, &v3::grant(ttl), t, v3::parse_grant)
-                .and_then(|id| {
-                    let put = v3::put(key, value, id);
-                    c.v3_call(base, prefix, v3::PUT, &put, t, v3::parse_done)
-                        .map(|()| Lease::V3(id))
-                }),
-            _ => c
-                .v2_call(base, Method::Put, key, Some(&v2::set(value, ttl)), t, false)
-                .map(|()| Lease::V2),
+                .map(Lease::V3),
+            _ => Attempt::Done(Lease::V2),
         })
+    }
+
+    /// Puts `key = value` under the lease (v3), or sets the key with a TTL of `ttl` (v2).
+    /// [`EtcdError::Gone`] means the lease is no longer there: grant another.
+    pub fn put(
+        &mut self,
+        key: &str,
+        value: &str,
+        lease: Lease,
+        ttl: u64,
+        deadline: Instant,
+    ) -> Result<(), EtcdError> {
+        self.each_endpoint(deadline, |c, base, t| match (lease, c.api) {
+            (Lease::V3(id), Some(Api::V3(prefix))) => {
+                let put = v3::put(key, value, id);
+                c.v3_call(base, prefix, v3::PUT, &put, t, v3::parse_done)
+            }
+            _ => c.v2_call(base, Method::Put, key, Some(&v2::set(value, ttl)), t, false),
+        })
+    }
+
+    /// The same cluster, API, last good endpoint and auth token, over another HTTP client:
+    /// what the stop path uses, so nothing in flight on this one can hold it up.
+    pub fn fork(&self, http: Http) -> Client {
+        Client {
+            http,
+            endpoints: self.endpoints.clone(),
+            current: self.current,
+            wanted: self.wanted,
+            api: self.api,
+            credentials: self.credentials.clone(),
+            token: self.token.clone(),
+        }
     }
 
     /// Renews the lease (v3) or the key's TTL (v2). [`EtcdError::Gone`] means register again.

@@ -3,7 +3,7 @@
 //! refreshed with `refresh=true&prevExist=true` (no value, so watchers see no change). No I/O.
 
 use super::Fault;
-use crate::json::Json;
+use crate::json::{self, Value};
 
 /// `/v2/keys/app/servers/web-1`, each byte outside the unreserved set percent-encoded.
 pub fn key_path(key: &str) -> String {
@@ -23,11 +23,11 @@ pub fn refresh(ttl_secs: u64) -> String {
 /// Success of set, refresh and delete. A refresh of a key that expired is [`Fault::KeyGone`];
 /// deleting a key that is already gone counts as done (`missing_ok`).
 pub fn parse(status: u16, body: &str, missing_ok: bool) -> Result<(), Fault> {
-    let v = Json::parse(body).ok();
+    let v: Option<Value> = json::parse(body).ok();
     let code = v
         .as_ref()
         .and_then(|v| v.get("errorCode"))
-        .and_then(Json::as_i64);
+        .and_then(json::int64);
     if (200..300).contains(&status) {
         return match v {
             Some(v) if v.get("node").is_some() => Ok(()),
@@ -39,8 +39,7 @@ pub fn parse(status: u16, body: &str, missing_ok: bool) -> Result<(), Fault> {
     }
     let message = v
         .as_ref()
-        .and_then(|v| v.get("message"))
-        .and_then(Json::as_str)
+        .and_then(|v| json::str_at(v, "message"))
         .unwrap_or("")
         .to_owned();
     match (status, code) {

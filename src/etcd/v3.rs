@@ -7,7 +7,9 @@
 //! lease is gone.
 
 use super::Fault;
-use crate::json::{Json, quote};
+use serde_json::json;
+
+use crate::json::{self, Value};
 
 /// Path of each call under the API prefix (`/v3` on etcd 3.4+, `/v3beta` on 3.3).
 pub const GRANT: &str = "/lease/grant";
@@ -19,42 +21,38 @@ pub const AUTHENTICATE: &str = "/auth/authenticate";
 
 /// `{"TTL": 10}`
 pub fn grant(ttl_secs: u64) -> String {
-    format!(r#"{{"TTL":{ttl_secs}}}"#)
+    json!({ "TTL": ttl_secs }).to_string()
 }
 
 /// `{"key": b64, "value": b64, "lease": "ID"}`
 pub fn put(key: &str, value: &str, lease: i64) -> String {
-    let (k, v) = (base64(key.as_bytes()), base64(value.as_bytes()));
-    format!(r#"{{"key":"{k}","value":"{v}","lease":"{lease}"}}"#)
+    json!({
+        "key": base64(key.as_bytes()),
+        "value": base64(value.as_bytes()),
+        "lease": lease.to_string(),
+    })
+    .to_string()
 }
 
 /// `{"ID": "ID"}`, for keepalive and revoke.
 pub fn lease_id(lease: i64) -> String {
-    format!(r#"{{"ID":"{lease}"}}"#)
+    json!({ "ID": lease.to_string() }).to_string()
 }
 
 /// `{"key": b64}`: deletes exactly that key.
 pub fn delete(key: &str) -> String {
-    format!(r#"{{"key":"{}"}}"#, base64(key.as_bytes()))
+    json!({ "key": base64(key.as_bytes()) }).to_string()
 }
 
 /// `{"name": user, "password": password}`
 pub fn authenticate(user: &str, password: &str) -> String {
-    format!(
-        r#"{{"name":{},"password":{}}}"#,
-        quote(user),
-        quote(password)
-    )
+    json!({ "name": user, "password": password }).to_string()
 }
 
 /// The granted lease ID.
 pub fn parse_grant(status: u16, body: &str) -> Result<i64, Fault> {
     let v = parse_ok(status, body)?;
-    if let Some(e) = v
-        .get("error")
-        .and_then(Json::as_str)
-        .filter(|e| !e.is_empty())
-    {
+    if let Some(e) = json::str_at(&v, "error").filter(|e| !e.is_empty()) {
         return Err(Fault::Rejected(e.to_owned()));
     }
     int_field(&v, "ID").filter(|id| *id != 0).ok_or_else(|| {
@@ -87,18 +85,17 @@ pub fn parse_done(status: u16, body: &str) -> Result<(), Fault> {
 /// The auth token.
 pub fn parse_token(status: u16, body: &str) -> Result<String, Fault> {
     let v = parse_ok(status, body)?;
-    v.get("token")
-        .and_then(Json::as_str)
+    json::str_at(&v, "token")
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| Fault::Malformed("authenticate answer without a token".into()))
 }
 
 /// Parses a body as JSON; a non-2xx status becomes the fault the gateway's error describes.
-fn parse_ok(status: u16, body: &str) -> Result<Json, Fault> {
-    let v = Json::parse(body).map_err(|e| {
+fn parse_ok(status: u16, body: &str) -> Result<Value, Fault> {
+    let v = json::parse(body).map_err(|e| {
         if (200..300).contains(&status) {
-            Fault::Malformed(format!("answer is not JSON ({e}): {}", clip(body)))
+            Fault::Malformed(format!("answer is {e}: {}", clip(body)))
         } else {
             status_fault(status, body)
         }
@@ -121,13 +118,13 @@ fn status_fault(status: u16, body: &str) -> Fault {
 
 /// Sorts a gateway error (`{"error": "...", "code": N, "message": "..."}`) into what the
 /// registrar acts on. gRPC codes: 5 not found, 14 unavailable, 16 unauthenticated.
-fn classify_error(status: u16, err: &Json) -> Fault {
+fn classify_error(status: u16, err: &Value) -> Fault {
     let message = ["message", "error"]
         .iter()
-        .find_map(|k| err.get(k).and_then(Json::as_str))
+        .find_map(|k| json::str_at(err, k))
         .unwrap_or("")
         .to_owned();
-    let code = err.get("code").and_then(Json::as_i64);
+    let code = err.get("code").and_then(json::int64);
     if message.contains("lease not found") {
         Fault::LeaseGone
     } else if code == Some(16) || status == 401 || message.contains("invalid auth token") {
@@ -142,8 +139,8 @@ fn classify_error(status: u16, err: &Json) -> Fault {
 }
 
 /// An int64 field, which the gateway writes as a string (numbers accepted too).
-fn int_field(v: &Json, name: &str) -> Option<i64> {
-    v.get(name)?.as_i64()
+fn int_field(v: &Value, name: &str) -> Option<i64> {
+    json::int64(v.get(name)?)
 }
 
 /// At most 200 characters of a body, for error messages.
@@ -209,7 +206,7 @@ mod tests {
     fn requests_use_strings_for_int64_and_base64_for_bytes() {
         assert_eq!(
             put("/a", "1.2.3.4:80", 7587),
-            r#"{"key":"L2E=","value":"MS4yLjMuNDo4MA==","lease":"7587"}"#
+            r#"{"key":"L2E=","lease":"7587","value":"MS4yLjMuNDo4MA=="}"#
         );
         assert_eq!(lease_id(42), r#"{"ID":"42"}"#);
         assert_eq!(grant(10), r#"{"TTL":10}"#);

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::error::status;
 use crate::lifecycle::{self, Action, Event, Phase, Settings};
 use crate::registrar::{self, News, Plan};
+use crate::signal;
 use crate::sys::{self, InheritedSignals};
 use signals::{Forwarder, Meaning};
 
@@ -41,6 +42,8 @@ struct Supervisor {
     registrar: Option<registrar::Handle>,
     /// Events made by carrying out actions, handled before waiting again.
     pending: VecDeque<Event>,
+    /// hecd-init's own pid (1 in a container), to tell signals it raised on itself.
+    own_pid: u32,
 }
 
 /// Runs the app under supervision and returns hecd-init's exit status.
@@ -60,8 +63,20 @@ pub fn run(config: Config, inherited: &InheritedSignals, plan: Option<Plan>) -> 
             );
         }
     }
-    let tty = spawn::hand_off_tty();
-    let pid = match spawn::spawn(&config.command, inherited, tty.take_tty) {
+    // --single-child keeps the app in our session, terminal and all (dumb-init -c).
+    let tty = if config.single_child {
+        spawn::TtyHandoff::default()
+    } else {
+        spawn::hand_off_tty()
+    };
+    let session = if config.single_child {
+        spawn::Session::Shared
+    } else {
+        spawn::Session::New {
+            take_tty: tty.take_tty,
+        }
+    };
+    let pid = match spawn::spawn(&config.command, inherited, session, &config.app_env) {
         Ok(pid) => pid,
         Err(e) => {
             log::error!("{e}");
@@ -104,6 +119,7 @@ pub fn run(config: Config, inherited: &InheritedSignals, plan: Option<Plan>) -> 
         ignore_once: tty.ignore_once,
         registrar,
         pending: VecDeque::new(),
+        own_pid: std::process::id(),
     };
     sup.run_loop()
 }
@@ -179,23 +195,32 @@ impl Supervisor {
     fn read_signals(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
         loop {
-            let sig = match self.signals.read_signal() {
-                Ok(Some(info)) => info.ssi_signo as i32,
+            let info = match self.signals.read_signal() {
+                Ok(Some(info)) => info,
                 Ok(None) => break,
                 Err(e) => {
                     log::warn!("reading the signalfd failed: {e}");
                     break;
                 }
             };
+            let sig = info.ssi_signo as i32;
+
             if let Some(i) = self.ignore_once.iter().position(|s| *s == sig) {
                 self.ignore_once.remove(i);
                 log::debug!(
                     "dropping SIG{} from the terminal hand-off",
-                    signals::name(sig)
+                    signal::name(sig)
                 );
                 continue;
             }
-            log::debug!("received SIG{}", signals::name(sig));
+            if signals::raised_by_self(&info, self.own_pid) {
+                // A SIGPIPE from a write of our own (stderr's reader gone), or any other
+                // signal hecd-init raised on itself (checked after the hand-off signals, which
+                // the kernel also sends in our name): not the app's business. Not logged
+                // either, since a log line could raise the next one.
+                continue;
+            }
+            log::debug!("received SIG{}", signal::name(sig));
             match signals::meaning(sig) {
                 Meaning::Reap => {
                     if let Some(ended) = reap::reap_all(self.forwarder.pid) {
@@ -208,7 +233,7 @@ impl Supervisor {
                     // Job control as in dumb-init: stop ourselves too, so the shell that
                     // started us sees the job as stopped; SIGCONT resumes and is passed on.
                     if let Err(e) = sys::stop_self() {
-                        log::warn!("cannot stop on SIG{}: {e}", signals::name(sig));
+                        log::warn!("cannot stop on SIG{}: {e}", signal::name(sig));
                     }
                 }
                 Meaning::Forward => self.forwarder.forward(sig),
@@ -224,12 +249,18 @@ impl Supervisor {
         };
         let (news, alive) = r.take_news();
         let mut events: Vec<Event> = news
-            .into_iter()
-            .map(|n| match n {
-                News::Registered(present) => Event::Registration(present),
-                News::Deregistered(had_key) => Event::Deregistered(had_key),
+            .iter()
+            .filter_map(|n| match *n {
+                News::Registered(present) => Some(Event::Registration(present)),
+                News::Deregistered(had_key) => Some(Event::Deregistered(had_key)),
+                News::RegistrarFailed => None,
             })
             .collect();
+        if news.contains(&News::RegistrarFailed) {
+            log::error!(
+                "the registrar stopped by a bug; no more registration (a stop still deregisters)"
+            );
+        }
         if events.iter().any(|e| matches!(e, Event::Deregistered(_))) {
             // Its last word: the thread ends now, and nothing more will come.
             self.registrar = None;
@@ -252,7 +283,7 @@ impl Supervisor {
             log::info!(
                 "draining for {}ms before passing SIG{} on",
                 self.settings.drain.as_millis(),
-                signals::name(self.forwarder.rewrites.map(signal))
+                signal::name(self.forwarder.rewrites.map(signal))
             );
         }
     }
@@ -262,7 +293,7 @@ impl Supervisor {
             Action::PassOn(sig) => {
                 log::info!(
                     "passing SIG{} on to the app",
-                    signals::name(self.forwarder.rewrites.map(sig))
+                    signal::name(self.forwarder.rewrites.map(sig))
                 );
                 self.forwarder.forward(sig);
             }
@@ -289,7 +320,7 @@ impl Supervisor {
         match self.forwarder.signal_group(sig) {
             Ok(true) => log::debug!(
                 "sent SIG{} to what is left of process group {}",
-                signals::name(sig),
+                signal::name(sig),
                 self.forwarder.pid
             ),
             // ESRCH: nothing is left of the group.

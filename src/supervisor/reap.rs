@@ -2,8 +2,8 @@
 //! or child subreaper) and maps the app's end to hecd-init's exit status. One SIGCHLD can stand
 //! for many exits, so it reaps until nothing is left.
 
-use super::signals;
 use crate::error::status;
+use crate::signal;
 use crate::sys::{self, Ended};
 
 /// Reaps every child that has ended; returns how the app ended if it was among them.
@@ -29,7 +29,7 @@ pub fn reap_all(app_pid: i32) -> Option<Ended> {
 pub fn describe(ended: Ended) -> String {
     match ended {
         Ended::Exited(code) => format!("exited with status {code}"),
-        Ended::Signaled(sig) => format!("was killed by SIG{}", signals::name(sig)),
+        Ended::Signaled(sig) => format!("was killed by SIG{}", signal::name(sig)),
     }
 }
 

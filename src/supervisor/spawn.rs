@@ -1,5 +1,5 @@
-//! Starting the app: its own session and process group, the terminal handed over when stdin is
-//! one, the signal state hecd-init inherited, and exec failures mapped to 126/127. Only the
+//! Starting the app: its own session and process group (or hecd-init's, with `--single-child`),
+//! the terminal handed over when stdin is one, the signal state hecd-init inherited, and exec failures mapped to 126/127. Only the
 //! supervisor calls this; nothing here waits for the child (reaping is `reap`'s job).
 
 use std::ffi::OsString;
@@ -64,16 +64,33 @@ pub fn hand_off_tty() -> TtyHandoff {
     }
 }
 
-/// Starts the app and returns its pid (also its process group and session id).
+/// Where the app runs: in a session of its own (the default, dumb-init's setsid mode), taking
+/// the terminal when stdin is one; or in hecd-init's own session and process group
+/// (`--single-child`, dumb-init's `-c`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Session {
+    New { take_tty: bool },
+    Shared,
+}
+
+/// Starts the app and returns its pid (with [`Session::New`] also its process group and
+/// session id). `env` lists variables to remove (`None`) or set for the app.
 pub fn spawn(
     command: &[OsString],
     inherited: &InheritedSignals,
-    take_tty: bool,
+    session: Session,
+    env: &[(String, Option<String>)],
 ) -> Result<i32, SpawnError> {
     let program = command.first().cloned().unwrap_or_default();
     let mut cmd = Command::new(&program);
     cmd.args(command.iter().skip(1));
-    sys::prepare_child(&mut cmd, inherited, take_tty);
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    sys::prepare_child(&mut cmd, inherited, session);
     let child = cmd.spawn().map_err(|e| SpawnError {
         program,
         errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),

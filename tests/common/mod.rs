@@ -82,7 +82,13 @@ pub fn start_command(mut cmd: Command) -> Hecd {
 
 /// Like [`start_command`], but keeps the command's stdin and process-group settings (for tests
 /// that give hecd-init a terminal and a session of its own).
-pub fn start_command_with_stdin(mut cmd: Command) -> Hecd {
+pub fn start_command_with_stdin(cmd: Command) -> Hecd {
+    spawn_hecd(cmd, true)
+}
+
+/// Spawns with stdout (and stderr) piped; with `read_stderr` false, the stderr pipe's reading
+/// end is closed at once.
+fn spawn_hecd(mut cmd: Command, read_stderr: bool) -> Hecd {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("HECD_") {
             cmd.env_remove(k);
@@ -103,20 +109,24 @@ pub fn start_command_with_stdin(mut cmd: Command) -> Hecd {
     let stderr = Arc::new(Mutex::new(String::new()));
     let mut err_pipe = child.stderr.take().expect("stderr");
     let sink = Arc::clone(&stderr);
-    let stderr_closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stderr_closed = Arc::new(std::sync::atomic::AtomicBool::new(!read_stderr));
     let closed = Arc::clone(&stderr_closed);
-    thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err_pipe.read(&mut buf) {
-            if n == 0 {
-                break;
+    if !read_stderr {
+        drop(err_pipe);
+    } else {
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("stderr lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
-            sink.lock()
-                .expect("stderr lock")
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        closed.store(true, std::sync::atomic::Ordering::SeqCst);
-    });
+            closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
     Hecd {
         child,
         lines,
@@ -379,6 +389,15 @@ impl Drop for TempDir {
 }
 
 pub mod etcd;
+pub mod hostile;
+
+/// Starts `hecd-init ARGS...` with its stderr on a pipe whose reader has already closed (a log
+/// shipper that died). The app's stdout is read as usual.
+pub fn start_with_closed_stderr(args: &[&str]) -> Hecd {
+    let mut cmd = Command::new(hecd_init());
+    cmd.args(args).stdin(Stdio::null()).process_group(0);
+    spawn_hecd(cmd, false)
+}
 
 /// The key of a test app registered under the default prefix.
 pub fn key(name: &str) -> String {
@@ -388,6 +407,16 @@ pub fn key(name: &str) -> String {
 /// Starts hecd-init registering a tiny_server app named `name` in `etcd_urls` (advertised as
 /// 127.0.0.1:PORT), with `args` before `--`. Returns once the app listens.
 pub fn start_registered(etcd_urls: &str, name: &str, args: &[&str]) -> (Hecd, u16) {
+    start_registered_env(etcd_urls, name, args, &[])
+}
+
+/// [`start_registered`] with extra environment variables for hecd-init and the app.
+pub fn start_registered_env(
+    etcd_urls: &str,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Hecd, u16) {
     let port = etcd::free_port();
     let advertise = format!("127.0.0.1:{port}");
     let server = example("tiny_server");
@@ -405,7 +434,9 @@ pub fn start_registered(etcd_urls: &str, name: &str, args: &[&str]) -> (Hecd, u1
         port.to_string(),
         name.into(),
     ]);
-    let mut h = start(&all);
+    let mut cmd = Command::new(hecd_init());
+    cmd.args(&all).envs(env.iter().copied());
+    let mut h = start_command(cmd);
     let line = h.expect_line("listening");
     assert!(line.starts_with("listening "), "{line}");
     h.app_pid();

@@ -1,0 +1,55 @@
+//! The stop path: a thread that waits, idle, for the supervisor's deregistration request and
+//! then deletes the key and revokes the lease at once, over a connection of its own. It never
+//! waits for the registrar thread: whatever that one has in flight (a probe of a slow app, a
+//! keepalive to a slow etcd, a Docker call, a backoff wait) is abandoned. Why that is safe is
+//! in the module comment of `registrar`.
+
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{News, Notifier, Shared, lock};
+use crate::http::Http;
+
+pub(super) struct Stopper {
+    pub shared: Arc<Mutex<Shared>>,
+    /// Its own agent: no pooled connection or lock shared with the registrar's requests.
+    pub http: Http,
+    pub ttl: Duration,
+    pub notifier: Notifier,
+}
+
+impl Stopper {
+    pub fn run(self, requests: &Receiver<Instant>) {
+        // One request per process life; a closed channel means the supervisor is gone.
+        let Ok(deadline) = requests.recv() else {
+            return;
+        };
+        let (had_key, key, lease, mut client) = {
+            let mut shared = lock(&self.shared);
+            shared.stopping = true;
+            (
+                shared.maybe_present,
+                shared.key.clone(),
+                shared.lease,
+                shared.client.fork(self.http.clone()),
+            )
+        };
+        let Some(lease) = lease.filter(|_| had_key) else {
+            // Nothing was put (or the last delete was confirmed): nothing to remove.
+            self.notifier.send(News::Deregistered(false));
+            return;
+        };
+        let work = std::panic::AssertUnwindSafe(|| client.deregister(lease, &key, deadline));
+        match std::panic::catch_unwind(work) {
+            Ok(Ok(())) => log::info!("deregistered {key} (revoked {lease})"),
+            Ok(Err(e)) => log::warn!(
+                "cannot deregister {key}: {e}; etcd drops it when the lease expires (within {}s)",
+                self.ttl.as_secs()
+            ),
+            // The panic hook has printed the bug; the lease runs out by itself.
+            Err(_) => {}
+        }
+        self.notifier.send(News::Deregistered(true));
+    }
+}
