@@ -147,7 +147,7 @@ fn issue_8_no_reply_from_any_peer_can_end_hecd_init() {
     let advertise = format!("127.0.0.1:{}", health.port);
     let port = health.port.to_string();
     let etcd = Etcd::start();
-    let mut as_store = start(&[
+    let mut as_store = start([
         "--etcd",
         &store.url(),
         "--docker",
@@ -166,7 +166,7 @@ fn issue_8_no_reply_from_any_peer_can_end_hecd_init() {
         "--",
         printer,
     ]);
-    let mut as_health = start(&[
+    let mut as_health = start([
         "--etcd",
         &etcd.url(),
         "--name",

@@ -183,11 +183,19 @@ impl Hecd {
     }
 
     /// Records the session of `pid` so Drop kills all of it.
+    /// Never the test's own session: an app that shares hecd-init's session
+    /// (`--single-child`) shares the test runner's too, and killing that would kill the runner.
     pub fn track(&mut self, pid: i32) {
-        if let Some(s) = stat(pid) {
+        // SAFETY: getsid(0) has no preconditions.
+        let own = unsafe { libc::getsid(0) };
+        if let Some(s) = stat(pid)
+            && s.session != own
+        {
             self.sessions.insert(s.session);
         }
-        self.sessions.insert(pid);
+        if pid != own {
+            self.sessions.insert(pid);
+        }
     }
 
     /// The app: hecd-init's first child (waits up to 5 s for it); its session is recorded.
