@@ -641,6 +641,51 @@ mod tests {
         build_with(&all, &[]).unwrap().registration.unwrap()
     }
 
+    /// Hostile command lines (every option with mutated values, stray dashes, binary, huge
+    /// numbers) and variables: an error or a config, never a panic.
+    #[test]
+    fn hostile_command_lines_never_panic() {
+        let mut m = crate::fuzz::Mutator::new(0xc1_1a_57);
+        let values = [
+            "http://[fd00::1]:2379,https://e:1",
+            "10s",
+            "1.5",
+            "99999999999999999999ms",
+            "RTMIN+1:USR1",
+            "[::1]:80",
+            "tcp://h:0",
+            "http:/x",
+            "USER:PASS",
+            "",
+        ];
+        for round in 0..5_000usize {
+            let mut args: Vec<OsString> = Vec::new();
+            for _ in 0..(m.next() % 6) {
+                let o = &cli::OPTIONS[(m.next() as usize) % cli::OPTIONS.len()];
+                let flag = if m.next() % 3 == 0 {
+                    format!(
+                        "--{}={}",
+                        o.long,
+                        m.mutate(values[round % values.len()].as_bytes())
+                    )
+                } else {
+                    format!("--{}", o.long)
+                };
+                args.push(OsString::from(m.mutate(flag.as_bytes())));
+                let pick = (m.next() as usize) % values.len();
+                args.push(OsString::from(m.mutate(values[pick].as_bytes())));
+            }
+            args.push(OsString::from("app"));
+            let env_value = m.mutate(values[round % values.len()].as_bytes());
+            let env = |k: &str| {
+                (k == "HECD_TTL" || k == "HECD_REWRITE").then(|| OsString::from(&env_value))
+            };
+            if let Ok(Request::Run(raw)) = cli::parse(&args, env) {
+                let _ = build(raw, Extra::default());
+            }
+        }
+    }
+
     #[test]
     fn defaults_for_pure_init() {
         let c = build_with(&[], &[]).unwrap();

@@ -10,7 +10,8 @@ use std::fmt;
 /// - [`CANNOT_EXECUTE`] (126) when the command exists but cannot be executed;
 /// - [`NOT_FOUND`] (127) when the command does not exist;
 /// - [`USAGE`] (2) for a bad option, value or missing command;
-/// - [`INTERNAL`] (1) for a failure of hecd-init itself before the app was started.
+/// - [`INTERNAL`] (1) for a failure of hecd-init itself before the app was started (or, should
+///   it ever happen, a bug that ends the supervisor).
 pub mod status {
     /// Bad command line or `HECD_*` variable.
     pub const USAGE: u8 = 2;

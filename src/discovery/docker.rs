@@ -187,6 +187,29 @@ mod tests {
         );
     }
 
+    /// Hostile mountinfo, cgroup and inspect text: never a panic.
+    #[test]
+    fn parsers_survive_hostile_input() {
+        let mountinfo = include_str!("../../tests/fixtures/mountinfo_docker.txt");
+        let cgroup = include_str!("../../tests/fixtures/cgroup_docker_v1.txt");
+        let inspect = include_str!("../../tests/fixtures/docker_inspect.json");
+        let mut m = crate::fuzz::Mutator::new(0xd0c_4e5);
+        for _ in 0..5_000 {
+            let _ = container_id(
+                &m.mutate(mountinfo.as_bytes()),
+                &m.mutate(cgroup.as_bytes()),
+            );
+            let _ = parse_inspect(&m.mutate(inspect.as_bytes()));
+        }
+        let deep = format!(
+            r#"{{"Name":"/x","NetworkSettings":{}}}"#,
+            "[".repeat(10_000)
+        );
+        assert!(parse_inspect(&deep).is_err());
+        let odd = r#"{"Name":"/x","NetworkSettings":{"Ports":{"80/tcp":[{"HostPort":"99999"},{"HostPort":7}]},"Networks":[1]}}"#;
+        assert_eq!(parse_inspect(odd).unwrap().published(80), None);
+    }
+
     #[test]
     fn parses_a_real_inspect_answer() {
         let c = parse_inspect(include_str!("../../tests/fixtures/docker_inspect.json")).unwrap();

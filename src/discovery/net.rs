@@ -354,6 +354,31 @@ mod tests {
         assert!(parse_listeners("").is_empty());
     }
 
+    /// Hostile /proc text (mutations of real files, huge fields, binary): never a panic.
+    #[test]
+    fn proc_parsers_survive_hostile_input() {
+        let seeds = [
+            include_str!("../../tests/fixtures/proc_net_tcp_host.txt"),
+            include_str!("../../tests/fixtures/proc_net_ipv6_route_host.txt"),
+            "Iface\tDestination\tGateway\neth0\t00000000\t010011AC\t0003\t0\t0\t0\t00000000\n",
+            "00000000000000000000000000000001 01 80 10 80       lo\n",
+        ];
+        let mut m = crate::fuzz::Mutator::new(0x5eed_0f_9a0c);
+        for round in 0..20_000 {
+            let text = m.mutate(seeds[round % seeds.len()].as_bytes());
+            let _ = parse_listeners(&text);
+            let _ = parse_default_route(&text);
+            let _ = parse_default_route6(&text);
+            let _ = parse_inet6(&text, "eth0");
+        }
+        let long = format!(
+            "0: {}:1F90 00000000:0000 0A 0:0 0:0 0 0 0 5\n",
+            "F".repeat(100_000)
+        );
+        assert!(parse_listeners(&long).is_empty());
+        assert!(parse_listeners("\u{0}\u{ff}\n\n\n").is_empty());
+    }
+
     #[test]
     fn container_address_prefers_the_overlay_in_swarm() {
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
