@@ -193,7 +193,7 @@ mod tests {
         let mountinfo = include_str!("../../tests/fixtures/mountinfo_docker.txt");
         let cgroup = include_str!("../../tests/fixtures/cgroup_docker_v1.txt");
         let inspect = include_str!("../../tests/fixtures/docker_inspect.json");
-        let mut m = crate::fuzz::Mutator::new(0xd0c_4e5);
+        let mut m = crate::fuzz::Mutator::new(0x000d_0c4e5);
         for _ in 0..5_000 {
             let _ = container_id(
                 &m.mutate(mountinfo.as_bytes()),

@@ -363,7 +363,7 @@ mod tests {
             "Iface\tDestination\tGateway\neth0\t00000000\t010011AC\t0003\t0\t0\t0\t00000000\n",
             "00000000000000000000000000000001 01 80 10 80       lo\n",
         ];
-        let mut m = crate::fuzz::Mutator::new(0x5eed_0f_9a0c);
+        let mut m = crate::fuzz::Mutator::new(0x005e_ed0f_9a0c);
         for round in 0..20_000 {
             let text = m.mutate(seeds[round % seeds.len()].as_bytes());
             let _ = parse_listeners(&text);
