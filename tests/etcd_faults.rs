@@ -382,3 +382,58 @@ fn authentication_with_password_from_the_environment_and_token_renewal() {
     );
     assert_eq!(get(), "", "deregistered with auth");
 }
+
+/// Kills and reaps a helper process when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn issue_8_tls_1_2_only_endpoints_are_reached() {
+    // etcd 2.x/3.3 and many TLS-terminating proxies speak only TLS 1.2. openssl s_server
+    // restricted to 1.2 answers every request with a status page: the handshake succeeds and
+    // the answer is an error about the body, not about TLS.
+    let dir = TempDir::new("tls12");
+    make_certs(&dir.0);
+    let port = free_port();
+    let server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &port.to_string(),
+            "-cert",
+            "server.pem",
+            "-key",
+            "server.key",
+            "-tls1_2",
+            "-www",
+            "-quiet",
+        ])
+        .current_dir(&dir.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let _server = Reaped(server);
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let ca = dir.0.join("ca.pem").to_string_lossy().into_owned();
+    let url = format!("https://127.0.0.1:{port}");
+    let (h, _) = start_registered(&url, "web-tls12", &["--etcd-cacert", &ca]);
+    assert!(
+        wait_until(Duration::from_secs(10), || h
+            .stderr()
+            .contains("retrying in")),
+        "{}",
+        h.stderr()
+    );
+    let err = h.stderr();
+    assert!(err.contains("/version"), "{err}");
+    assert!(!err.contains("TLS"), "the TLS 1.2 handshake failed: {err}");
+}

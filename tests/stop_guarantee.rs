@@ -14,18 +14,6 @@ use common::{
     start_with_closed_stderr, status_field, wait_until,
 };
 
-/// Milliseconds since the epoch at which `key` was first seen missing, polled every 5 ms.
-fn when_gone(etcd: &Etcd, key: &str, limit: Duration) -> Option<u128> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if etcd.get(key).is_none() {
-            return Some(now_ms());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
-}
-
 fn ms_after(line: &str, prefix: &str) -> u128 {
     line.strip_prefix(prefix)
         .and_then(|r| r.trim().parse().ok())
@@ -37,7 +25,8 @@ fn ms_after(line: &str, prefix: &str) -> u128 {
 fn assert_stop_order(etcd: &Etcd, h: &mut common::Hecd, name: &str) {
     let sent = now_ms();
     h.signal(libc::SIGTERM);
-    let gone = when_gone(etcd, &key(name), Duration::from_secs(5)).expect("key deleted");
+    let gone =
+        common::time_key_gone(etcd, &key(name), Duration::from_secs(5)).expect("key deleted");
     let term = ms_after(&h.expect_line("signal 15"), "signal 15 at ");
     assert_eq!(h.expect_exit(), 0);
     eprintln!(

@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 use common::etcd::Etcd;
 use common::{key, now_ms, start_registered, wait_until};
 
-/// Polls etcd every 10 ms from the moment it is called; returns when `key` was first seen
-/// missing (ms since the epoch), or `None` within `limit`.
-fn time_key_gone(etcd: &Etcd, key: &str, limit: Duration) -> Option<u128> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if etcd.get(key).is_none() {
-            return Some(now_ms());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
-
 /// The `signal 15 at MS` line of tiny_server.
 fn signalled_at(line: &str, sig: i32) -> u128 {
     let rest = line
@@ -41,7 +28,8 @@ fn sigterm_deletes_the_key_then_drains_then_signals_the_app() {
     common::expect_registered(&etcd, &h, "web-s");
     let sent = now_ms();
     h.signal(libc::SIGTERM);
-    let gone = time_key_gone(&etcd, &key("web-s"), Duration::from_secs(5)).expect("key deleted");
+    let gone =
+        common::time_key_gone(&etcd, &key("web-s"), Duration::from_secs(5)).expect("key deleted");
     let app_got_term = signalled_at(&h.expect_line("TERM"), libc::SIGTERM);
     assert_eq!(h.expect_exit(), 0);
     eprintln!(
@@ -72,7 +60,7 @@ fn second_sigterm_cuts_the_drain_short() {
     common::expect_registered(&etcd, &h, "web-2t");
     let started = Instant::now();
     h.signal(libc::SIGTERM);
-    time_key_gone(&etcd, &key("web-2t"), Duration::from_secs(5)).expect("key deleted");
+    common::time_key_gone(&etcd, &key("web-2t"), Duration::from_secs(5)).expect("key deleted");
     assert_eq!(h.line(Duration::from_millis(500)), None, "still draining");
     h.signal(libc::SIGTERM);
     assert!(h.expect_line("TERM").starts_with("signal 15 at "));
@@ -95,7 +83,7 @@ fn app_crash_removes_the_key_at_once_and_passes_the_status() {
     let started = now_ms();
     // tiny_server exits 3 on SIGUSR1, which hecd-init passes on.
     h.signal(libc::SIGUSR1);
-    let gone = time_key_gone(&etcd, &key("web-x"), Duration::from_secs(5))
+    let gone = common::time_key_gone(&etcd, &key("web-x"), Duration::from_secs(5))
         .expect("key deleted, not left to the 30 s TTL");
     assert_eq!(h.expect_exit(), 3);
     assert!(gone - started < 3000, "took {} ms", gone - started);
@@ -113,7 +101,8 @@ fn hecd_init_killed_leaves_the_key_to_expire_within_one_ttl() {
     let killed = now_ms();
     h.signal(libc::SIGKILL);
     h.wait(Duration::from_secs(5));
-    let gone = time_key_gone(&etcd, &key("web-k"), Duration::from_secs(10)).expect("key expired");
+    let gone =
+        common::time_key_gone(&etcd, &key("web-k"), Duration::from_secs(10)).expect("key expired");
     assert!(
         gone - killed <= 4000,
         "gone {} ms after SIGKILL, TTL is 3 s",

@@ -462,6 +462,19 @@ pub fn expect_registered(etcd: &etcd::Etcd, h: &Hecd, name: &str) {
     );
 }
 
+/// Polls etcd every 5 ms from the moment it is called; returns when `key` was first seen
+/// missing (ms since the epoch), or `None` within `limit`.
+pub fn time_key_gone(etcd: &etcd::Etcd, key: &str, limit: Duration) -> Option<u128> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if etcd.get(key).is_none() {
+            return Some(now_ms());
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
 /// Milliseconds since the epoch (to compare with tiny_server's `signal N at MS` lines).
 pub fn now_ms() -> u128 {
     std::time::SystemTime::now()
