@@ -29,6 +29,11 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
 pub fn init(filter: &str) {
     let result = env_logger::Builder::new()
         .parse_filters(filter)
+        // Whatever the filter says, the HTTP and TLS crates log warnings only: their debug and
+        // trace lines print request headers, which carry the etcd auth token.
+        .filter_module("ureq", log::LevelFilter::Warn)
+        .filter_module("ureq_proto", log::LevelFilter::Warn)
+        .filter_module("rustls", log::LevelFilter::Warn)
         .format(|buf, record| {
             let level = match record.level() {
                 log::Level::Info => "",

@@ -304,3 +304,41 @@ fn issue_8_the_etcd_password_never_reaches_the_app() {
     assert!(env.iter().any(|l| l == "HECD_ETCD_USER=root"), "{env:?}");
     assert!(!env.iter().any(|l| l.contains("s3cret")), "{env:?}");
 }
+
+#[test]
+fn issue_8_http_crates_never_log_headers_even_at_trace() {
+    let mut cmd = std::process::Command::new(common::hecd_init());
+    cmd.args([
+        "--etcd",
+        "http://127.0.0.1:9",
+        "--etcd-user",
+        "root:pw",
+        "--check",
+        "none",
+        "--advertise",
+        "127.0.0.1:9",
+        "--port",
+        "9",
+        "--name",
+        "quiet",
+        "--",
+        "sleep",
+        "30",
+    ])
+    .env("HECD_LOG", "trace");
+    let mut h = common::start_command(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || h
+            .stderr()
+            .contains("retrying in")),
+        "{}",
+        h.stderr()
+    );
+    h.signal(libc::SIGTERM);
+    h.wait(Duration::from_secs(10));
+    let err = h.stderr_final();
+    assert!(err.contains("trace:") || err.contains("debug:"), "{err}");
+    for leak in ["Call<", "Request {", "authorization", "pw"] {
+        assert!(!err.contains(leak), "{leak:?} in:\n{err}");
+    }
+}
