@@ -258,13 +258,7 @@ fn tls_with_client_certificates() {
             &p("client.key"),
         ],
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || h
-            .stderr()
-            .contains("retrying in")),
-        "{}",
-        h.stderr()
-    );
+    h.expect_stderr("retrying in");
     assert!(h.stderr().contains("TLS"), "{}", h.stderr());
     assert_eq!(etcd.get(&key("web-bad")), None);
 }
@@ -426,13 +420,7 @@ fn issue_8_tls_1_2_only_endpoints_are_reached() {
     let ca = dir.0.join("ca.pem").to_string_lossy().into_owned();
     let url = format!("https://127.0.0.1:{port}");
     let (h, _) = start_registered(&url, "web-tls12", &["--etcd-cacert", &ca]);
-    assert!(
-        wait_until(Duration::from_secs(10), || h
-            .stderr()
-            .contains("retrying in")),
-        "{}",
-        h.stderr()
-    );
+    h.expect_stderr("retrying in");
     let err = h.stderr();
     assert!(err.contains("/version"), "{err}");
     assert!(!err.contains("TLS"), "the TLS 1.2 handshake failed: {err}");

@@ -169,6 +169,12 @@ impl Hecd {
         pid
     }
 
+    /// Waits up to 10 s for `needle` on hecd-init's stderr, failing with all of it otherwise.
+    pub fn expect_stderr(&self, needle: &str) {
+        let seen = wait_until(Duration::from_secs(10), || self.stderr().contains(needle));
+        assert!(seen, "no {needle:?} on stderr:\n{}", self.stderr());
+    }
+
     /// Everything hecd-init wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().expect("stderr lock").clone()
