@@ -95,7 +95,7 @@ pub const OPTIONS: &[OptSpec] = &[
     opt(
         "host-ip",
         "IP",
-        "binding HostIp, else gateway",
+        "binding HostIp, else Swarm node address, else gateway",
         "host address to pair with a published port",
     ),
     opt(

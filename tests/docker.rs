@@ -6,15 +6,40 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::etcd::{Etcd, free_port};
 use common::{TempDir, key, wait_until};
 
 const IMAGE: &str = "hecd-test-app:latest";
+
+/// Whether the engine is a Swarm node changes what published mode advertises: tests that
+/// depend on it (Swarm ones, and the plain `-P` one) take this lock.
+fn engine_mode() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `GET /` on ADDR (bounded): the body, or why not.
+fn http_get(addr: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.take(1 << 16)
+        .read_to_string(&mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, b)| b.to_owned()))
+}
 
 /// Runs `docker ARGS` (bounded by 120 s); returns (success, stdout + stderr).
 fn docker(args: &[&str]) -> (bool, String) {
@@ -172,6 +197,12 @@ fn log_time_ms(line: &str) -> Option<i64> {
 #[test]
 fn published_port_with_the_socket_then_docker_stop() {
     let image = image();
+    let _plain = engine_mode();
+    assert_eq!(
+        docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]),
+        "inactive",
+        "this test needs an engine that is not a Swarm node"
+    );
     let (etcd, url) = etcd_for_containers();
     let env = env(&url);
     let c = Container::run(
@@ -206,7 +237,8 @@ fn published_port_with_the_socket_then_docker_stop() {
         c.logs()
     );
     assert!(
-        c.logs().contains("advertising the default gateway"),
+        c.logs().contains("(default gateway: no --host-ip")
+            && c.logs().contains("only this host can reach it"),
         "{}",
         c.logs()
     );
@@ -321,10 +353,13 @@ fn failing_health_path_removes_the_key_until_it_recovers() {
 struct Swarm {
     joined_here: bool,
     cleanup: Vec<Vec<String>>,
+    // Dropped last: the engine leaves Swarm mode before another test may look.
+    _mode: MutexGuard<'static, ()>,
 }
 
 impl Swarm {
     fn init() -> Swarm {
+        let mode = engine_mode();
         let state = docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
         let joined_here = state != "active";
         if joined_here {
@@ -333,7 +368,23 @@ impl Swarm {
         Swarm {
             joined_here,
             cleanup: Vec::new(),
+            _mode: mode,
         }
+    }
+}
+
+impl Swarm {
+    /// Creates service NAME (removed when the test ends) from `docker service create` ARGS,
+    /// with the test's `HECD_*` variables; ARGS end with the image.
+    fn service(&mut self, name: &str, etcd_url: &str, args: &[&str]) {
+        docker(&["service", "rm", name]);
+        self.cleanup
+            .push(vec!["service".into(), "rm".into(), name.into()]);
+        let mut create = vec!["service", "create", "--detach", "--name", name];
+        let env = service_env(etcd_url);
+        create.extend(env.iter().map(String::as_str));
+        create.extend_from_slice(args);
+        docker_ok(&create);
     }
 }
 
@@ -347,6 +398,29 @@ impl Drop for Swarm {
             docker(&["swarm", "leave", "--force"]);
         }
     }
+}
+
+/// The `--env` options every test service gets (tasks named by `{{.Task.Name}}`).
+fn service_env(url: &str) -> Vec<String> {
+    [
+        format!("HECD_ETCD={url}"),
+        "HECD_TTL=3".into(),
+        "HECD_CHECK_INTERVAL=500ms".into(),
+        "HECD_NAME={{.Task.Name}}".into(),
+    ]
+    .into_iter()
+    .flat_map(|e| ["--env".to_owned(), e])
+    .collect()
+}
+
+/// The (key, value) pairs registered by the tasks of SERVICE.
+fn service_keys(etcd: &Etcd, service: &str) -> Vec<(String, String)> {
+    let out = etcd.etcdctl(&["get", "--prefix", &format!("/app/servers/{service}.")]);
+    out.lines()
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .filter_map(|kv| Some((kv.first()?.to_string(), kv.get(1)?.to_string())))
+        .collect()
 }
 
 #[test]
@@ -378,39 +452,20 @@ fn swarm_service_on_an_overlay_network_registers_each_task() {
         .rsplit_once('.')
         .map(|(p, _)| format!("{p}."))
         .expect("an IPv4 subnet");
-    swarm
-        .cleanup
-        .push(vec!["service".into(), "rm".into(), "hecd-web".into()]);
-    docker_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
+    swarm.service(
         "hecd-web",
-        "--replicas",
-        "3",
-        "--network",
-        "hecd-net",
-        "--stop-grace-period",
-        "10s",
-        "--env",
-        &format!("HECD_ETCD={url}"),
-        "--env",
-        "HECD_TTL=3",
-        "--env",
-        "HECD_CHECK_INTERVAL=500ms",
-        "--env",
-        "HECD_NAME={{.Task.Name}}",
-        image,
-    ]);
-    let keys = || -> Vec<(String, String)> {
-        let out = etcd.etcdctl(&["get", "--prefix", "/app/servers/hecd-web."]);
-        out.lines()
-            .collect::<Vec<_>>()
-            .chunks(2)
-            .filter_map(|kv| Some((kv.first()?.to_string(), kv.get(1)?.to_string())))
-            .collect()
-    };
+        &url,
+        &[
+            "--replicas",
+            "3",
+            "--network",
+            "hecd-net",
+            "--stop-grace-period",
+            "10s",
+            image,
+        ],
+    );
+    let keys = || service_keys(&etcd, "hecd-web");
     let three = wait_until(Duration::from_secs(60), || keys().len() == 3);
     assert!(
         three,
@@ -427,4 +482,72 @@ fn swarm_service_on_an_overlay_network_registers_each_task() {
     docker_ok(&["service", "scale", "--detach", "hecd-web=1"]);
     let one = wait_until(Duration::from_secs(60), || keys().len() == 1);
     assert!(one, "after scaling to 1: {:?}", keys());
+}
+
+/// Published mode across a Swarm with no per-node setting: tasks publishing `mode=host` ports
+/// (dynamic host ports here, so two tasks fit on one node) and no `HECD_HOST_IP` advertise the
+/// node's Swarm address (`--advertise-addr 127.0.0.1` here) with their own published port, and
+/// each answers there.
+#[test]
+fn issue_11_swarm_host_mode_ports_advertise_the_node_address() {
+    let image = image();
+    let (etcd, url) = etcd_for_containers();
+    let mut swarm = Swarm::init();
+    let node_addr = docker_ok(&["info", "--format", "{{.Swarm.NodeAddr}}"]);
+    assert_eq!(node_addr, "127.0.0.1", "the test swarm advertises loopback");
+    swarm.service(
+        "hecd-edge",
+        &url,
+        &[
+            "--replicas",
+            "2",
+            "--publish",
+            "mode=host,target=8080",
+            "--mount",
+            "type=bind,src=/var/run/docker.sock,dst=/var/run/docker.sock,readonly",
+            image,
+        ],
+    );
+    let keys = || service_keys(&etcd, "hecd-edge");
+    let tasks = || {
+        docker_ok(&[
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.swarm.service.name=hecd-edge",
+        ])
+    };
+    let two = wait_until(Duration::from_secs(60), || keys().len() == 2);
+    let logs: Vec<String> = tasks().lines().map(|id| docker(&["logs", id]).1).collect();
+    assert!(
+        two,
+        "want 2 keys, got {:?}\n{}\n{logs:#?}",
+        keys(),
+        docker(&["service", "ps", "--no-trunc", "hecd-edge"]).1
+    );
+    let mut published: Vec<String> = tasks()
+        .lines()
+        .map(|id| {
+            let port = docker_ok(&["port", id, "8080/tcp"]);
+            let host_port = port.lines().next().and_then(|l| l.rsplit(':').next());
+            format!("{node_addr}:{}", host_port.expect("a published port"))
+        })
+        .collect();
+    let mut advertised: Vec<String> = keys().into_iter().map(|(_, v)| v).collect();
+    published.sort();
+    advertised.sort();
+    assert_eq!(advertised, published, "logs: {logs:#?}");
+    for addr in &advertised {
+        assert_eq!(
+            http_get(addr).as_deref(),
+            Ok("hello\n"),
+            "GET http://{addr}/"
+        );
+    }
+    for log in &logs {
+        assert!(
+            log.contains("advertising host address 127.0.0.1 (the Swarm node address"),
+            "{log}"
+        );
+    }
 }

@@ -1,8 +1,9 @@
-//! The Docker Engine API, for the two things only Docker knows: the container's name and the
-//! host port published for the app's port (`docker run -P`). Finds its own container id in
-//! `/proc/self/mountinfo` or `/proc/self/cgroup` (else uses the hostname, which Docker sets to
-//! the short id), asks `GET /containers/<id>/json` through the shared HTTP client (unix
-//! socket or tcp://), and parses the answer. Read-only: it never changes anything in Docker.
+//! The Docker Engine API, for what only Docker knows: the container's name, the host port
+//! published for the app's port (`docker run -P`), and the address of the Swarm node the
+//! container runs on. Finds its own container id in `/proc/self/mountinfo` or
+//! `/proc/self/cgroup` (else uses the hostname, which Docker sets to the short id), asks
+//! `GET /containers/<id>/json` and `GET /info` through the shared HTTP client (unix socket or
+//! tcp://), and parses the answers. Read-only: it never changes anything in Docker.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -132,20 +133,82 @@ pub fn inspect(
     id: &str,
     timeout: Duration,
 ) -> Result<Container, String> {
-    let url = match api {
-        DockerApi::Unix(_) => format!("http://localhost/containers/{id}/json"),
-        DockerApi::Tcp { host, port } if host.contains(':') => {
-            format!("http://[{host}]:{port}/containers/{id}/json")
+    let body = get(api, http, &format!("/containers/{id}/json"), timeout)?
+        .ok_or_else(|| format!("Docker API {}: no container {id:?}", describe(api)))?;
+    parse_inspect(&body)
+}
+
+/// Why [`swarm_node_addr`] has no answer.
+#[derive(Debug)]
+pub enum InfoError {
+    /// The call failed (connection, timeout): worth asking again.
+    Unreachable(String),
+    /// The engine answered something unusable (an error status, e.g. a socket proxy that
+    /// blocks `/info`, or bad JSON): asking again will not help.
+    Unusable(String),
+}
+
+/// The address this engine advertises to its Swarm (`GET /info` → `Swarm.NodeAddr`), the one
+/// the other nodes reach it on; `None` when the engine is not an active Swarm node.
+pub fn swarm_node_addr(
+    api: &DockerApi,
+    http: &Http,
+    timeout: Duration,
+) -> Result<Option<IpAddr>, InfoError> {
+    let body = match get(api, http, "/info", timeout) {
+        Ok(Some(body)) => body,
+        Ok(None) => {
+            return Err(InfoError::Unusable(format!(
+                "Docker API {}: no /info",
+                describe(api)
+            )));
         }
-        DockerApi::Tcp { host, port } => format!("http://{host}:{port}/containers/{id}/json"),
+        Err(e) if e.contains(": HTTP ") => return Err(InfoError::Unusable(e)),
+        Err(e) => return Err(InfoError::Unreachable(e)),
+    };
+    parse_info(&body).map_err(|e| InfoError::Unusable(format!("Docker API {}: {e}", describe(api))))
+}
+
+/// Parses `GET /info`: the Swarm node address when `Swarm.LocalNodeState` is `active`.
+pub fn parse_info(body: &str) -> Result<Option<IpAddr>, String> {
+    let v = json::parse(body).map_err(|e| format!("/info JSON is {e}"))?;
+    if json::str_at(&v, "ID").is_none() && v.get("Swarm").is_none() {
+        return Err("/info JSON without ID or Swarm".into());
+    }
+    if v.pointer("/Swarm/LocalNodeState").and_then(Value::as_str) != Some("active") {
+        return Ok(None);
+    }
+    let addr = v.pointer("/Swarm/NodeAddr").and_then(Value::as_str);
+    match addr.map(|a| a.parse::<IpAddr>()) {
+        Some(Ok(ip)) if !ip.is_unspecified() => Ok(Some(ip)),
+        _ => Err(format!(
+            "/info: Swarm.NodeAddr {addr:?} is not an IP address"
+        )),
+    }
+}
+
+/// `GET PATH` on the Engine API: the body of a 200, `None` for a 404, else an error naming
+/// the endpoint.
+fn get(
+    api: &DockerApi,
+    http: &Http,
+    path: &str,
+    timeout: Duration,
+) -> Result<Option<String>, String> {
+    let url = match api {
+        DockerApi::Unix(_) => format!("http://localhost{path}"),
+        DockerApi::Tcp { host, port } if host.contains(':') => {
+            format!("http://[{host}]:{port}{path}")
+        }
+        DockerApi::Tcp { host, port } => format!("http://{host}:{port}{path}"),
     };
     let reply = http
         .request(Method::Get, &url, &[], None, timeout)
         .map_err(|e| format!("Docker API {}: {e}", describe(api)))?;
     match reply.status {
-        200 => parse_inspect(&reply.body),
-        404 => Err(format!("Docker API {}: no container {id:?}", describe(api))),
-        s => Err(format!("Docker API {}: HTTP {s}", describe(api))),
+        200 => Ok(Some(reply.body)),
+        404 => Ok(None),
+        s => Err(format!("Docker API {}: HTTP {s} for {path}", describe(api))),
     }
 }
 
@@ -227,6 +290,29 @@ mod tests {
             parse_inspect(swarm).unwrap().network_ip(),
             Some("10.0.1.7".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn reads_the_swarm_node_address() {
+        let info = include_str!("../../tests/fixtures/docker_info_swarm.json");
+        assert_eq!(parse_info(info), Ok(Some("10.0.0.12".parse().unwrap())));
+        let plain = r#"{"ID":"X","Swarm":{"NodeID":"","NodeAddr":"","LocalNodeState":"inactive"}}"#;
+        assert_eq!(parse_info(plain), Ok(None));
+        assert_eq!(parse_info(r#"{"ID":"X"}"#), Ok(None));
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"{"Swarm":{"LocalNodeState":"active","NodeAddr":"node-1"}}"#,
+            r#"{"Swarm":{"LocalNodeState":"active","NodeAddr":"0.0.0.0"}}"#,
+            r#"{"Swarm":{"LocalNodeState":"active"}}"#,
+        ] {
+            assert!(parse_info(bad).is_err(), "{bad:?}");
+        }
+        let mut m = crate::fuzz::Mutator::new(0x1f0);
+        for _ in 0..5_000 {
+            let _ = parse_info(&m.mutate(info.as_bytes()));
+        }
     }
 
     #[test]

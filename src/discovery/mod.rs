@@ -4,7 +4,9 @@
 //! - port: `--port`, else the lowest TCP port the app's session listens on (waiting until one
 //!   exists);
 //! - mode `published` (auto: when Docker shows the port published): the host's IP and the
-//!   published host port; mode `container`: the default route's interface IP and the app port;
+//!   published host port, the host IP being `--host-ip`, else a specific binding HostIp, else
+//!   the Swarm node address, else the default gateway; mode `container`: the container's
+//!   network IP and the app port;
 //! - `--advertise` overrides the host, the port, or both;
 //! - name: `--name`, else the container's name from Docker, else the hostname.
 //!
@@ -54,6 +56,11 @@ pub struct Discovery {
     app_sid: i32,
     http: Http,
     told_ports: bool,
+    /// `GET /info`'s Swarm node address, once the engine has answered (it does not change
+    /// while the container runs).
+    swarm_addr: Option<Option<IpAddr>>,
+    /// The last host-address choice logged, so a retry does not log it again.
+    told_host: Option<String>,
 }
 
 impl Discovery {
@@ -68,6 +75,8 @@ impl Discovery {
             docker,
             app_sid,
             told_ports: false,
+            swarm_addr: None,
+            told_host: None,
         }
     }
 
@@ -168,21 +177,68 @@ impl Discovery {
         })
     }
 
-    /// The host address for a published port: `--host-ip`, else a specific binding address,
-    /// else the default gateway (reachable only from this host).
+    /// The host address for a published port, logged (once per change) with where it came
+    /// from.
     fn host_ip(&mut self, binding: Option<IpAddr>) -> Result<String, String> {
+        let (ip, why) = self.choose_host_ip(binding)?;
+        let line = format!("advertising host address {ip} ({why})");
+        if self.told_host.as_ref() != Some(&line) {
+            if why.starts_with("default gateway") {
+                log::warn!(
+                    "{line}: only this host can reach it; set --host-ip to the host's own address"
+                );
+            } else {
+                log::info!("{line}");
+            }
+            self.told_host = Some(line);
+        }
+        Ok(ip.to_string())
+    }
+
+    /// `--host-ip`, else a specific binding address, else the address of the Swarm node this
+    /// container runs on (the one the other nodes use), else the default gateway (on a bridge
+    /// that is this host, reachable only from itself).
+    fn choose_host_ip(
+        &mut self,
+        binding: Option<IpAddr>,
+    ) -> Result<(IpAddr, &'static str), String> {
         if let Some(ip) = self.reg.host_ip {
-            return Ok(ip.to_string());
+            return Ok((ip, "--host-ip"));
         }
         if let Some(ip) = binding.filter(|ip| !ip.is_unspecified()) {
-            return Ok(ip.to_string());
+            return Ok((ip, "the port's binding address"));
+        }
+        if let Some(ip) = self.swarm_node_addr()? {
+            return Ok((ip, "the Swarm node address from the Docker API"));
         }
         let gw = net::default_gateway()
-            .ok_or("no --host-ip, no specific HostIp, and no default gateway")?;
-        log::warn!(
-            "advertising the default gateway {gw} as the host address: only this host can reach it; set --host-ip"
-        );
-        Ok(gw.to_string())
+            .ok_or("no --host-ip, no specific HostIp, not a Swarm node, and no default gateway")?;
+        Ok((
+            IpAddr::V4(gw),
+            "default gateway: no --host-ip, no specific HostIp, not a Swarm node",
+        ))
+    }
+
+    /// The Swarm node address, asked once per answer: an engine that is no Swarm node, or an
+    /// answer that cannot be used (logged), is remembered as `None`. A call that fails is an
+    /// error, so the attempt is retried rather than settling on the gateway by accident.
+    fn swarm_node_addr(&mut self) -> Result<Option<IpAddr>, String> {
+        if let Some(known) = self.swarm_addr {
+            return Ok(known);
+        }
+        let Some(api) = self.docker.as_ref() else {
+            return Ok(None);
+        };
+        let addr = match docker::swarm_node_addr(api, &self.http, Duration::from_secs(2)) {
+            Ok(addr) => addr,
+            Err(docker::InfoError::Unusable(e)) => {
+                log::warn!("{e}; not using a Swarm node address");
+                None
+            }
+            Err(docker::InfoError::Unreachable(e)) => return Err(e),
+        };
+        self.swarm_addr = Some(addr);
+        Ok(addr)
     }
 }
 
