@@ -31,7 +31,7 @@ pub struct OptSpec {
     pub repeat: bool,
 }
 
-const fn opt(
+pub const fn opt(
     long: &'static str,
     value: &'static str,
     default: &'static str,
@@ -167,34 +167,47 @@ pub const OPTIONS: &[OptSpec] = &[
         "none",
         "read the etcd password from FILE (Docker/Swarm secrets: /run/secrets/NAME); one trailing newline is dropped",
     ),
+    verbose(
+        "hecd-init's debug lines (twice: trace); HECD_LOG takes an env_logger filter (default: warn for a pure init, info when registering)",
+    ),
+    HELP,
+    VERSION,
+];
+
+/// `-h`, `--help`, in every program's table.
+pub const HELP: OptSpec = OptSpec {
+    long: "help",
+    short: Some('h'),
+    value: None,
+    default: "",
+    help: "print this help and exit",
+    env: false,
+    repeat: false,
+};
+
+/// `-V`, `--version`, in every program's table.
+pub const VERSION: OptSpec = OptSpec {
+    long: "version",
+    short: Some('V'),
+    value: None,
+    default: "",
+    help: "print the version and exit",
+    env: false,
+    repeat: false,
+};
+
+/// `-v`, `--verbose` with its help line.
+pub const fn verbose(help: &'static str) -> OptSpec {
     OptSpec {
         long: "verbose",
         short: Some('v'),
         value: None,
         default: "off",
-        help: "hecd-init's debug lines (twice: trace); HECD_LOG takes an env_logger filter (default: warn for a pure init, info when registering)",
+        help,
         env: true,
         repeat: true,
-    },
-    OptSpec {
-        long: "help",
-        short: Some('h'),
-        value: None,
-        default: "",
-        help: "print this help and exit",
-        env: false,
-        repeat: false,
-    },
-    OptSpec {
-        long: "version",
-        short: Some('V'),
-        value: None,
-        default: "",
-        help: "print the version and exit",
-        env: false,
-        repeat: false,
-    },
-];
+    }
+}
 
 /// The environment variable of an option: `HECD_` + upper-case long name, `-` as `_`.
 pub fn env_name(long: &str) -> String {
@@ -237,26 +250,37 @@ pub enum Request {
     Run(RawArgs),
 }
 
-fn lookup_long(name: &str) -> Option<&'static OptSpec> {
-    OPTIONS.iter().find(|o| o.long == name)
-}
-
-fn lookup_short(c: char) -> Option<&'static OptSpec> {
-    OPTIONS.iter().find(|o| o.short == Some(c))
-}
-
 fn utf8(arg: &OsStr, source: &str) -> Result<String, UsageError> {
     arg.to_str()
         .map(str::to_owned)
         .ok_or_else(|| UsageError::new(source, "expected UTF-8 text"))
 }
 
-/// Scans `args` (without the program name), falling back to `env` for options not given as
-/// flags. `env` is a parameter so tests need not touch the process environment.
+/// Scans hecd-init's `args` (without the program name), falling back to `env` for options not
+/// given as flags. `env` is a parameter so tests need not touch the process environment.
 pub fn parse(
     args: &[OsString],
     env: impl Fn(&str) -> Option<OsString>,
 ) -> Result<Request, UsageError> {
+    scan(
+        OPTIONS,
+        Some("usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...]"),
+        args,
+        env,
+    )
+}
+
+/// Scans `args` against the option table `options`. With `command_usage`, the program takes a
+/// COMMAND after its options (missing: an error quoting that usage line); without, every
+/// word must be an option.
+pub fn scan(
+    options: &'static [OptSpec],
+    command_usage: Option<&str>,
+    args: &[OsString],
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<Request, UsageError> {
+    let lookup_long = |name: &str| options.iter().find(|o| o.long == name);
+    let lookup_short = |c: char| options.iter().find(|o| o.short == Some(c));
     let mut raw = RawArgs::default();
     let mut i = 0;
     while i < args.len() {
@@ -268,6 +292,12 @@ pub fn parse(
             break;
         }
         if bytes.len() < 2 || bytes[0] != b'-' {
+            if command_usage.is_none() {
+                return Err(UsageError::new(
+                    format!("{:?}", arg.to_string_lossy()),
+                    "unexpected argument (see --help)",
+                ));
+            }
             raw.command = args[i - 1..].to_vec();
             break;
         }
@@ -315,7 +345,7 @@ pub fn parse(
                 .push(Given { value, source });
         }
     }
-    for spec in OPTIONS.iter().filter(|o| o.env) {
+    for spec in options.iter().filter(|o| o.env) {
         if raw.values.contains_key(spec.long) {
             continue; // a flag wins over the variable
         }
@@ -340,11 +370,20 @@ pub fn parse(
             });
         }
     }
-    if raw.command.is_empty() {
-        return Err(UsageError::new(
-            "COMMAND",
-            "missing; usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...] (see --help)",
-        ));
+    match command_usage {
+        Some(usage) if raw.command.is_empty() => {
+            return Err(UsageError::new(
+                "COMMAND",
+                format!("missing; {usage} (see --help)"),
+            ));
+        }
+        None if !raw.command.is_empty() => {
+            return Err(UsageError::new(
+                "--",
+                "unexpected: this program takes no command (see --help)",
+            ));
+        }
+        _ => {}
     }
     Ok(Request::Run(raw))
 }
@@ -367,7 +406,26 @@ pub fn help_text() -> String {
          durations: 10s, 500ms, 1.5 (seconds), 2m):\n",
         env!("CARGO_PKG_VERSION")
     );
-    for o in OPTIONS {
+    out.push_str(&options_help(OPTIONS));
+    out.push_str(
+        "\nEnvironment: HECD_LOG sets the log filter (env_logger syntax, default info);\n\
+         HECD_ETCD_PASSWORD gives the etcd password. Logs go to stderr, prefixed \"hecd-init:\".\n\n\
+         Exit status: the app's exit code; 128+N if it was killed by signal N; 126 if COMMAND\n\
+         cannot be executed; 127 if it is not found; 2 for a usage error; 1 if hecd-init failed\n\
+         before starting COMMAND.\n\n\
+         Example Dockerfile:\n\
+         \x20 COPY --from=hecd-init /hecd-init /hecd-init\n\
+         \x20 ENV HECD_ETCD=http://etcd:2379\n\
+         \x20 ENTRYPOINT [\"/hecd-init\", \"--\"]\n\
+         \x20 CMD [\"my-server\", \"--listen\", \":8080\"]\n",
+    );
+    out
+}
+
+/// The options part of a `--help` text: each option, its description, variable and default.
+pub fn options_help(options: &[OptSpec]) -> String {
+    let mut out = String::new();
+    for o in options {
         let short = o.short.map_or(String::from("    "), |c| format!("-{c}, "));
         let value = o.value.map_or(String::new(), |v| format!(" {v}"));
         out.push_str(&format!("  {short}--{}{value}\n", o.long));
@@ -383,18 +441,6 @@ pub fn help_text() -> String {
             out.push_str(&format!("        [{}]\n", facts.join("; ")));
         }
     }
-    out.push_str(
-        "\nEnvironment: HECD_LOG sets the log filter (env_logger syntax, default info);\n\
-         HECD_ETCD_PASSWORD gives the etcd password. Logs go to stderr, prefixed \"hecd-init:\".\n\n\
-         Exit status: the app's exit code; 128+N if it was killed by signal N; 126 if COMMAND\n\
-         cannot be executed; 127 if it is not found; 2 for a usage error; 1 if hecd-init failed\n\
-         before starting COMMAND.\n\n\
-         Example Dockerfile:\n\
-         \x20 COPY --from=hecd-init /hecd-init /hecd-init\n\
-         \x20 ENV HECD_ETCD=http://etcd:2379\n\
-         \x20 ENTRYPOINT [\"/hecd-init\", \"--\"]\n\
-         \x20 CMD [\"my-server\", \"--listen\", \":8080\"]\n",
-    );
     out
 }
 

@@ -223,27 +223,7 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
             .collect::<Result<Vec<_>, _>>(),
     );
     let had_password_variable = password.is_some();
-    let credentials = errors.take(
-        raw.get("etcd-user")
-            .map(|g| parse_user(g, password))
-            .transpose(),
-    );
-    let password_file = raw.get("etcd-password-file");
-    if let Some(g) = password_file {
-        let inline = raw.get("etcd-user").is_some_and(|u| u.value.contains(':'));
-        if raw.get("etcd-user").is_none() {
-            errors.take(Err::<(), _>(UsageError::new(
-                &g.source,
-                "needs --etcd-user USER (the file holds only the password)",
-            )));
-        } else if inline {
-            errors.take(Err::<(), _>(UsageError::new(
-                &g.source,
-                "--etcd-user USER:PASSWORD already gives a password; give USER alone",
-            )));
-        }
-    }
-    let password_file = password_file.map(|g| g.value.clone());
+    let access = etcd_access(&raw, password, &mut errors);
     // Secrets are hecd-init's, not the app's: the password variable goes, and a password in
     // HECD_ETCD_USER is cut off (the user name stays, it may matter to a wrapper script).
     let mut app_env = Vec::new();
@@ -257,28 +237,7 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     {
         app_env.push((g.source.clone(), Some(user.to_owned())));
     }
-    let file = |long: &str| raw.get(long).map(|g| g.value.clone());
-    let (cacert, cert, key) = (file("etcd-cacert"), file("etcd-cert"), file("etcd-key"));
-    if cert.is_some() != key.is_some() {
-        let source = raw
-            .get("etcd-cert")
-            .or(raw.get("etcd-key"))
-            .map_or("--etcd-cert", |g| g.source.as_str());
-        errors.take(Err::<(), _>(UsageError::new(
-            source,
-            "expected --etcd-cert and --etcd-key together",
-        )));
-    }
-
-    let log = log.filter(|l| !l.trim().is_empty());
-    if let Some(filter) = &log
-        && let Err(e) = crate::logging::check_filter(filter)
-    {
-        errors.take(Err::<(), _>(UsageError::new(
-            "HECD_LOG",
-            format!("expected an env_logger filter such as info or hecd_init=debug: {e}"),
-        )));
-    }
+    let log = checked_log_filter(log, &mut errors);
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
@@ -297,11 +256,11 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
         ttl: ttl.unwrap_or(Duration::from_secs(10)),
         check: check_kind.clone().unwrap_or(Check::Tcp),
         check_interval: check_interval.unwrap_or(Duration::from_secs(2)),
-        cacert,
-        cert,
-        key,
-        credentials: credentials.clone().flatten(),
-        password_file,
+        cacert: access.cacert.clone(),
+        cert: access.cert.clone(),
+        key: access.key.clone(),
+        credentials: access.credentials.clone(),
+        password_file: access.password_file.clone(),
     });
     let default_drain = if registering {
         Duration::from_secs(2)
@@ -331,21 +290,91 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     })
 }
 
+/// The etcd access options both programs take: TLS files and credentials.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdAccess {
+    pub cacert: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub credentials: Option<Credentials>,
+    pub password_file: Option<String>,
+}
+
+/// Reads `--etcd-cacert`, `--etcd-cert`, `--etcd-key`, `--etcd-user` (with `password`, from
+/// `HECD_ETCD_PASSWORD`) and `--etcd-password-file`, checking how they go together.
+pub(crate) fn etcd_access(
+    raw: &RawArgs,
+    password: Option<String>,
+    errors: &mut Errors,
+) -> EtcdAccess {
+    let user = raw.get("etcd-user");
+    let credentials = errors
+        .take(user.map(|g| parse_user(g, password)).transpose())
+        .flatten();
+    let password_file = raw.get("etcd-password-file");
+    if let Some(g) = password_file {
+        if user.is_none() {
+            errors.take(Err::<(), _>(UsageError::new(
+                &g.source,
+                "needs --etcd-user USER (the file holds only the password)",
+            )));
+        } else if user.is_some_and(|u| u.value.contains(':')) {
+            errors.take(Err::<(), _>(UsageError::new(
+                &g.source,
+                "--etcd-user USER:PASSWORD already gives a password; give USER alone",
+            )));
+        }
+    }
+    let file = |long: &str| raw.get(long).map(|g| g.value.clone());
+    let (cacert, cert, key) = (file("etcd-cacert"), file("etcd-cert"), file("etcd-key"));
+    if cert.is_some() != key.is_some() {
+        let source = raw
+            .get("etcd-cert")
+            .or(raw.get("etcd-key"))
+            .map_or("--etcd-cert", |g| g.source.as_str());
+        errors.take(Err::<(), _>(UsageError::new(
+            source,
+            "expected --etcd-cert and --etcd-key together",
+        )));
+    }
+    EtcdAccess {
+        cacert,
+        cert,
+        key,
+        credentials,
+        password_file: password_file.map(|g| g.value.clone()),
+    }
+}
+
+/// `HECD_LOG`, checked; empty counts as unset.
+pub(crate) fn checked_log_filter(log: Option<String>, errors: &mut Errors) -> Option<String> {
+    let log = log.filter(|l| !l.trim().is_empty());
+    if let Some(filter) = &log
+        && let Err(e) = crate::logging::check_filter(filter)
+    {
+        errors.take(Err::<(), _>(UsageError::new(
+            "HECD_LOG",
+            format!("expected an env_logger filter such as info or hecd_init=debug: {e}"),
+        )));
+    }
+    log
+}
+
 /// Collects every usage error instead of stopping at the first.
 #[derive(Default)]
-struct Errors(Vec<UsageError>);
+pub(crate) struct Errors(pub(crate) Vec<UsageError>);
 
 impl Errors {
-    fn take<T>(&mut self, result: Result<T, UsageError>) -> Option<T> {
+    pub(crate) fn take<T>(&mut self, result: Result<T, UsageError>) -> Option<T> {
         result.map_err(|e| self.0.push(e)).ok()
     }
 }
 
-fn expected(g: &Given, form: &str) -> UsageError {
+pub(crate) fn expected(g: &Given, form: &str) -> UsageError {
     UsageError::new(&g.source, format!("expected {form}, got {:?}", g.value))
 }
 
-fn choice<T: Copy>(
+pub(crate) fn choice<T: Copy>(
     raw: &RawArgs,
     long: &str,
     options: &[(&str, T)],
@@ -366,7 +395,7 @@ fn flag(raw: &RawArgs, long: &str) -> Result<bool, UsageError> {
     raw.get(long).map_or(Ok(false), parse_bool)
 }
 
-fn verbosity(raw: &RawArgs) -> Result<usize, UsageError> {
+pub(crate) fn verbosity(raw: &RawArgs) -> Result<usize, UsageError> {
     let given = raw.all("verbose");
     match given.first() {
         // From the variable: a boolean, or a count such as HECD_VERBOSE=2.
@@ -378,7 +407,7 @@ fn verbosity(raw: &RawArgs) -> Result<usize, UsageError> {
     }
 }
 
-fn parse_bool(g: &Given) -> Result<bool, UsageError> {
+pub(crate) fn parse_bool(g: &Given) -> Result<bool, UsageError> {
     match g.value.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
@@ -407,7 +436,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     (d <= MAX_DURATION).then_some(d)
 }
 
-fn parse_duration_at_least(g: &Given, min: Duration) -> Result<Duration, UsageError> {
+pub(crate) fn parse_duration_at_least(g: &Given, min: Duration) -> Result<Duration, UsageError> {
     let form = if min.is_zero() {
         "a duration such as 2s, 500ms or 0 (at most 24h)"
     } else {
@@ -425,7 +454,7 @@ fn parse_ttl(g: &Given) -> Result<Duration, UsageError> {
         .ok_or_else(|| expected(g, "whole seconds of at least 1, such as 10s"))
 }
 
-fn parse_port(text: &str, g: &Given) -> Result<u16, UsageError> {
+pub(crate) fn parse_port(text: &str, g: &Given) -> Result<u16, UsageError> {
     text.parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
@@ -438,7 +467,7 @@ fn parse_ip(g: &Given) -> Result<IpAddr, UsageError> {
         .map_err(|_| expected(g, "an IP address such as 192.0.2.10 or fd00::1"))
 }
 
-fn valid_host(host: &str) -> bool {
+pub(crate) fn valid_host(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host
@@ -447,7 +476,7 @@ fn valid_host(host: &str) -> bool {
 }
 
 /// Splits `HOST[:PORT]` where HOST may be `[v6]`; returns (host without brackets, port text).
-fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
+pub(crate) fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
     if let Some(rest) = text.strip_prefix('[') {
         let (v6, after) = rest.split_once(']')?;
         v6.parse::<Ipv6Addr>().ok()?;
@@ -464,7 +493,7 @@ fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
     }
 }
 
-fn parse_endpoints(g: &Given) -> Result<Vec<Endpoint>, UsageError> {
+pub(crate) fn parse_endpoints(g: &Given) -> Result<Vec<Endpoint>, UsageError> {
     let form = "http:// or https:// URLs such as http://etcd:2379, comma-separated";
     let mut out = Vec::new();
     for part in g.value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -498,7 +527,7 @@ fn parse_endpoints(g: &Given) -> Result<Vec<Endpoint>, UsageError> {
     Ok(out)
 }
 
-fn parse_prefix(g: &Given) -> Result<String, UsageError> {
+pub(crate) fn parse_prefix(g: &Given) -> Result<String, UsageError> {
     let v = g.value.trim();
     if v.chars().any(|c| c.is_whitespace() || c.is_control()) || v.contains("//") {
         return Err(expected(g, "a key path such as /app/servers"));
@@ -588,7 +617,7 @@ fn parse_check(g: &Given) -> Result<Check, UsageError> {
     }
 }
 
-fn parse_user(g: &Given, password: Option<String>) -> Result<Credentials, UsageError> {
+pub(crate) fn parse_user(g: &Given, password: Option<String>) -> Result<Credentials, UsageError> {
     let (user, inline) = match g.value.split_once(':') {
         Some((u, p)) => (u, Some(p.to_owned())),
         None => (g.value.as_str(), None),

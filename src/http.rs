@@ -143,8 +143,10 @@ pub enum HttpError {
     Timeout,
     /// Could not connect (refused, unreachable, name not found, TLS handshake).
     Connect(String),
-    /// The connection broke or the answer was not HTTP (or too big, or not UTF-8).
+    /// The connection broke or the answer was not HTTP (or not UTF-8).
     Broken(String),
+    /// The body (or one line of a stream) was longer than the limit, in bytes.
+    TooBig(u64),
 }
 
 impl fmt::Display for HttpError {
@@ -153,6 +155,7 @@ impl fmt::Display for HttpError {
             HttpError::Timeout => write!(f, "timed out"),
             HttpError::Connect(e) => write!(f, "cannot connect: {e}"),
             HttpError::Broken(e) => write!(f, "{e}"),
+            HttpError::TooBig(n) => write!(f, "answer over {n} bytes"),
         }
     }
 }
@@ -192,7 +195,7 @@ impl From<ureq::Error> for HttpError {
             E::ConnectionFailed => HttpError::Connect("connection failed".into()),
             E::Tls(why) => HttpError::Connect(format!("TLS: {why}")),
             E::Rustls(why) => HttpError::Connect(format!("TLS: {why}")),
-            E::BodyExceedsLimit(n) => HttpError::Broken(format!("answer body over {n} bytes")),
+            E::BodyExceedsLimit(n) => HttpError::TooBig(n),
             E::LargeResponseHeader(..) => {
                 HttpError::Broken(format!("answer head over {MAX_HEAD} bytes"))
             }
@@ -271,7 +274,118 @@ impl Http {
     }
 }
 
+/// A streamed answer read line by line (the etcd watch), each line bounded.
+pub struct Stream {
+    pub status: u16,
+    reader: io::BufReader<ureq::BodyReader<'static>>,
+}
+
+impl Stream {
+    /// The next line without its newline; `None` at the end of the stream. A line longer than
+    /// `max` bytes is [`HttpError::TooBig`] (the stream is then unusable), and so is one that is
+    /// not UTF-8 ([`HttpError::Broken`]). Blank lines are skipped.
+    pub fn next_line(&mut self, max: usize) -> Result<Option<String>, HttpError> {
+        use io::BufRead;
+        let mut line = Vec::new();
+        loop {
+            let chunk = self.reader.fill_buf().map_err(io_error)?;
+            if chunk.is_empty() {
+                return if line.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(HttpError::Broken("stream ended inside a line".into()))
+                };
+            }
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            if line.len() + take > max + 1 {
+                return Err(HttpError::TooBig(max as u64));
+            }
+            line.extend_from_slice(&chunk[..take]);
+            self.reader.consume(take);
+            if done {
+                while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    line.pop();
+                }
+                if line.is_empty() {
+                    continue;
+                }
+                return String::from_utf8(line)
+                    .map(Some)
+                    .map_err(|_| HttpError::Broken("stream line is not UTF-8".into()));
+            }
+        }
+    }
+}
+
+/// An I/O error from a body reader: ureq wraps its own errors (timeouts, framing) in it.
+fn io_error(e: io::Error) -> HttpError {
+    if e.get_ref().is_some_and(|i| i.is::<ureq::Error>()) {
+        match e
+            .into_inner()
+            .and_then(|i| i.downcast::<ureq::Error>().ok())
+        {
+            Some(u) => HttpError::from(*u),
+            None => HttpError::Broken("broken stream".into()),
+        }
+    } else if matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    ) {
+        HttpError::Timeout
+    } else {
+        HttpError::Broken(e.to_string())
+    }
+}
+
 impl Http {
+    /// Sends a POST whose answer is a stream: the head must arrive within `timeout`, the
+    /// stream then lasts at most `life` (a read blocks no longer than that), after which reads
+    /// fail with [`HttpError::Timeout`]: the caller opens a new one.
+    pub fn stream(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+        timeout: Duration,
+        life: Duration,
+    ) -> Result<Stream, HttpError> {
+        let mut builder = Request::builder().method("POST").uri(url);
+        for (name, value) in headers {
+            if value.contains(['\r', '\n']) || name.contains(['\r', '\n']) {
+                return Err(HttpError::Broken(format!(
+                    "header {name} holds a line break; not sent"
+                )));
+            }
+            builder = builder.header(*name, *value);
+        }
+        let request = builder
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .map_err(|e| HttpError::Broken(format!("bad request {url:?}: {e}")))?;
+        let request = self
+            .agent
+            .configure_request(request)
+            .timeout_global(None)
+            .timeout_per_call(None)
+            .timeout_resolve(Some(timeout))
+            .timeout_connect(Some(timeout))
+            .timeout_send_request(Some(timeout))
+            .timeout_send_body(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .timeout_recv_body(Some(life))
+            .build();
+        let response = self.agent.run(request)?;
+        let status = response.status().as_u16();
+        let reader = response.into_body().into_reader();
+        Ok(Stream {
+            status,
+            reader: io::BufReader::with_capacity(BUFFER, reader),
+        })
+    }
+
     fn run<B: ureq::AsSendBody>(
         &self,
         request: Request<B>,

@@ -1,5 +1,5 @@
 //! Logging: env_logger with the `HECD_LOG` filter (or `-v`), one line per event on stderr,
-//! prefixed `hecd-init:`. Stdout belongs to the app, so nothing here ever writes there.
+//! prefixed with the program's name (`hecd-init:`, `hecd-haproxy:`). Stdout belongs to the app, so nothing here ever writes there.
 //!
 //! Logging never blocks the caller and never fails loudly: env_logger formats the line and
 //! hands it to [`Spool`], which queues it for a writer thread, started at the first line (a
@@ -25,8 +25,21 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Installs the logger.
+/// Installs the logger for hecd-init.
 pub fn init(filter: &str) {
+    init_as("hecd-init", filter);
+}
+
+/// The prefix of every line: the program's name.
+static PROGRAM: OnceLock<&'static str> = OnceLock::new();
+
+fn program() -> &'static str {
+    PROGRAM.get().copied().unwrap_or("hecd-init")
+}
+
+/// Installs the logger, lines prefixed `PROGRAM: `.
+pub fn init_as(name: &'static str, filter: &str) {
+    let _ = PROGRAM.set(name);
     let result = env_logger::Builder::new()
         .parse_filters(filter)
         // Whatever the filter says, the HTTP and TLS crates log warnings only: their debug and
@@ -42,13 +55,13 @@ pub fn init(filter: &str) {
                 log::Level::Debug => "debug: ",
                 log::Level::Trace => "trace: ",
             };
-            writeln!(buf, "hecd-init: {level}{}", record.args())
+            writeln!(buf, "{}: {level}{}", program(), record.args())
         })
         .target(env_logger::Target::Pipe(Box::new(Spool::default())))
         .try_init();
     if let Err(e) = result {
         // Only possible if a logger was installed before, which main never does.
-        eprintln!("hecd-init: cannot set up logging: {e}");
+        eprintln!("{}: cannot set up logging: {e}", program());
     }
 }
 
@@ -134,7 +147,11 @@ fn write_lines(rx: &Receiver<Vec<u8>>) {
         let dropped = DROPPED.load(Ordering::Relaxed);
         let mut err = io::stderr().lock();
         if dropped > told {
-            let note = format!("hecd-init: warning: {} log lines dropped\n", dropped - told);
+            let note = format!(
+                "{}: warning: {} log lines dropped\n",
+                program(),
+                dropped - told
+            );
             // A closed stderr: nothing to tell and nobody to tell it to.
             let _dropped = err.write_all(note.as_bytes());
             told = dropped;

@@ -7,23 +7,7 @@
 #![cfg_attr(not(test), no_main)] // unit tests keep the test harness's own main
 #![deny(unsafe_code)]
 
-mod check;
-mod cli;
-mod config;
-mod discovery;
-mod error;
-mod etcd;
-#[cfg(test)]
-mod fuzz;
-mod http;
-mod json;
-mod lifecycle;
-mod logging;
-mod registrar;
-mod signal;
-mod supervisor;
-mod sys;
-
+use hecd_init::{cli, config, error, logging, registrar, supervisor, sys};
 use std::ffi::OsString;
 use std::io::Write;
 

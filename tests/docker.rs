@@ -6,15 +6,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::etcd::{Etcd, free_port};
-use common::{TempDir, key, wait_until};
+use common::{TempDir, http_get, key, wait_until};
 
 const IMAGE: &str = "hecd-test-app:latest";
 
@@ -23,22 +21,6 @@ const IMAGE: &str = "hecd-test-app:latest";
 fn engine_mode() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `GET /` on ADDR (bounded): the body, or why not.
-fn http_get(addr: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.take(1 << 16)
-        .read_to_string(&mut out)
-        .map_err(|e| e.to_string())?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map_or(out.clone(), |(_, b)| b.to_owned()))
 }
 
 /// Runs `docker ARGS` (bounded by 120 s); returns (success, stdout + stderr).

@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::config::{Credentials, Endpoint, EtcdApi};
-use crate::http::{Http, Method, Reply};
+use crate::http::{Http, HttpError, Method, Reply};
 use crate::json;
 
 /// What an answer from one endpoint means.
@@ -42,6 +42,8 @@ pub enum EtcdError {
     Failed { endpoint: String, cause: String },
     /// The deadline passed before any endpoint answered.
     OutOfTime,
+    /// A range answer was over the body limit: read fewer keys at a time.
+    TooBig,
 }
 
 impl fmt::Display for EtcdError {
@@ -53,6 +55,7 @@ impl fmt::Display for EtcdError {
             }
             EtcdError::Failed { endpoint, cause } => write!(f, "{endpoint}: {cause}"),
             EtcdError::OutOfTime => write!(f, "out of time"),
+            EtcdError::TooBig => write!(f, "the answer is too big"),
         }
     }
 }
@@ -296,6 +299,95 @@ impl Client {
         })
     }
 
+    /// Reads one page of `[key, end)` at `revision` (0: the latest), at most `limit` keys (v3
+    /// only). An answer over the body limit is `Failed` with cause "too big": read less.
+    pub fn range(
+        &mut self,
+        key: &[u8],
+        end: &[u8],
+        revision: i64,
+        limit: u32,
+        keys_only: bool,
+        deadline: Instant,
+    ) -> Result<v3::Page, EtcdError> {
+        let body = v3::range(key, end, revision, limit, keys_only);
+        self.each_endpoint(deadline, |c, base, t| match c.api {
+            Some(Api::V3(prefix)) => c.v3_call(base, prefix, v3::RANGE, &body, t, v3::parse_range),
+            _ => Attempt::Stop(not_v3(base)),
+        })
+    }
+
+    /// Watches `[key, end)` from `start_revision` (v3 only): opens the stream on the first
+    /// endpoint that takes it (within `deadline`), then hands each message to `on_message`
+    /// until the stream ends, `life` passes (`Ok`: open another from where it got), or
+    /// `on_message` returns false. A stream that breaks or sends garbage is an error; so is an
+    /// error message from etcd.
+    pub fn watch(
+        &mut self,
+        key: &[u8],
+        end: &[u8],
+        start_revision: i64,
+        life: Duration,
+        deadline: Instant,
+        mut on_message: impl FnMut(v3::WatchMessage) -> bool,
+    ) -> Result<(), EtcdError> {
+        let body = v3::watch(key, end, start_revision);
+        self.each_endpoint(deadline, |c, base, t| {
+            let Some(Api::V3(prefix)) = c.api else {
+                return Attempt::Stop(not_v3(base));
+            };
+            if c.credentials.is_some() && c.token.is_none() {
+                match c.authenticate(base, prefix, t) {
+                    Ok(token) => c.token = Some(token),
+                    Err(a) => return a,
+                }
+            }
+            let auth = c.auth_header();
+            let url = format!("{base}{prefix}{}", v3::WATCH);
+            let mut stream = match c.http.stream(&url, &auth, &body, t, life) {
+                Ok(s) => s,
+                Err(e) => return Attempt::Next(e.to_string()),
+            };
+            let failed = |cause: String| {
+                Attempt::Stop(EtcdError::Failed {
+                    endpoint: base.to_owned(),
+                    cause,
+                })
+            };
+            loop {
+                let line = match stream.next_line(MAX_WATCH_LINE) {
+                    Ok(Some(line)) => line,
+                    Ok(None) => return Attempt::Done(()),
+                    // The stream's life is over: not a failure.
+                    Err(HttpError::Timeout) => return Attempt::Done(()),
+                    Err(e) => return failed(format!("watch stream: {e}")),
+                };
+                if stream.status != 200 {
+                    let fault = v3::parse_done(stream.status, &line)
+                        .err()
+                        .unwrap_or_else(|| Fault::Malformed(format!("HTTP {}", stream.status)));
+                    if matches!(fault, Fault::BadToken(_)) {
+                        c.token = None;
+                    }
+                    return fault_attempt(base, fault);
+                }
+                match v3::parse_watch(&line) {
+                    Ok(message) => {
+                        if !on_message(message) {
+                            return Attempt::Done(());
+                        }
+                    }
+                    Err(fault) => {
+                        if matches!(fault, Fault::BadToken(_)) {
+                            c.token = None;
+                        }
+                        return failed(format!("watch stream: {fault:?}"));
+                    }
+                }
+            }
+        })
+    }
+
     /// Runs `op` against each endpoint in turn, starting with the last one that answered,
     /// until one gives an answer that holds for the cluster or the deadline passes.
     fn each_endpoint<T>(
@@ -380,12 +472,7 @@ impl Client {
                     Err(a) => return a,
                 }
             }
-            let auth: Vec<(&str, &str)> = self
-                .token
-                .as_deref()
-                .map(|t| ("authorization", t))
-                .into_iter()
-                .collect();
+            let auth = self.auth_header();
             let url = format!("{base}{prefix}{path}");
             let left = timeout.saturating_sub(started.elapsed());
             let reply = match self.http.request(
@@ -396,6 +483,10 @@ impl Client {
                 left,
             ) {
                 Ok(r) => r,
+                // The same keys are as big on every member.
+                Err(HttpError::TooBig(_)) if path == v3::RANGE => {
+                    return Attempt::Stop(EtcdError::TooBig);
+                }
                 Err(e) => return Attempt::Next(e.to_string()),
             };
             match parse(reply.status, &reply.body) {
@@ -408,6 +499,15 @@ impl Client {
             }
         }
         Attempt::Next("auth token rejected twice".into())
+    }
+
+    /// The v3 auth token header, when there is a token.
+    fn auth_header(&self) -> Vec<(&'static str, &str)> {
+        self.token
+            .as_deref()
+            .map(|t| ("authorization", t))
+            .into_iter()
+            .collect()
     }
 
     fn authenticate<T>(
@@ -489,6 +589,17 @@ impl<T> Attempt<T> {
 
     fn map<U>(self, f: impl FnOnce(T) -> U) -> Attempt<U> {
         self.and_then(|v| Attempt::Done(f(v)))
+    }
+}
+
+/// Longest watch message read: bigger ones (a burst of huge values) end the stream, and the
+/// reader reads the keys again page by page.
+const MAX_WATCH_LINE: usize = 1 << 20;
+
+fn not_v3(base: &str) -> EtcdError {
+    EtcdError::Failed {
+        endpoint: base.to_owned(),
+        cause: "this cluster speaks only the etcd v2 API; watching needs v3 (etcd 3.x)".into(),
     }
 }
 

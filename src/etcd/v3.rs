@@ -18,6 +18,49 @@ pub const REVOKE: &str = "/lease/revoke";
 pub const PUT: &str = "/kv/put";
 pub const DELETE: &str = "/kv/deleterange";
 pub const AUTHENTICATE: &str = "/auth/authenticate";
+pub const RANGE: &str = "/kv/range";
+pub const WATCH: &str = "/watch";
+
+/// One key-value pair as etcd stores it (bytes: keys and values need not be UTF-8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+/// One page of a range read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// The store's revision the page was read at.
+    pub revision: i64,
+    pub kvs: Vec<Kv>,
+    /// More keys follow in the range.
+    pub more: bool,
+}
+
+/// A change seen by a watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Put(Kv),
+    /// The key, and the revision of the delete.
+    Delete(Vec<u8>, i64),
+}
+
+/// One message of a watch stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchMessage {
+    /// The watch exists now; events from its start revision follow.
+    Created,
+    /// Changes, in revision order (an empty list is a progress notification).
+    Events(Vec<Event>),
+    /// etcd ended the watch: the start revision was compacted away
+    /// (`compact_revision` is the oldest left), or another reason.
+    Canceled {
+        compact_revision: Option<i64>,
+        reason: String,
+    },
+}
 
 /// `{"TTL": 10}`
 pub fn grant(ttl_secs: u64) -> String {
@@ -42,6 +85,176 @@ pub fn lease_id(lease: i64) -> String {
 /// `{"key": b64}`: deletes exactly that key.
 pub fn delete(key: &str) -> String {
     json!({ "key": base64(key.as_bytes()) }).to_string()
+}
+
+/// The end of the range of every key that starts with `prefix` (etcd's `WithPrefix`): the
+/// prefix with its last byte below 0xff incremented; for no such byte, `\0` (to the end).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A range read of `[key, end)` at `revision` (0: the latest), at most `limit` keys.
+pub fn range(key: &[u8], end: &[u8], revision: i64, limit: u32, keys_only: bool) -> String {
+    let mut v = json!({
+        "key": base64(key),
+        "range_end": base64(end),
+        "limit": limit.to_string(),
+    });
+    if revision > 0 {
+        v["revision"] = revision.to_string().into();
+    }
+    if keys_only {
+        v["keys_only"] = true.into();
+    }
+    v.to_string()
+}
+
+/// A watch of `[key, end)` from `start_revision`.
+pub fn watch(key: &[u8], end: &[u8], start_revision: i64) -> String {
+    json!({
+        "create_request": {
+            "key": base64(key),
+            "range_end": base64(end),
+            "start_revision": start_revision.to_string(),
+        }
+    })
+    .to_string()
+}
+
+/// Parses a range answer.
+pub fn parse_range(status: u16, body: &str) -> Result<Page, Fault> {
+    let v = parse_ok(status, body)?;
+    let revision = v
+        .get("header")
+        .and_then(|h| int_field(h, "revision"))
+        .filter(|r| *r > 0)
+        .ok_or_else(|| {
+            Fault::Malformed(format!("range answer without a revision: {}", clip(body)))
+        })?;
+    let kvs = match v.get("kvs") {
+        None => Vec::new(),
+        Some(Value::Array(list)) => list.iter().map(parse_kv).collect::<Result<_, _>>()?,
+        Some(_) => return Err(Fault::Malformed("range answer: kvs is not a list".into())),
+    };
+    let more = match v.get("more") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(Fault::Malformed(
+                "range answer: more is not a boolean".into(),
+            ));
+        }
+    };
+    Ok(Page {
+        revision,
+        kvs,
+        more,
+    })
+}
+
+/// Parses one line of a watch stream.
+pub fn parse_watch(line: &str) -> Result<WatchMessage, Fault> {
+    let v = json::parse(line).map_err(|e| Fault::Malformed(format!("watch message is {e}")))?;
+    if let Some(err) = v.get("error") {
+        return Err(classify_error(0, err));
+    }
+    let result = v.get("result").ok_or_else(|| {
+        Fault::Malformed(format!("watch message without a result: {}", clip(line)))
+    })?;
+    if result.get("canceled").and_then(Value::as_bool) == Some(true) {
+        return Ok(WatchMessage::Canceled {
+            compact_revision: int_field(result, "compact_revision").filter(|r| *r > 0),
+            reason: json::str_at(result, "cancel_reason")
+                .unwrap_or("")
+                .to_owned(),
+        });
+    }
+    let mut events = Vec::new();
+    match result.get("events") {
+        None => {}
+        Some(Value::Array(list)) => {
+            for e in list {
+                let kv = e
+                    .get("kv")
+                    .ok_or_else(|| Fault::Malformed("watch event without a kv".into()))?;
+                let kv = parse_kv(kv)?;
+                match json::str_at(e, "type") {
+                    None | Some("PUT") => events.push(Event::Put(kv)),
+                    Some("DELETE") => events.push(Event::Delete(kv.key, kv.mod_revision)),
+                    Some(other) => {
+                        return Err(Fault::Malformed(format!("watch event of type {other:?}")));
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            return Err(Fault::Malformed(
+                "watch message: events is not a list".into(),
+            ));
+        }
+    }
+    if events.is_empty() && result.get("created").and_then(Value::as_bool) == Some(true) {
+        return Ok(WatchMessage::Created);
+    }
+    Ok(WatchMessage::Events(events))
+}
+
+/// `{"key": b64, "value": b64, "mod_revision": "N"}`; a missing value is empty (deletes, and
+/// keys-only reads).
+fn parse_kv(v: &Value) -> Result<Kv, Fault> {
+    let bytes = |name: &str| -> Result<Vec<u8>, Fault> {
+        match v.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::String(s)) => {
+                unbase64(s).ok_or_else(|| Fault::Malformed(format!("{name} is not base64")))
+            }
+            Some(_) => Err(Fault::Malformed(format!("{name} is not a string"))),
+        }
+    };
+    let key = bytes("key")?;
+    if key.is_empty() {
+        return Err(Fault::Malformed("a kv without a key".into()));
+    }
+    Ok(Kv {
+        key,
+        value: bytes("value")?,
+        mod_revision: int_field(v, "mod_revision").unwrap_or(0),
+    })
+}
+
+/// Decodes standard base64 (padding optional); `None` for anything else.
+pub fn unbase64(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    };
+    let data = text.trim_end_matches('=').as_bytes();
+    if text.len() - data.len() > 2 || data.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(data.len() * 3 / 4);
+    for chunk in data.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= digit(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
 }
 
 /// `{"name": user, "password": password}`
@@ -184,6 +397,105 @@ mod tests {
     const PUT_NO_LEASE: &str = include_str!("../../tests/fixtures/v3_put_lease_not_found.json");
     const AUTH_OK: &str = include_str!("../../tests/fixtures/v3_authenticate.json");
     const AUTH_BAD_TOKEN: &str = include_str!("../../tests/fixtures/v3_invalid_token.json");
+
+    #[test]
+    fn unbase64_inverts_base64() {
+        for text in [
+            "",
+            "f",
+            "fo",
+            "foo",
+            "foob",
+            "fooba",
+            "foobar",
+            "/app/servers/x",
+        ] {
+            assert_eq!(
+                unbase64(&base64(text.as_bytes())).as_deref(),
+                Some(text.as_bytes())
+            );
+        }
+        assert_eq!(unbase64("Zm9v").as_deref(), Some(&b"foo"[..]));
+        for bad in ["Z", "Zm9v=== ", "Zm9v===", "Zm$v", "Z===", "é"] {
+            assert_eq!(unbase64(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/app/servers/"), b"/app/servers0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+
+    #[test]
+    fn parses_real_range_and_watch_answers() {
+        let page = parse_range(200, include_str!("../../tests/fixtures/v3_range.json")).unwrap();
+        assert!(page.revision > 0 && !page.more);
+        assert_eq!(page.kvs.len(), 2);
+        assert_eq!(page.kvs[0].key, b"/app/servers/a");
+        assert_eq!(page.kvs[0].value, b"10.0.0.1:80");
+        let empty =
+            r#"{"header":{"cluster_id":"1","member_id":"2","revision":"7","raft_term":"2"}}"#;
+        assert_eq!(parse_range(200, empty).unwrap().kvs, vec![]);
+        let mut lines = include_str!("../../tests/fixtures/v3_watch.txt").lines();
+        assert_eq!(
+            parse_watch(lines.next().unwrap()),
+            Ok(WatchMessage::Created)
+        );
+        let Ok(WatchMessage::Events(put)) = parse_watch(lines.next().unwrap()) else {
+            panic!("a put event");
+        };
+        assert!(
+            matches!(&put[0], Event::Put(kv) if kv.key == b"/app/servers/c" && kv.value == b"10.0.0.3:80")
+        );
+        let Ok(WatchMessage::Events(del)) = parse_watch(lines.next().unwrap()) else {
+            panic!("a delete event");
+        };
+        assert!(matches!(&del[0], Event::Delete(k, r) if k == b"/app/servers/a" && *r > 0));
+        let canceled = lines.next().unwrap();
+        assert!(matches!(
+            parse_watch(canceled),
+            Ok(WatchMessage::Canceled {
+                compact_revision: Some(_),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_range_and_watch_answers_are_errors() {
+        for body in [
+            "",
+            "{}",
+            "[]",
+            r#"{"header":{}}"#,
+            r#"{"header":{"revision":"5"},"kvs":{}}"#,
+            r#"{"header":{"revision":"5"},"kvs":[{"value":"eA=="}]}"#,
+            r#"{"header":{"revision":"5"},"kvs":[{"key":"!!"}]}"#,
+            r#"{"header":{"revision":"5"},"more":"yes"}"#,
+        ] {
+            assert!(parse_range(200, body).is_err(), "{body:?}");
+        }
+        for line in [
+            "",
+            "{}",
+            "null",
+            r#"{"result":{"events":[{"type":"NOPE","kv":{"key":"eA=="}}]}}"#,
+            r#"{"result":{"events":[{}]}}"#,
+            r#"{"error":{"grpc_code":16,"message":"invalid auth token"}}"#,
+        ] {
+            assert!(parse_watch(line).is_err(), "{line:?}");
+        }
+        let mut m = crate::fuzz::Mutator::new(0x3a7c4);
+        let range = include_str!("../../tests/fixtures/v3_range.json");
+        let watch = include_str!("../../tests/fixtures/v3_watch.txt");
+        for _ in 0..5_000 {
+            let _ = parse_range(200, &m.mutate(range.as_bytes()));
+            let _ = parse_watch(&m.mutate(watch.as_bytes()));
+            let _ = unbase64(&m.mutate(b"L2FwcC9zZXJ2ZXJzL2E="));
+        }
+    }
 
     #[test]
     fn base64_matches_rfc_4648() {

@@ -16,7 +16,7 @@
 //! spawns, waits for, or signals processes. Both tell the supervisor what changed through one
 //! channel plus a byte on a pipe the supervisor polls.
 
-mod plan;
+pub mod plan;
 mod stop;
 
 use std::io;

@@ -2,7 +2,7 @@
 //! read and parsed, the Docker API chosen. A missing or bad file is a usage error (exit 2), not
 //! something to find out later on the registrar thread.
 
-use crate::config::{DockerApi, Registration};
+use crate::config::{DockerApi, Endpoint, Registration};
 use crate::error::UsageError;
 use crate::http::{PemFile, Tls};
 
@@ -27,62 +27,84 @@ pub fn plan(registration: Registration) -> Result<Plan, UsageError> {
             .exists()
             .then(|| DockerApi::Unix(DOCKER_SOCKET.to_owned()))
     });
-    let wants_tls = registration.endpoints.iter().any(|e| e.tls);
-    let tls = if wants_tls || registration.cacert.is_some() {
-        let ca_path = match &registration.cacert {
-            Some(p) => p.clone(),
-            None if std::path::Path::new(SYSTEM_CA_BUNDLE).exists() => SYSTEM_CA_BUNDLE.to_owned(),
-            None => {
-                return Err(UsageError::new(
-                    "--etcd-cacert",
-                    format!(
-                        "https:// endpoints need a CA bundle: give --etcd-cacert FILE ({SYSTEM_CA_BUNDLE} does not exist)"
-                    ),
-                ));
-            }
-        };
-        let ca = read("--etcd-cacert", &ca_path)?;
-        let client = match (&registration.cert, &registration.key) {
-            (Some(c), Some(k)) => Some(((c, read("--etcd-cert", c)?), (k, read("--etcd-key", k)?))),
-            _ => None,
-        };
-        let client = client.as_ref().map(|((cp, c), (kp, k))| {
-            (PemFile { path: cp, data: c }, PemFile { path: kp, data: k })
-        });
-        let ca = PemFile {
-            path: &ca_path,
-            data: &ca,
-        };
-        Some(Tls::from_pem(ca, client).map_err(|e| UsageError::new("--etcd-cacert", e))?)
-    } else {
-        None
-    };
+    let tls = tls(
+        &registration.endpoints,
+        registration.cacert.as_deref(),
+        registration.cert.as_deref(),
+        registration.key.as_deref(),
+    )?;
     let mut registration = registration;
     if let (Some(path), Some(creds)) = (&registration.password_file, &mut registration.credentials)
     {
-        let text = read("--etcd-password-file", path)?;
-        let text = String::from_utf8(text).map_err(|_| {
-            UsageError::new("--etcd-password-file", format!("{path} is not UTF-8 text"))
-        })?;
-        // Secret files usually end with one newline (echo, most editors); it is not part of
-        // the password.
-        let password = text
-            .strip_suffix('\n')
-            .map(|t| t.strip_suffix('\r').unwrap_or(t))
-            .unwrap_or(&text);
-        if password.contains(['\r', '\n']) || password.is_empty() {
-            return Err(UsageError::new(
-                "--etcd-password-file",
-                format!("{path}: expected one line with the password"),
-            ));
-        }
-        creds.password = Some(password.to_owned());
+        creds.password = Some(password_file(path)?);
     }
     Ok(Plan {
         registration,
         tls,
         docker,
     })
+}
+
+/// The TLS settings for `endpoints`: `None` when no endpoint is `https://` and no CA is given.
+/// The files are read and parsed here, so a bad one is a usage error naming its option.
+pub fn tls(
+    endpoints: &[Endpoint],
+    cacert: Option<&str>,
+    cert: Option<&str>,
+    key: Option<&str>,
+) -> Result<Option<Tls>, UsageError> {
+    if !endpoints.iter().any(|e| e.tls) && cacert.is_none() {
+        return Ok(None);
+    }
+    let ca_path = match cacert {
+        Some(p) => p.to_owned(),
+        None if std::path::Path::new(SYSTEM_CA_BUNDLE).exists() => SYSTEM_CA_BUNDLE.to_owned(),
+        None => {
+            return Err(UsageError::new(
+                "--etcd-cacert",
+                format!(
+                    "https:// endpoints need a CA bundle: give --etcd-cacert FILE ({SYSTEM_CA_BUNDLE} does not exist)"
+                ),
+            ));
+        }
+    };
+    let ca = read("--etcd-cacert", &ca_path)?;
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some(((c, read("--etcd-cert", c)?), (k, read("--etcd-key", k)?))),
+        _ => None,
+    };
+    let client = client
+        .as_ref()
+        .map(|((cp, c), (kp, k))| (PemFile { path: cp, data: c }, PemFile { path: kp, data: k }));
+    let ca = PemFile {
+        path: &ca_path,
+        data: &ca,
+    };
+    Tls::from_pem(ca, client)
+        .map(Some)
+        .map_err(|e| UsageError::new("--etcd-cacert", e))
+}
+
+/// The password in the file at `path` (`--etcd-password-file`): one line, one trailing
+/// newline dropped.
+pub fn password_file(path: &str) -> Result<String, UsageError> {
+    let text = read("--etcd-password-file", path)?;
+    let text = String::from_utf8(text).map_err(|_| {
+        UsageError::new("--etcd-password-file", format!("{path} is not UTF-8 text"))
+    })?;
+    // Secret files usually end with one newline (echo, most editors); it is not part of
+    // the password.
+    let password = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if password.contains(['\r', '\n']) || password.is_empty() {
+        return Err(UsageError::new(
+            "--etcd-password-file",
+            format!("{path}: expected one line with the password"),
+        ));
+    }
+    Ok(password.to_owned())
 }
 
 fn read(option: &str, path: &str) -> Result<Vec<u8>, UsageError> {

@@ -272,6 +272,18 @@ impl Etcd {
             .is_some_and(|v| v.get("leader") == v.get("header").and_then(|h| h.get("member_id")))
     }
 
+    /// Puts `key = value` (any bytes, any size etcd takes) through the JSON gateway.
+    pub fn put(&self, key: &str, value: &str) {
+        let body = json!({
+            "key": b64encode(key.as_bytes()),
+            "value": b64encode(value.as_bytes()),
+        });
+        assert!(
+            self.call("/v3/kv/put", Some(body)).is_some(),
+            "put {key:?} failed"
+        );
+    }
+
     /// Runs etcdctl against this member's plain URL.
     pub fn etcdctl(&self, args: &[&str]) -> String {
         let out = Command::new("etcdctl")

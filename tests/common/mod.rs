@@ -481,6 +481,25 @@ pub fn time_key_gone(etcd: &etcd::Etcd, key: &str, limit: Duration) -> Option<u1
     None
 }
 
+/// `GET /` on `addr` (`host:port`) over a fresh connection, bounded: the body of a 200, or
+/// why not.
+pub fn http_get(addr: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.take(1 << 16)
+        .read_to_string(&mut out)
+        .map_err(|e| e.to_string())?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.split_whitespace().nth(1) == Some("200") => Ok(body.to_owned()),
+        _ => Err(format!("answer {:?}", out.lines().next().unwrap_or(""))),
+    }
+}
+
 /// Milliseconds since the epoch (to compare with tiny_server's `signal N at MS` lines).
 pub fn now_ms() -> u128 {
     std::time::SystemTime::now()

@@ -1,0 +1,358 @@
+//! hecd-haproxy's options: the table (for `--help`, the scanner and the README test) and the
+//! validated [`Config`]. Same conventions as hecd-init: every long option is also `HECD_<NAME>`,
+//! a flag wins, one line naming the option on a bad value, exit status 2.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{self, OptSpec, Request, opt};
+use crate::config::{
+    Endpoint, Errors, EtcdAccess, checked_log_filter, etcd_access, expected,
+    parse_duration_at_least, parse_endpoints, parse_prefix, split_host_port, valid_host, verbosity,
+};
+use crate::error::UsageError;
+use crate::haproxy::Frontend;
+
+/// Every option hecd-haproxy accepts, in `--help` order.
+pub const OPTIONS: &[OptSpec] = &[
+    opt(
+        "etcd",
+        "URL[,URL...]",
+        "required",
+        "etcd v3 client endpoints, http:// or https://; tried in turn",
+    ),
+    opt(
+        "listen",
+        "ADDR:PORT",
+        "required",
+        "HAProxy's frontend bind address, e.g. :80 or 0.0.0.0:8080",
+    ),
+    opt(
+        "dir",
+        "DIR",
+        "required",
+        "working directory: haproxy.cfg, admin.sock, servers.state, haproxy.pid",
+    ),
+    opt(
+        "prefix",
+        "PATH",
+        "/app/servers",
+        "key prefix; each PREFIX/NAME = HOST:PORT is a server",
+    ),
+    opt(
+        "check-inter",
+        "DURATION",
+        "500ms",
+        "HAProxy health-check interval (fall 2, rise 1)",
+    ),
+    opt(
+        "stats",
+        "ADDR:PORT",
+        "none",
+        "serve HAProxy's stats page at http://ADDR:PORT/admin-status",
+    ),
+    opt(
+        "drain-timeout",
+        "DURATION",
+        "30s",
+        "longest wait for a removed server's open connections before it is cut",
+    ),
+    opt(
+        "haproxy",
+        "PATH",
+        "haproxy (from PATH)",
+        "the HAProxy 2.x binary to run",
+    ),
+    opt(
+        "etcd-cacert",
+        "FILE",
+        "system bundle for https://",
+        "CA bundle to verify etcd's certificate",
+    ),
+    opt(
+        "etcd-cert",
+        "FILE",
+        "none",
+        "client certificate for etcd (with --etcd-key)",
+    ),
+    opt("etcd-key", "FILE", "none", "client key for etcd"),
+    opt(
+        "etcd-user",
+        "USER[:PASSWORD]",
+        "none",
+        "etcd user; the password may come from HECD_ETCD_PASSWORD",
+    ),
+    opt(
+        "etcd-password-file",
+        "FILE",
+        "none",
+        "read the etcd password from FILE; one trailing newline is dropped",
+    ),
+    cli::verbose("debug lines (twice: trace); HECD_LOG takes an env_logger filter (default: info)"),
+    cli::HELP,
+    cli::VERSION,
+];
+
+/// Everything hecd-haproxy needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub endpoints: Vec<Endpoint>,
+    /// Normalised: leading `/`, no trailing `/`.
+    pub prefix: String,
+    pub frontend: Frontend,
+    pub drain_timeout: Duration,
+    pub haproxy: PathBuf,
+    /// TLS files and credentials.
+    pub access: EtcdAccess,
+    pub log_filter: String,
+}
+
+/// What the command line asks for.
+pub enum Parsed {
+    Help,
+    Version,
+    Run(Box<Config>),
+}
+
+/// Scans and validates `args` (without the program name); `env` reads a variable.
+pub fn parse(
+    args: &[OsString],
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<Parsed, Vec<UsageError>> {
+    let password = env("HECD_ETCD_PASSWORD").and_then(|p| p.into_string().ok());
+    let log = env("HECD_LOG").and_then(|p| p.into_string().ok());
+    let raw = match cli::scan(OPTIONS, None, args, env) {
+        Ok(Request::Run(raw)) => raw,
+        Ok(Request::Help) => return Ok(Parsed::Help),
+        Ok(Request::Version) => return Ok(Parsed::Version),
+        Err(e) => return Err(vec![e]),
+    };
+    let mut errors = Errors::default();
+    let required = |long: &str| {
+        raw.get(long).ok_or_else(|| {
+            UsageError::new(
+                format!("--{long}"),
+                "required; usage: hecd-haproxy --etcd URL[,URL...] --listen ADDR:PORT --dir DIR [--prefix PATH] (see --help)",
+            )
+        })
+    };
+    let endpoints = errors.take(required("etcd").and_then(parse_endpoints));
+    let listen = errors.take(required("listen").and_then(bind_address));
+    let dir = errors.take(required("dir").and_then(|g| {
+        if g.value.trim().is_empty() || g.value.contains(['\n', '\r', ' ', '#', '"', '\'']) {
+            Err(expected(
+                g,
+                "a directory path without spaces, quotes or '#'",
+            ))
+        } else {
+            Ok(PathBuf::from(&g.value))
+        }
+    }));
+    let prefix = errors.take(
+        raw.get("prefix")
+            .map_or(Ok("/app/servers".into()), parse_prefix),
+    );
+    let check_inter = errors.take(
+        raw.get("check-inter")
+            .map_or(Ok(Duration::from_millis(500)), |g| {
+                parse_duration_at_least(g, Duration::from_millis(10))
+            }),
+    );
+    let stats = errors.take(raw.get("stats").map(bind_address).transpose());
+    let drain_timeout = errors.take(
+        raw.get("drain-timeout")
+            .map_or(Ok(Duration::from_secs(30)), |g| {
+                parse_duration_at_least(g, Duration::ZERO)
+            }),
+    );
+    let haproxy = raw
+        .get("haproxy")
+        .map_or_else(|| PathBuf::from("haproxy"), |g| PathBuf::from(&g.value));
+    let verbose = errors.take(verbosity(&raw));
+    let access = etcd_access(&raw, password, &mut errors);
+    let log = checked_log_filter(log, &mut errors);
+    if !errors.0.is_empty() {
+        return Err(errors.0);
+    }
+    let (Some(endpoints), Some(listen), Some(dir), Some(prefix)) = (endpoints, listen, dir, prefix)
+    else {
+        unreachable!("a missing value is an error above");
+    };
+    let log_filter = match (verbose.unwrap_or(0), log) {
+        (0, Some(filter)) => filter,
+        (0, None) => "info".into(),
+        (1, _) => "info,hecd_init=debug".into(),
+        _ => "info,hecd_init=trace".into(),
+    };
+    Ok(Parsed::Run(Box::new(Config {
+        endpoints,
+        prefix,
+        frontend: Frontend {
+            listen,
+            stats: stats.flatten(),
+            dir,
+            check_inter: check_inter.unwrap_or(Duration::from_millis(500)),
+        },
+        drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(30)),
+        haproxy,
+        access,
+        log_filter,
+    })))
+}
+
+/// A bind address for HAProxy: `:PORT`, `HOST:PORT` or `[V6]:PORT`, written as HAProxy takes it.
+fn bind_address(g: &cli::Given) -> Result<String, UsageError> {
+    let form = "ADDR:PORT such as :80, 0.0.0.0:8080 or [::]:8080";
+    let v = g.value.trim();
+    let Some((host, Some(port))) = split_host_port(v) else {
+        return Err(expected(g, form));
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = host.is_empty() || valid_host(host) || host.parse::<std::net::Ipv6Addr>().is_ok();
+    if !port_ok || !host_ok {
+        return Err(expected(g, form));
+    }
+    Ok(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// `--version` output.
+pub fn version_text() -> String {
+    format!("hecd-haproxy {}\n", env!("CARGO_PKG_VERSION"))
+}
+
+/// `--help` output, generated from [`OPTIONS`].
+pub fn help_text() -> String {
+    let mut out = format!(
+        "hecd-haproxy {}: keeps an HAProxy backend equal to the servers registered in etcd\n\n\
+         Usage: hecd-haproxy --etcd URL[,URL...] --listen ADDR:PORT --dir DIR [OPTIONS]\n\n\
+         Starts HAProxy (master-worker) with a config in DIR, reads every PREFIX/NAME = HOST:PORT\n\
+         key, then follows them with an etcd watch and applies each change through HAProxy's\n\
+         runtime API, without reloads: a new key adds a health-checked server, a deleted key\n\
+         drains its server and removes it once idle (or after --drain-timeout). etcd down or\n\
+         answering garbage: the last known servers stay. Bad keys are logged and skipped.\n\n\
+         Options (every long option may also be set as its environment variable; a flag wins;\n\
+         durations: 10s, 500ms, 1.5 (seconds), 2m):\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    out.push_str(&cli::options_help(OPTIONS));
+    out.push_str(
+        "\nEnvironment: HECD_LOG sets the log filter (env_logger syntax, default info);\n\
+         HECD_ETCD_PASSWORD gives the etcd password. Logs go to stderr, prefixed \"hecd-haproxy:\".\n\n\
+         Signals: SIGTERM or SIGINT stops HAProxy gracefully (open connections finish; a second\n\
+         one stops it at once); SIGHUP rewrites the config and reloads HAProxy.\n\n\
+         Exit status: 0 after a stop signal; 2 for a usage error; 1 if HAProxy cannot be set up\n\
+         or started; HAProxy's own status (128+N for signal N) if it ends by itself.\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        match parse(&args, |k| env.get(k).map(OsString::from)) {
+            Ok(Parsed::Run(c)) => Ok(*c),
+            Ok(_) => panic!("help or version"),
+            Err(e) => Err(e.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    const BASE: &[&str] = &[
+        "--etcd",
+        "http://e:2379",
+        "--listen",
+        ":80",
+        "--dir",
+        "/tmp/lb",
+    ];
+
+    #[test]
+    fn the_scripts_command_line_works() {
+        let c = run(BASE, &[]).unwrap();
+        assert_eq!(c.prefix, "/app/servers");
+        assert_eq!(c.frontend.listen, ":80");
+        assert_eq!(c.frontend.check_inter, Duration::from_millis(500));
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        let mut args = BASE.to_vec();
+        args.extend([
+            "--prefix",
+            "/edge/",
+            "--check-inter",
+            "2s",
+            "--stats",
+            "[::1]:8404",
+        ]);
+        let c = run(&args, &[]).unwrap();
+        assert_eq!(c.prefix, "/edge");
+        assert_eq!(c.frontend.stats.as_deref(), Some("[::1]:8404"));
+        let c = run(
+            &[],
+            &[
+                ("HECD_ETCD", "https://a:2379,https://b:2379"),
+                ("HECD_LISTEN", "127.0.0.1:8080"),
+                ("HECD_DIR", "/run/lb"),
+                ("HECD_DRAIN_TIMEOUT", "0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_options_name_themselves() {
+        let err = |args: &[&str]| run(args, &[]).unwrap_err();
+        assert_eq!(
+            err(&["--listen", ":80", "--dir", "/x"]),
+            vec![
+                "--etcd: required; usage: hecd-haproxy --etcd URL[,URL...] --listen ADDR:PORT --dir DIR [--prefix PATH] (see --help)"
+            ]
+        );
+        let mut args = BASE.to_vec();
+        args.extend(["--listen", "80"]);
+        assert_eq!(
+            err(&args),
+            vec![
+                r#"--listen: expected ADDR:PORT such as :80, 0.0.0.0:8080 or [::]:8080, got "80""#
+            ]
+        );
+        let mut args = BASE.to_vec();
+        args.extend(["--check-inter", "fast"]);
+        assert!(err(&args)[0].starts_with("--check-inter: expected a positive duration"));
+        let mut args = BASE.to_vec();
+        args.push("extra");
+        assert_eq!(
+            err(&args),
+            vec![r#""extra": unexpected argument (see --help)"#]
+        );
+        let mut args = BASE.to_vec();
+        args.extend(["--dir", "/a b"]);
+        assert!(err(&args)[0].starts_with("--dir: expected a directory path"));
+        let mut args = BASE.to_vec();
+        args.extend(["--etcd-password-file", "/run/secrets/p"]);
+        assert!(err(&args)[0].contains("needs --etcd-user USER"));
+    }
+
+    #[test]
+    fn help_names_every_option_and_its_variable() {
+        let help = help_text();
+        for o in OPTIONS {
+            assert!(help.contains(&format!("--{}", o.long)), "{}", o.long);
+            if o.env {
+                assert!(help.contains(&cli::env_name(o.long)), "{}", o.long);
+            }
+        }
+    }
+}

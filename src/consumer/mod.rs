@@ -1,0 +1,429 @@
+//! hecd-haproxy, the consumer stage: starts HAProxy (master-worker) with a config rendered in
+//! `--dir`, and keeps its backend equal to the keys under the prefix through the runtime API.
+//!
+//! Three threads: the follower (`follow`, etcd range + watch), a signal thread (sigwait), and
+//! the main loop, which alone talks to HAProxy: it takes updates and signals from one channel,
+//! reconciles (`apply`), finishes drains, rewrites the config file and the server-state file
+//! after each change, and reaps children. HAProxy is reloaded (SIGUSR2 to the master) only
+//! when the runtime API refused a change, or on SIGHUP.
+
+pub mod apply;
+pub mod config;
+pub mod follow;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::etcd::Client;
+use crate::haproxy::{Addr, Frontend, Runtime, server_name};
+use crate::http::Http;
+use apply::Backend;
+use config::Config;
+use follow::{Follower, Update};
+
+/// What the main loop waits for.
+#[derive(Debug)]
+pub enum Input {
+    Etcd(Update),
+    Signal(Signal),
+}
+
+/// How long to wait for the first read from etcd before starting HAProxy with the servers of
+/// the last config file (etcd down at start must not keep the load balancer down).
+const FIRST_READ: Duration = Duration::from_secs(3);
+
+/// How often draining servers are looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// Exit statuses besides HAProxy's own.
+pub mod status {
+    pub const OK: u8 = 0;
+    pub const SETUP: u8 = 1;
+    pub const USAGE: u8 = 2;
+}
+
+/// Runs hecd-haproxy until a stop signal or HAProxy's end; returns the exit status.
+pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
+    let (tx, rx) = mpsc::channel();
+    if let Err(e) = spawn_signal_thread(tx.clone()) {
+        log::error!("cannot set up signal handling: {e}");
+        return status::SETUP;
+    }
+    let frontend = config.frontend.clone();
+    if let Err(e) = std::fs::create_dir_all(&frontend.dir) {
+        log::error!("--dir {}: {e}", frontend.dir.display());
+        return status::SETUP;
+    }
+    let client = Client::new(
+        Http::new(tls.as_ref()),
+        &config.endpoints,
+        crate::config::EtcdApi::Auto,
+        config.access.credentials.clone(),
+    );
+    let follower = Follower {
+        client,
+        prefix: config.prefix.clone(),
+        tx,
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("etcd".into())
+        .spawn(move || follower.run())
+    {
+        log::error!("cannot start the etcd thread: {e}");
+        return status::SETUP;
+    }
+
+    let mut backend = Backend {
+        runtime: Runtime::new(&frontend.socket_path()),
+        check: frontend.check_options(),
+        drain_timeout: config.drain_timeout,
+        wanted: None,
+        servers: BTreeMap::new(),
+        needs_reload: None,
+        applied: 0,
+    };
+    // The first read, briefly: HAProxy then starts with the right servers at once.
+    let started = Instant::now();
+    let mut early = Vec::new();
+    while backend.wanted.is_none() && started.elapsed() < FIRST_READ {
+        match rx.recv_timeout(FIRST_READ.saturating_sub(started.elapsed())) {
+            Ok(Input::Etcd(update)) => backend.update(update),
+            Ok(other) => early.push(other),
+            Err(_) => break,
+        }
+    }
+    let initial = match &backend.wanted {
+        Some(w) => w.clone(),
+        None => {
+            let previous = previous_servers(&frontend.config_path(), &config.prefix);
+            log::warn!(
+                "no answer from etcd yet; starting HAProxy with the {} servers of the last config",
+                previous.len()
+            );
+            previous
+        }
+    };
+    let mut written = String::new();
+    if let Err(e) = write_config(&frontend, &initial, &mut written) {
+        log::error!("{e}");
+        return status::SETUP;
+    }
+    if let Err(e) = check_config(&config.haproxy, &frontend.config_path()) {
+        log::error!("{e}");
+        return status::SETUP;
+    }
+    // HAProxy warns at start when the state file named in the config is missing.
+    if !frontend.state_path().exists() {
+        let _ = write_atomic(&frontend.state_path(), "1\n");
+    }
+    let master = match start_haproxy(&config.haproxy, &frontend) {
+        Ok(pid) => pid,
+        Err(e) => {
+            log::error!("{e}");
+            return status::SETUP;
+        }
+    };
+    log::info!(
+        "HAProxy master pid {master}, listening on {}, {} servers",
+        frontend.listen,
+        initial.len()
+    );
+    if let Err(e) = wait_for_socket(&backend.runtime, master) {
+        log::error!("{e}");
+        let _ = nix::sys::signal::kill(Pid::from_raw(master), Signal::SIGTERM);
+        return status::SETUP;
+    }
+    if let Err(e) = backend.load() {
+        log::warn!("cannot read HAProxy's servers back: {e}");
+    }
+
+    // The stop signal passed on, and when: the master ignores signals until its own loop
+    // runs (right after start-up), so it is sent again each second until HAProxy ends.
+    let mut stopping: Option<(Signal, Instant)> = None;
+    let mut reloads = 0u64;
+    let mut pending: Vec<Input> = early;
+    loop {
+        let wait = if backend.draining() || stopping.is_some() {
+            DRAIN_POLL
+        } else {
+            Duration::from_secs(1)
+        };
+        let input = match pending.pop() {
+            Some(i) => Some(i),
+            None => match rx.recv_timeout(wait) {
+                Ok(i) => Some(i),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    log::error!("the etcd and signal threads are gone");
+                    return status::SETUP;
+                }
+            },
+        };
+        let mut reload = None;
+        match input {
+            Some(Input::Etcd(update)) if stopping.is_none() => {
+                backend.update(update);
+                // Take every update already queued before touching HAProxy.
+                while let Ok(next) = rx.try_recv() {
+                    match next {
+                        Input::Etcd(u) => backend.update(u),
+                        other => {
+                            pending.push(other);
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(Input::Etcd(_)) => {}
+            Some(Input::Signal(Signal::SIGCHLD)) => {
+                if let Some(code) = reap(master) {
+                    if stopping.is_some() {
+                        log::info!("HAProxy stopped");
+                        return status::OK;
+                    }
+                    log::error!("HAProxy's master ended by itself (status {code})");
+                    return code;
+                }
+            }
+            Some(Input::Signal(sig @ (Signal::SIGTERM | Signal::SIGINT))) => {
+                // First: a soft stop (workers finish their connections); second: at once.
+                let (to, how) = if stopping.is_some() {
+                    (Signal::SIGTERM, "now")
+                } else {
+                    (Signal::SIGUSR1, "gracefully")
+                };
+                log::info!("{sig}: stopping HAProxy {how}");
+                stopping = Some((to, Instant::now()));
+                let _ = nix::sys::signal::kill(Pid::from_raw(master), to);
+            }
+            Some(Input::Signal(Signal::SIGHUP)) => reload = Some("SIGHUP".to_owned()),
+            Some(Input::Signal(_)) | None => {}
+        }
+        if let Some((to, sent)) = &mut stopping {
+            if sent.elapsed() >= Duration::from_secs(1) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(master), *to);
+                *sent = Instant::now();
+            }
+            continue;
+        }
+        let mut changed = backend.reconcile();
+        changed |= backend.finish_drains();
+        if let Some(why) = backend.needs_reload.take() {
+            reload = Some(format!("the runtime API refused a change ({why})"));
+        }
+        if let Some(why) = reload {
+            // The config file is the wanted set itself when it is known.
+            let servers = backend
+                .wanted
+                .clone()
+                .unwrap_or_else(|| backend.in_service());
+            reloads += 1;
+            log::warn!("reloading HAProxy ({reloads} so far): {why}");
+            match write_config(&frontend, &servers, &mut written)
+                .and_then(|()| check_config(&config.haproxy, &frontend.config_path()))
+            {
+                Ok(()) => {
+                    save_state(&backend.runtime, &frontend);
+                    let _ = nix::sys::signal::kill(Pid::from_raw(master), Signal::SIGUSR2);
+                    if let Err(e) = wait_for_reload(&mut backend, &servers) {
+                        log::warn!("after the reload: {e}");
+                    }
+                }
+                Err(e) => log::error!("not reloading: {e}"),
+            }
+            continue;
+        }
+        if changed {
+            if let Err(e) = write_config(&frontend, &backend.in_service(), &mut written) {
+                log::error!("{e}");
+            }
+            save_state(&backend.runtime, &frontend);
+        }
+    }
+}
+
+/// Blocks the signals hecd-haproxy handles (in every thread: call before spawning any) and
+/// reads them on a thread that sends them to the main loop.
+fn spawn_signal_thread(tx: mpsc::Sender<Input>) -> std::io::Result<()> {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+        Signal::SIGPIPE,
+    ] {
+        set.add(s);
+    }
+    set.thread_block().map_err(std::io::Error::from)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(sig) = set.wait() {
+                if sig != Signal::SIGPIPE && tx.send(Input::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Reaps every child that ended; returns the master's exit status if it was one of them.
+fn reap(master: i32) -> Option<u8> {
+    let mut master_status = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == master => {
+                master_status = Some(u8::try_from(code).unwrap_or(1));
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == master => {
+                master_status = Some(128u8.saturating_add(sig as u8));
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return master_status,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The servers of a config file this program wrote before (its `server NAME ADDR` lines),
+/// each validated again; none if there is no such file.
+fn previous_servers(path: &Path, prefix: &str) -> BTreeMap<String, Addr> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "server").then_some(())?;
+            let name = words.next()?;
+            let addr = words.next()?;
+            let name = server_name(prefix, format!("{prefix}/{name}").as_bytes()).ok()?;
+            // The file has IPv6 unbracketed; values are bracketed.
+            let (host, port) = addr.rsplit_once(':')?;
+            let value = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                addr.to_owned()
+            };
+            Some((name, Addr::parse(&value).ok()?))
+        })
+        .collect()
+}
+
+/// Writes the config for `servers` (atomically: a temporary file renamed over it), unless
+/// it is what was last written.
+fn write_config(
+    frontend: &Frontend,
+    servers: &BTreeMap<String, Addr>,
+    last: &mut String,
+) -> Result<(), String> {
+    let text = frontend.render(servers);
+    if *last == text {
+        return Ok(());
+    }
+    write_atomic(&frontend.config_path(), &text)?;
+    *last = text;
+    Ok(())
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Saves HAProxy's server states (health, admin state) for its next start or reload.
+fn save_state(runtime: &Runtime, frontend: &Frontend) {
+    match runtime.state_file_text() {
+        Ok(text) => {
+            if let Err(e) = write_atomic(&frontend.state_path(), &text) {
+                log::warn!("{e}");
+            }
+        }
+        Err(e) => log::warn!("cannot save the server states: {e}"),
+    }
+}
+
+/// `haproxy -c`: the config must be valid before HAProxy gets it.
+fn check_config(haproxy: &Path, config: &Path) -> Result<(), String> {
+    let out = Command::new(haproxy)
+        .args(["-c", "-q", "-f"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", haproxy.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(5)
+        .collect();
+    Err(format!(
+        "{} -c rejects {}: {}",
+        haproxy.display(),
+        config.display(),
+        lines.join(" / ")
+    ))
+}
+
+/// Starts the HAProxy master (`-W`, in the foreground, its own process group so a terminal's
+/// Ctrl-C reaches hecd-haproxy, which passes it on). Its stdout and stderr are ours.
+fn start_haproxy(haproxy: &Path, frontend: &Frontend) -> Result<i32, String> {
+    use std::os::unix::process::CommandExt;
+    let _ = std::fs::remove_file(frontend.socket_path());
+    let child = Command::new(haproxy)
+        .arg("-W")
+        .arg("-f")
+        .arg(frontend.config_path())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", haproxy.display()))?;
+    // Reaped by `reap` on SIGCHLD, not through `Child`.
+    i32::try_from(child.id()).map_err(|_| "HAProxy's pid is out of range".to_owned())
+}
+
+/// Waits (bounded) until the worker answers on the admin socket.
+fn wait_for_socket(runtime: &Runtime, master: i32) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match runtime.command("show info") {
+            Ok(answer) if answer.contains("Pid:") => return Ok(()),
+            _ if Instant::now() > deadline => {
+                return Err(format!(
+                    "HAProxy (master pid {master}) did not open its admin socket within 10 s"
+                ));
+            }
+            _ => {
+                if let Some(code) = reap(master) {
+                    return Err(format!("HAProxy exited at start (status {code})"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// After SIGUSR2: waits (bounded) until the new worker has the servers of the new config,
+/// then takes them as what HAProxy has.
+fn wait_for_reload(backend: &mut Backend, servers: &BTreeMap<String, Addr>) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match backend.runtime.servers() {
+            Ok(now) if now.keys().eq(servers.keys()) => return backend.load(),
+            _ if Instant::now() > deadline => {
+                return Err("the new worker did not show the new servers within 10 s".into());
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The code of both programs this project ships: `hecd-init` (PID 1 of a container that
+//! registers it in etcd; `src/main.rs`) and `hecd-haproxy` (the consumer stage that keeps
+//! HAProxy's backend equal to the keys; `src/bin/hecd-haproxy.rs`). They share the etcd
+//! client, the HTTP client, the option scanner and the logger. Linux only.
+#![deny(unsafe_code)]
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod consumer;
+pub mod discovery;
+pub mod error;
+pub mod etcd;
+#[cfg(test)]
+mod fuzz;
+pub mod haproxy;
+pub mod http;
+pub mod json;
+pub mod lifecycle;
+pub mod logging;
+pub mod registrar;
+pub mod signal;
+pub mod supervisor;
+pub mod sys;

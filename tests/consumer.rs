@@ -1,0 +1,508 @@
+//! hecd-haproxy against a real etcd and a real HAProxy 2.6, with real hecd-init instances
+//! registering tiny_server apps: membership changes under load applied without reloads, bad
+//! keys skipped, the last known set kept while etcd is down or hostile, bounded drains.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::etcd::{Etcd, free_port};
+use common::hostile::{Hostile, all_malformed};
+use common::{Hecd, TempDir, start_command, start_registered, wait_until};
+
+/// hecd-haproxy running with its HAProxy, in a temporary directory.
+struct Lb {
+    h: Hecd,
+    dir: PathBuf,
+    port: u16,
+    _tmp: Option<TempDir>,
+}
+
+impl Lb {
+    fn start(etcd_urls: &str, args: &[&str]) -> Lb {
+        let tmp = TempDir::new("lb");
+        let dir = tmp.0.clone();
+        let mut lb = Lb::start_in(etcd_urls, &dir, args);
+        lb._tmp = Some(tmp);
+        lb
+    }
+
+    fn start_in(etcd_urls: &str, dir: &Path, args: &[&str]) -> Lb {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hecd-haproxy"));
+        cmd.args(["--etcd", etcd_urls, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--dir")
+            .arg(dir)
+            .args(["--check-inter", "200ms"])
+            .args(args);
+        let h = start_command(cmd);
+        let lb = Lb {
+            h,
+            dir: dir.to_owned(),
+            port,
+            _tmp: None,
+        };
+        let up = wait_until(Duration::from_secs(20), || lb.admin("show info").is_some());
+        assert!(up, "HAProxy did not come up:\n{}", lb.h.stderr());
+        lb
+    }
+
+    /// One runtime API command on HAProxy's admin socket.
+    fn admin(&self, command: &str) -> Option<String> {
+        let mut s = UnixStream::connect(self.dir.join("admin.sock")).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("{command}\n").as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
+    /// The backend's servers as HAProxy has them: name → `ip:port`.
+    fn servers(&self) -> BTreeMap<String, String> {
+        let state = self.admin("show servers state servers").unwrap_or_default();
+        state
+            .lines()
+            .skip(2)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.get(3)?.to_string(),
+                    format!("{}:{}", f.get(4)?, f.get(18)?),
+                ))
+            })
+            .collect()
+    }
+
+    /// Waits until HAProxy has exactly `names`.
+    fn expect_servers(&self, names: &[&str], within: Duration) {
+        let want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let ok = wait_until(within, || {
+            self.servers().keys().cloned().collect::<Vec<_>>() == want
+        });
+        assert!(
+            ok,
+            "HAProxy has {:?}, want {want:?}\n{}",
+            self.servers(),
+            self.h.stderr()
+        );
+    }
+
+    /// The HAProxy master's pid and its worker processes now.
+    fn workers(&self) -> (i32, Vec<i32>) {
+        let master: i32 = std::fs::read_to_string(self.dir.join("haproxy.pid"))
+            .expect("haproxy.pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let mut workers = common::children(master);
+        workers.sort();
+        (master, workers)
+    }
+
+    /// The `server` lines of the config file hecd-haproxy keeps.
+    fn config_servers(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("haproxy.cfg"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.trim_start().starts_with("server "))
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+}
+
+/// `GET /` through the load balancer on a fresh connection: the answering server's name.
+fn get(port: u16) -> Result<String, String> {
+    common::http_get(&format!("127.0.0.1:{port}")).map(|body| body.trim().to_owned())
+}
+
+/// Requests at `rate` a second through the load balancer, each on a fresh connection, on a
+/// thread, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<Mutex<Vec<String>>>,
+    answered: Arc<Mutex<BTreeMap<String, u32>>>,
+    thread: Option<thread::JoinHandle<u32>>,
+}
+
+impl Load {
+    fn start(port: u16, rate: u32) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let answered = Arc::new(Mutex::new(BTreeMap::new()));
+        let (s, f, a) = (stop.clone(), failed.clone(), answered.clone());
+        let thread = thread::spawn(move || {
+            let started = Instant::now();
+            let mut sent = 0u32;
+            while !s.load(Ordering::SeqCst) {
+                match get(port) {
+                    Ok(name) => *a.lock().unwrap().entry(name).or_default() += 1,
+                    Err(e) => f
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} ms: {e}", started.elapsed().as_millis())),
+                }
+                sent += 1;
+                let next = Duration::from_secs_f64(f64::from(sent) / f64::from(rate));
+                if let Some(wait) = next.checked_sub(started.elapsed()) {
+                    thread::sleep(wait);
+                }
+            }
+            sent
+        });
+        Load {
+            stop,
+            failed,
+            answered,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops; returns (requests sent, failures, requests per answering server).
+    fn finish(mut self) -> (u32, Vec<String>, BTreeMap<String, u32>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let sent = self.thread.take().map_or(0, |t| t.join().unwrap());
+        let failed = self.failed.lock().unwrap().clone();
+        let answered = self.answered.lock().unwrap().clone();
+        (sent, failed, answered)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Instances registered through hecd-init (TTL 3 s, drain 1 s, HTTP check), started one by
+/// one.
+fn instance(etcd: &Etcd, name: &str) -> Hecd {
+    let (h, _port) = start_registered(
+        &etcd.url(),
+        name,
+        &["--ttl", "3", "--check-interval", "200ms", "--drain", "1"],
+    );
+    let up = wait_until(Duration::from_secs(10), || {
+        etcd.get(&common::key(name)).is_some()
+    });
+    assert!(up, "{name} not registered:\n{}", h.stderr());
+    h
+}
+
+/// The acceptance test of the issue: instances stopped, started and SIGKILLed, etcd SIGKILLed
+/// and restarted, all under 50 requests a second on fresh connections: no failed request, the
+/// backend follows etcd, and the HAProxy workers at the end are those of the start.
+#[test]
+fn issue_10_changes_under_load_fail_no_request_and_never_reload() {
+    let mut etcd = Etcd::start();
+    let mut a = instance(&etcd, "a");
+    let _b = instance(&etcd, "b");
+    let lb = Lb::start(&etcd.url(), &[]);
+    lb.expect_servers(&["a", "b"], Duration::from_secs(5));
+    let (master, workers) = lb.workers();
+    assert_eq!(workers.len(), 1, "one worker: {workers:?}");
+    let load = Load::start(lb.port, 50);
+    thread::sleep(Duration::from_secs(1));
+
+    // Started: a third instance joins.
+    let mut c = instance(&etcd, "c");
+    lb.expect_servers(&["a", "b", "c"], Duration::from_secs(5));
+    thread::sleep(Duration::from_secs(1));
+
+    // Stopped: SIGTERM to hecd-init: key, drain, signal.
+    a.signal(libc::SIGTERM);
+    assert!(a.wait(Duration::from_secs(10)).is_some(), "a did not stop");
+    lb.expect_servers(&["b", "c"], Duration::from_secs(5));
+
+    // SIGKILLed: the app dies at once (hecd-init deletes the key when it sees the exit), and
+    // requests in flight to it are redispatched by HAProxy.
+    let c_app = c.app_pid();
+    unsafe_kill(c_app, libc::SIGKILL);
+    lb.expect_servers(&["b"], Duration::from_secs(5));
+    let _d = instance(&etcd, "d");
+    lb.expect_servers(&["b", "d"], Duration::from_secs(5));
+
+    // etcd SIGKILLed: the backend stays; restarted with its data: it follows again.
+    etcd.kill();
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        lb.servers().keys().cloned().collect::<Vec<_>>(),
+        ["b", "d"],
+        "the backend changed while etcd was down"
+    );
+    etcd.restart(false);
+    let _e = instance(&etcd, "e");
+    lb.expect_servers(&["b", "d", "e"], Duration::from_secs(15));
+    thread::sleep(Duration::from_secs(1));
+
+    let (sent, failed, answered) = load.finish();
+    assert!(sent > 200, "only {sent} requests sent");
+    assert!(
+        failed.is_empty(),
+        "failed requests: {failed:#?}\n{}",
+        lb.h.stderr()
+    );
+    for name in ["a", "b", "c", "d", "e"] {
+        assert!(
+            answered.contains_key(name),
+            "{name} never answered: {answered:?}"
+        );
+    }
+    assert_eq!(lb.workers(), (master, workers), "HAProxy was reloaded");
+    let log = lb.h.stderr();
+    assert!(!log.contains("reloading"), "{log}");
+    assert!(log.contains("added server e"), "{log}");
+    assert!(log.contains("removed server a"), "{log}");
+    assert_eq!(
+        lb.config_servers().len(),
+        3,
+        "config file: {:?}",
+        lb.config_servers()
+    );
+    assert!(lb.config_servers()[2].starts_with("server e 127.0.0.1:"));
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::try_from(sig).unwrap(),
+    );
+}
+
+/// Keys that are not `PREFIX/NAME = HOST:PORT` never reach HAProxy and change nothing for the
+/// good ones: bad names, values with HAProxy keywords or a line break, a value over the 1 MiB
+/// read limit, a nested key.
+#[test]
+fn issue_10_bad_keys_change_nothing_for_the_good_ones() {
+    let etcd = Etcd::start();
+    let _a = instance(&etcd, "a");
+    let lb = Lb::start(&etcd.url(), &[]);
+    lb.expect_servers(&["a"], Duration::from_secs(5));
+    let load = Load::start(lb.port, 50);
+    let huge = format!("10.0.0.1:80{}", " ".repeat(1_200_000));
+    for (key, value) in [
+        ("/app/servers/bad name", "127.0.0.1:1"),
+        (
+            "/app/servers/evil",
+            "127.0.0.1:1\n    server evil2 127.0.0.1:2",
+        ),
+        ("/app/servers/backup", "127.0.0.1:1 backup"),
+        ("/app/servers/noport", "127.0.0.1"),
+        ("/app/servers/v6", "fd00::1:80"),
+        ("/app/servers/x/y", "127.0.0.1:1"),
+        ("/app/servers/huge", huge.as_str()),
+    ] {
+        etcd.put(key, value);
+    }
+    // A good key after them shows they were all read.
+    let _b = instance(&etcd, "b");
+    lb.expect_servers(&["a", "b"], Duration::from_secs(5));
+    // Again through a full read: a restart of hecd-haproxy in the same directory.
+    let dir = lb.dir.clone();
+    let (_, failed, _) = load.finish();
+    assert!(failed.is_empty(), "{failed:?}");
+    let log = lb.h.stderr();
+    for bad in ["bad name", "evil", "backup", "noport", "v6", "x/y"] {
+        assert!(log.contains(bad), "no log line about {bad}: {log}");
+    }
+    let cfg = std::fs::read_to_string(dir.join("haproxy.cfg")).unwrap();
+    assert!(
+        !cfg.contains("evil") && !cfg.contains("127.0.0.1:1 "),
+        "{cfg}"
+    );
+    let mut lb2 = lb;
+    lb2.h.signal(libc::SIGTERM);
+    assert!(lb2.h.wait(Duration::from_secs(10)).is_some());
+    let again = Lb::start_in(&etcd.url(), &dir, &[]);
+    again.expect_servers(&["a", "b"], Duration::from_secs(5));
+    assert!(
+        again.h.stderr().contains("over 1 MiB"),
+        "{}",
+        again.h.stderr()
+    );
+}
+
+/// etcd gone or hostile: the last known set stays (and a restart of hecd-haproxy with etcd
+/// unreachable comes up with it from the config file), the outage is logged once, and the
+/// backend follows etcd again when it answers.
+#[test]
+fn issue_10_store_failures_never_blank_the_backend() {
+    let mut etcd = Etcd::start();
+    let _a = instance(&etcd, "a");
+    let _b = instance(&etcd, "b");
+    let lb = Lb::start(&etcd.url(), &[]);
+    lb.expect_servers(&["a", "b"], Duration::from_secs(5));
+    let dir = lb.dir.clone();
+    let tmp = lb._tmp;
+    let mut h = lb.h;
+    h.signal(libc::SIGTERM);
+    assert_eq!(
+        h.wait(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+
+    // Restarted with only a hostile endpoint: HAProxy comes up with the last config's servers.
+    let hostile = Hostile::start(all_malformed());
+    let lb = Lb::start_in(&hostile.url(), &dir, &[]);
+    lb.expect_servers(&["a", "b"], Duration::from_secs(5));
+    let load = Load::start(lb.port, 50);
+    thread::sleep(Duration::from_secs(3));
+    assert!(hostile.served() > 2, "the hostile endpoint was not asked");
+    let log = lb.h.stderr();
+    assert_eq!(
+        log.matches("keeping the servers HAProxy has").count(),
+        1,
+        "one line per outage: {log}"
+    );
+    let (_, failed, _) = load.finish();
+    assert!(failed.is_empty(), "{failed:?}");
+    let rss = common::status_field(lb.h.pid(), "VmHWM").unwrap_or_default();
+    let kib: u64 = rss
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX);
+    assert!(kib < 64 * 1024, "hecd-haproxy peak RSS {rss}");
+    drop(lb);
+
+    // With the real etcd and the hostile one: etcd down → the set stays; back → it follows.
+    let urls = format!("{},{}", etcd.url(), hostile.url());
+    let lb = Lb::start_in(&urls, &dir, &[]);
+    lb.expect_servers(&["a", "b"], Duration::from_secs(5));
+    etcd.kill();
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(lb.servers().len(), 2, "{}", lb.h.stderr());
+    etcd.restart(false);
+    let _c = instance(&etcd, "c");
+    lb.expect_servers(&["a", "b", "c"], Duration::from_secs(20));
+    assert!(
+        lb.h.stderr().contains("etcd answers again"),
+        "{}",
+        lb.h.stderr()
+    );
+    drop(tmp);
+}
+
+/// A removed server with a request in flight drains: it stays (no new requests) while the
+/// request runs, and is cut at `--drain-timeout`; an idle one goes at once.
+#[test]
+fn issue_10_removed_servers_drain_within_the_bound() {
+    let etcd = Etcd::start();
+    let tmp = TempDir::new("slow");
+    let slow_file = tmp.0.join("slow");
+    std::fs::write(&slow_file, "").unwrap();
+    let (slow, _) = common::start_registered_env(
+        &etcd.url(),
+        "slow",
+        &["--ttl", "3", "--check", "tcp", "--check-interval", "200ms"],
+        &[("TINY_SLOW_FILE", slow_file.to_str().unwrap())],
+    );
+    assert!(wait_until(Duration::from_secs(10), || etcd
+        .get(&common::key("slow"))
+        .is_some()));
+    let lb = Lb::start(&etcd.url(), &["--drain-timeout", "3s"]);
+    lb.expect_servers(&["slow"], Duration::from_secs(5));
+    // /healthz on the slow app answers after 20 s: a long request in flight.
+    let port = lb.port;
+    let long = thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    });
+    assert!(wait_until(Duration::from_secs(5), || slow
+        .stderr()
+        .contains("slow")
+        || lb.admin("show servers conn servers").is_some_and(|c| c
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().nth(6) == Some("1")))));
+    let deleted = Instant::now();
+    etcd.etcdctl(&["del", "/app/servers/slow"]);
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        lb.servers().keys().cloned().collect::<Vec<_>>(),
+        ["slow"],
+        "a server with a request in flight went before its drain"
+    );
+    lb.expect_servers(&[], Duration::from_secs(6));
+    let took = deleted.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "removed after {took:?}, before the 3 s bound"
+    );
+    assert!(
+        lb.h.stderr().contains("after the drain timeout"),
+        "{}",
+        lb.h.stderr()
+    );
+    let _ = long.join();
+    std::fs::remove_file(&slow_file).unwrap();
+}
+
+/// Bad options: one line naming the option, exit status 2, nothing started.
+#[test]
+fn issue_10_bad_options_exit_2_with_one_line() {
+    for (args, want) in [
+        (
+            vec!["--listen", ":80", "--dir", "/tmp/x"],
+            "hecd-haproxy: --etcd: required",
+        ),
+        (
+            vec!["--etcd", "etcd:2379", "--listen", ":80", "--dir", "/tmp/x"],
+            "hecd-haproxy: --etcd: expected http:// or https:// URLs",
+        ),
+        (
+            vec![
+                "--etcd",
+                "http://e:2379",
+                "--listen",
+                "80",
+                "--dir",
+                "/tmp/x",
+            ],
+            "hecd-haproxy: --listen: expected ADDR:PORT",
+        ),
+        (vec!["--nope"], "hecd-haproxy: --nope: unknown option"),
+        (
+            vec![
+                "--etcd",
+                "https://e:2379",
+                "--listen",
+                ":80",
+                "--dir",
+                "/tmp/x",
+                "--etcd-cacert",
+                "/nonexistent",
+            ],
+            "hecd-haproxy: --etcd-cacert: cannot read /nonexistent",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hecd-haproxy"))
+            .args(&args)
+            .env_remove("HECD_ETCD")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with(want), "{args:?}: {err}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_hecd-haproxy"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--drain-timeout"));
+}
