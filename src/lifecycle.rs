@@ -71,6 +71,9 @@ pub enum Event {
     /// The registrar finished deleting the key and revoking the lease (or gave up); true
     /// when there was a key to delete, so load balancers may still be sending traffic.
     Deregistered(bool),
+    /// Every load balancer registered at the delete has confirmed that the backend is out of
+    /// rotation and idle: the drain can end now.
+    DrainConfirmed,
     /// Time passed; deadlines at or before `now` are due.
     Tick,
 }
@@ -170,7 +173,8 @@ pub fn step(phase: &mut Phase, event: Event, now: Instant, s: &Settings) -> Vec<
         (Phase::Deregistering { .. }, Event::AppExited(status)) => {
             on_app_exit(status, true, now, s, &mut actions)
         }
-        (Phase::Draining { signal, .. }, Event::StopSignal(_)) => {
+        // A second stop signal, or the load balancers' confirmations, end the drain early.
+        (Phase::Draining { signal, .. }, Event::StopSignal(_) | Event::DrainConfirmed) => {
             pass_on(signal, now, s, &mut actions)
         }
         (Phase::Draining { signal, until }, Event::Tick) if now >= until => {
@@ -468,6 +472,25 @@ mod tests {
             step(&mut p, Event::Deregistered(true), t0, &s),
             [Action::PassOn(TERM)]
         );
+    }
+
+    #[test]
+    fn confirmations_end_the_drain_and_count_nowhere_else() {
+        let s = settings(true);
+        let t0 = Instant::now();
+        let mut p = Phase::Running { registered: true };
+        assert_eq!(step(&mut p, Event::DrainConfirmed, t0, &s), []);
+        step(&mut p, Event::StopSignal(TERM), t0, &s);
+        // Before the key is gone, a confirmation means nothing.
+        assert_eq!(step(&mut p, Event::DrainConfirmed, t0, &s), []);
+        assert!(matches!(p, Phase::Deregistering { .. }));
+        step(&mut p, Event::Deregistered(true), t0, &s);
+        assert_eq!(
+            step(&mut p, Event::DrainConfirmed, at(t0, 1), &s),
+            [Action::PassOn(TERM)]
+        );
+        assert!(matches!(p, Phase::Stopping { .. }));
+        assert_eq!(step(&mut p, Event::DrainConfirmed, at(t0, 1), &s), []);
     }
 
     #[test]

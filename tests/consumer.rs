@@ -506,3 +506,74 @@ fn issue_10_bad_options_exit_2_with_one_line() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--drain-timeout"));
 }
+
+/// The same etcd conventions as hecd-init: TLS verified against the cluster's CA, a user whose
+/// password comes from a file, the read and the watch both going through them. (etcd 3.4's
+/// gateway refuses a client certificate that has a CN once auth is on, so client certificates
+/// are tested without auth, in the hecd-init tests.)
+#[test]
+fn issue_10_follows_etcd_over_tls_with_auth() {
+    let dir = TempDir::new("lb-tls");
+    common::etcd::make_certs(&dir.0);
+    let p = |f: &str| dir.0.join(f).to_string_lossy().into_owned();
+    let https = format!("https://127.0.0.1:{}", free_port());
+    let etcd = Etcd::start_with_url(
+        https.clone(),
+        &[
+            "--cert-file",
+            &p("server.pem"),
+            "--key-file",
+            &p("server.key"),
+        ],
+    );
+    for args in [
+        &["user", "add", "root:lb-pass"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ] {
+        let out = etcd.etcdctl(args);
+        assert!(!out.contains("Error"), "etcdctl {args:?}: {out}");
+    }
+    let apps: Vec<(Hecd, u16)> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let port = free_port();
+            let mut cmd = Command::new(common::example("tiny_server"));
+            cmd.args([port.to_string(), name.to_string()]);
+            let h = start_command(cmd);
+            h.expect_line("listening");
+            (h, port)
+        })
+        .collect();
+    let put = |name: &str, port: u16| {
+        let out = etcd.etcdctl(&[
+            "--user",
+            "root:lb-pass",
+            "put",
+            &common::key(name),
+            &format!("127.0.0.1:{port}"),
+        ]);
+        assert!(out.contains("OK"), "{out}");
+    };
+    put("a", apps[0].1);
+    std::fs::write(dir.0.join("password"), "lb-pass\n").unwrap();
+    let lb = Lb::start(
+        &https,
+        &[
+            "--etcd-cacert",
+            &p("ca.pem"),
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            &p("password"),
+        ],
+    );
+    lb.expect_servers(&["a"], Duration::from_secs(10));
+    put("b", apps[1].1);
+    lb.expect_servers(&["a", "b"], Duration::from_secs(5));
+    assert_eq!(
+        get(lb.port).ok().as_deref().map(|n| n == "a" || n == "b"),
+        Some(true)
+    );
+}

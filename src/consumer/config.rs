@@ -346,6 +346,34 @@ mod tests {
     }
 
     #[test]
+    fn readme_and_reference_document_every_option_and_variable() {
+        let readme = include_str!("../../README.md");
+        let reference = include_str!("../../docs/HAPROXY.md");
+        for (doc, text) in [("README.md", readme), ("docs/HAPROXY.md", reference)] {
+            for o in OPTIONS {
+                assert!(
+                    text.contains(&format!("`--{}", o.long)),
+                    "{doc} lacks --{}",
+                    o.long
+                );
+                if o.env && doc != "README.md" {
+                    assert!(
+                        text.contains(&cli::env_name(o.long)),
+                        "{doc} lacks {}",
+                        cli::env_name(o.long)
+                    );
+                }
+            }
+        }
+        for status in ["| 0 |", "| 2 |", "| 1 |", "128+N"] {
+            assert!(
+                reference.contains(status),
+                "docs/HAPROXY.md lacks exit status {status}"
+            );
+        }
+    }
+
+    #[test]
     fn help_names_every_option_and_its_variable() {
         let help = help_text();
         for o in OPTIONS {

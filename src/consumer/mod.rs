@@ -39,6 +39,10 @@ pub enum Input {
 /// the last config file (etcd down at start must not keep the load balancer down).
 const FIRST_READ: Duration = Duration::from_secs(3);
 
+/// The config and server-state files are rewritten this long after a change (a burst of
+/// changes is one write).
+const FILE_DELAY: Duration = Duration::from_millis(200);
+
 /// How often draining servers are looked at.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
@@ -148,9 +152,11 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     // runs (right after start-up), so it is sent again each second until HAProxy ends.
     let mut stopping: Option<(Signal, Instant)> = None;
     let mut reloads = 0u64;
+    // Since when the config and state files lag behind HAProxy.
+    let mut dirty_since: Option<Instant> = None;
     let mut pending: Vec<Input> = early;
     loop {
-        let wait = if backend.draining() || stopping.is_some() {
+        let wait = if backend.draining() || stopping.is_some() || dirty_since.is_some() {
             DRAIN_POLL
         } else {
             Duration::from_secs(1)
@@ -240,11 +246,16 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             }
             continue;
         }
-        if changed {
+        // The files follow HAProxy within FILE_DELAY: a burst of changes is one write.
+        if changed && dirty_since.is_none() {
+            dirty_since = Some(Instant::now());
+        }
+        if dirty_since.is_some_and(|t| t.elapsed() >= FILE_DELAY) {
             if let Err(e) = write_config(&frontend, &backend.in_service(), &mut written) {
                 log::error!("{e}");
             }
             save_state(&backend.runtime, &frontend);
+            dirty_since = None;
         }
     }
 }

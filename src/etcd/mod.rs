@@ -266,12 +266,14 @@ impl Client {
     }
 
     /// Deletes the key and revokes the lease. A key or lease already gone counts as done.
+    /// Returns the store revision of the delete (v3), from which load balancers' confirmations
+    /// count.
     pub fn deregister(
         &mut self,
         lease: Lease,
         key: &str,
         deadline: Instant,
-    ) -> Result<(), EtcdError> {
+    ) -> Result<Option<i64>, EtcdError> {
         self.each_endpoint(deadline, |c, base, t| match (lease, c.api) {
             (Lease::V3(id), Some(Api::V3(prefix))) => c
                 .v3_call(
@@ -280,9 +282,9 @@ impl Client {
                     v3::DELETE,
                     &v3::delete(key),
                     t,
-                    v3::parse_done,
+                    v3::parse_revision,
                 )
-                .and_then(|()| {
+                .and_then(|revision| {
                     match c.v3_call(
                         base,
                         prefix,
@@ -291,11 +293,16 @@ impl Client {
                         t,
                         v3::parse_done,
                     ) {
-                        Attempt::Stop(EtcdError::Gone) => Attempt::Done(()),
-                        other => other,
+                        Attempt::Done(()) | Attempt::Stop(EtcdError::Gone) => {
+                            Attempt::Done(Some(revision))
+                        }
+                        Attempt::Next(e) => Attempt::Next(e),
+                        Attempt::Stop(e) => Attempt::Stop(e),
                     }
                 }),
-            _ => c.v2_call(base, Method::Delete, key, None, t, true),
+            _ => c
+                .v2_call(base, Method::Delete, key, None, t, true)
+                .map(|()| None),
         })
     }
 
@@ -336,41 +343,63 @@ impl Client {
             let Some(Api::V3(prefix)) = c.api else {
                 return Attempt::Stop(not_v3(base));
             };
-            if c.credentials.is_some() && c.token.is_none() {
-                match c.authenticate(base, prefix, t) {
-                    Ok(token) => c.token = Some(token),
-                    Err(a) => return a,
-                }
-            }
-            let auth = c.auth_header();
-            let url = format!("{base}{prefix}{}", v3::WATCH);
-            let mut stream = match c.http.stream(&url, &auth, &body, t, life) {
-                Ok(s) => s,
-                Err(e) => return Attempt::Next(e.to_string()),
-            };
             let failed = |cause: String| {
                 Attempt::Stop(EtcdError::Failed {
                     endpoint: base.to_owned(),
                     cause,
                 })
             };
-            loop {
-                let line = match stream.next_line(MAX_WATCH_LINE) {
-                    Ok(Some(line)) => line,
-                    Ok(None) => return Attempt::Done(()),
-                    // The stream's life is over: not a failure.
-                    Err(HttpError::Timeout) => return Attempt::Done(()),
-                    Err(e) => return failed(format!("watch stream: {e}")),
-                };
-                if stream.status != 200 {
-                    let fault = v3::parse_done(stream.status, &line)
-                        .err()
-                        .unwrap_or_else(|| Fault::Malformed(format!("HTTP {}", stream.status)));
-                    if matches!(fault, Fault::BadToken(_)) {
-                        c.token = None;
+            let url = format!("{base}{prefix}{}", v3::WATCH);
+            // Open, authenticating first; a rejected (expired) token once more after
+            // authenticating again, as for the other calls.
+            let mut tries = 0;
+            let (mut stream, first) = loop {
+                if c.credentials.is_some() && c.token.is_none() {
+                    match c.authenticate(base, prefix, t) {
+                        Ok(token) => c.token = Some(token),
+                        Err(a) => return a,
                     }
-                    return fault_attempt(base, fault);
                 }
+                let mut stream = match c.http.stream(&url, &c.auth_header(), &body, t, life) {
+                    Ok(s) => s,
+                    Err(e) => return Attempt::Next(e.to_string()),
+                };
+                let first = match stream.next_line(MAX_WATCH_LINE) {
+                    Ok(Some(line)) => line,
+                    Ok(None) => return failed("the watch stream ended at once".into()),
+                    Err(e) => return Attempt::Next(format!("watch stream: {e}")),
+                };
+                let fault = if stream.status == 200 {
+                    v3::parse_watch(&first).err()
+                } else {
+                    Some(
+                        v3::parse_done(stream.status, &first)
+                            .err()
+                            .unwrap_or_else(|| Fault::Malformed(format!("HTTP {}", stream.status))),
+                    )
+                };
+                match fault {
+                    Some(Fault::BadToken(_)) if tries == 0 && c.credentials.is_some() => {
+                        log::info!("{base}: auth token rejected; authenticating again");
+                        c.token = None;
+                        tries += 1;
+                    }
+                    Some(f) if stream.status != 200 => return fault_attempt(base, f),
+                    _ => break (stream, first),
+                }
+            };
+            let mut pending = Some(first);
+            loop {
+                let line = match pending.take() {
+                    Some(line) => line,
+                    None => match stream.next_line(MAX_WATCH_LINE) {
+                        Ok(Some(line)) => line,
+                        Ok(None) => return Attempt::Done(()),
+                        // The stream's life is over: not a failure.
+                        Err(HttpError::Timeout) => return Attempt::Done(()),
+                        Err(e) => return failed(format!("watch stream: {e}")),
+                    },
+                };
                 match v3::parse_watch(&line) {
                     Ok(message) => {
                         if !on_message(message) {

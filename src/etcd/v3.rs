@@ -295,6 +295,15 @@ pub fn parse_done(status: u16, body: &str) -> Result<(), Fault> {
     parse_ok(status, body).map(|_| ())
 }
 
+/// Success of a write, with the store revision it made (`header.revision`).
+pub fn parse_revision(status: u16, body: &str) -> Result<i64, Fault> {
+    let v = parse_ok(status, body)?;
+    v.get("header")
+        .and_then(|h| int_field(h, "revision"))
+        .filter(|r| *r > 0)
+        .ok_or_else(|| Fault::Malformed(format!("answer without a revision: {}", clip(body))))
+}
+
 /// The auth token.
 pub fn parse_token(status: u16, body: &str) -> Result<String, Fault> {
     let v = parse_ok(status, body)?;

@@ -513,7 +513,7 @@ impl Registrar {
         self.notifier.send(News::Registered(false));
         let deadline = Instant::now() + Duration::from_secs(2);
         match self.client.deregister(lease, &self.key, deadline) {
-            Ok(()) => {
+            Ok(_) => {
                 log::info!("deregistered {} (revoked {lease})", self.key);
                 self.sync(|s| {
                     s.lease = None;

@@ -42,7 +42,7 @@ impl Stopper {
         };
         let work = std::panic::AssertUnwindSafe(|| client.deregister(lease, &key, deadline));
         match std::panic::catch_unwind(work) {
-            Ok(Ok(())) => log::info!("deregistered {key} (revoked {lease})"),
+            Ok(Ok(_)) => log::info!("deregistered {key} (revoked {lease})"),
             Ok(Err(e)) => log::warn!(
                 "cannot deregister {key}: {e}; etcd drops it when the lease expires (within {}s)",
                 self.ttl.as_secs()
