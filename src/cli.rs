@@ -118,10 +118,16 @@ pub const OPTIONS: &[OptSpec] = &[
     ),
     opt("check-interval", "DURATION", "2s", "time between checks"),
     opt(
+        "lb-prefix",
+        "PATH",
+        "/hecd",
+        "where load balancers announce themselves and confirm drains (confirmed drain)",
+    ),
+    opt(
         "drain",
         "DURATION",
         "2s when registering, else 0",
-        "after deregistering on a stop signal, wait this long before passing it on",
+        "after deregistering on a stop signal, wait this long at most before passing it on (less once every announced load balancer confirmed)",
     ),
     opt(
         "stop-timeout",

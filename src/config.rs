@@ -133,6 +133,8 @@ pub struct Registration {
     pub credentials: Option<Credentials>,
     /// `--etcd-password-file`: read (before the app starts) into the credentials' password.
     pub password_file: Option<String>,
+    /// `--lb-prefix`, normalised: load balancers' announcements and drain confirmations.
+    pub lb_prefix: String,
 }
 
 /// The variables that are not options: `HECD_ETCD_PASSWORD` and `HECD_LOG`.
@@ -172,6 +174,7 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
         raw.get("prefix")
             .map_or(Ok("/app/servers".into()), parse_prefix),
     );
+    let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
     let name = errors.take(raw.get("name").map(parse_name).transpose());
     let port = errors.take(raw.get("port").map(|g| parse_port(&g.value, g)).transpose());
     let advertise = errors.take(
@@ -261,6 +264,7 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
         key: access.key.clone(),
         credentials: access.credentials.clone(),
         password_file: access.password_file.clone(),
+        lb_prefix: lb_prefix.clone().unwrap_or_default(),
     });
     let default_drain = if registering {
         Duration::from_secs(2)
@@ -358,6 +362,27 @@ pub(crate) fn checked_log_filter(log: Option<String>, errors: &mut Errors) -> Op
         )));
     }
     log
+}
+
+/// `--lb-prefix` (default `/hecd`): a key path that neither contains the server prefix nor
+/// lies within it, so confd templates over the servers see nothing of it.
+pub(crate) fn lb_prefix(raw: &RawArgs, prefix: Option<&str>) -> Result<String, UsageError> {
+    let Some(g) = raw.get("lb-prefix") else {
+        return Ok("/hecd".into());
+    };
+    let lb = parse_prefix(g)?;
+    let within = |a: &str, b: &str| format!("{a}/").starts_with(&format!("{b}/"));
+    match prefix {
+        _ if lb.is_empty() => Err(expected(g, "a key path such as /hecd, not /")),
+        Some(p) if within(&lb, p) || within(p, &lb) => Err(UsageError::new(
+            &g.source,
+            format!(
+                "must lie outside the server prefix {p}/ (and not contain it), got {:?}",
+                g.value
+            ),
+        )),
+        _ => Ok(lb),
+    }
 }
 
 /// Collects every usage error instead of stopping at the first.
@@ -540,7 +565,7 @@ pub(crate) fn parse_prefix(g: &Given) -> Result<String, UsageError> {
     })
 }
 
-fn parse_name(g: &Given) -> Result<String, UsageError> {
+pub(crate) fn parse_name(g: &Given) -> Result<String, UsageError> {
     let v = &g.value;
     if v.is_empty() || v.contains('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(expected(g, "a key segment without '/' or spaces"));
@@ -656,6 +681,30 @@ mod tests {
             log: env.get("HECD_LOG").cloned(),
         };
         build(raw, extra).map_err(|errs| errs.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn lb_prefix_lies_outside_the_server_prefix() {
+        let reg = |args: &[&str]| {
+            let mut all = vec!["--etcd", "http://e:2379"];
+            all.extend_from_slice(args);
+            build_with(&all, &[]).map(|c| c.registration.unwrap().lb_prefix)
+        };
+        assert_eq!(reg(&[]).unwrap(), "/hecd");
+        assert_eq!(reg(&["--lb-prefix", "/lb/"]).unwrap(), "/lb");
+        assert_eq!(
+            reg(&["--prefix", "/app/servers", "--lb-prefix", "/app/serversx"]).unwrap(),
+            "/app/serversx"
+        );
+        for bad in [
+            &["--lb-prefix", "/app/servers/lbs"][..],
+            &["--lb-prefix", "/app"],
+            &["--lb-prefix", "/"],
+            &["--prefix", "/", "--lb-prefix", "/hecd"],
+        ] {
+            let e = reg(bad).unwrap_err();
+            assert!(e[0].starts_with("--lb-prefix: "), "{bad:?}: {e:?}");
+        }
     }
 
     fn err(args: &[&str]) -> String {

@@ -4,183 +4,20 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::etcd::{Etcd, free_port};
 use common::hostile::{Hostile, all_malformed};
+use common::lb::{Lb, Load};
 use common::{Hecd, TempDir, start_command, start_registered, wait_until};
-
-/// hecd-haproxy running with its HAProxy, in a temporary directory.
-struct Lb {
-    h: Hecd,
-    dir: PathBuf,
-    port: u16,
-    _tmp: Option<TempDir>,
-}
-
-impl Lb {
-    fn start(etcd_urls: &str, args: &[&str]) -> Lb {
-        let tmp = TempDir::new("lb");
-        let dir = tmp.0.clone();
-        let mut lb = Lb::start_in(etcd_urls, &dir, args);
-        lb._tmp = Some(tmp);
-        lb
-    }
-
-    fn start_in(etcd_urls: &str, dir: &Path, args: &[&str]) -> Lb {
-        let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hecd-haproxy"));
-        cmd.args(["--etcd", etcd_urls, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--dir")
-            .arg(dir)
-            .args(["--check-inter", "200ms"])
-            .args(args);
-        let h = start_command(cmd);
-        let lb = Lb {
-            h,
-            dir: dir.to_owned(),
-            port,
-            _tmp: None,
-        };
-        let up = wait_until(Duration::from_secs(20), || lb.admin("show info").is_some());
-        assert!(up, "HAProxy did not come up:\n{}", lb.h.stderr());
-        lb
-    }
-
-    /// One runtime API command on HAProxy's admin socket.
-    fn admin(&self, command: &str) -> Option<String> {
-        let mut s = UnixStream::connect(self.dir.join("admin.sock")).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(format!("{command}\n").as_bytes()).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
-    }
-
-    /// The backend's servers as HAProxy has them: name → `ip:port`.
-    fn servers(&self) -> BTreeMap<String, String> {
-        let state = self.admin("show servers state servers").unwrap_or_default();
-        state
-            .lines()
-            .skip(2)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                Some((
-                    f.get(3)?.to_string(),
-                    format!("{}:{}", f.get(4)?, f.get(18)?),
-                ))
-            })
-            .collect()
-    }
-
-    /// Waits until HAProxy has exactly `names`.
-    fn expect_servers(&self, names: &[&str], within: Duration) {
-        let want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let ok = wait_until(within, || {
-            self.servers().keys().cloned().collect::<Vec<_>>() == want
-        });
-        assert!(
-            ok,
-            "HAProxy has {:?}, want {want:?}\n{}",
-            self.servers(),
-            self.h.stderr()
-        );
-    }
-
-    /// The HAProxy master's pid and its worker processes now.
-    fn workers(&self) -> (i32, Vec<i32>) {
-        let master: i32 = std::fs::read_to_string(self.dir.join("haproxy.pid"))
-            .expect("haproxy.pid")
-            .trim()
-            .parse()
-            .expect("a pid");
-        let mut workers = common::children(master);
-        workers.sort();
-        (master, workers)
-    }
-
-    /// The `server` lines of the config file hecd-haproxy keeps.
-    fn config_servers(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("haproxy.cfg"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.trim_start().starts_with("server "))
-            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .collect()
-    }
-}
 
 /// `GET /` through the load balancer on a fresh connection: the answering server's name.
 fn get(port: u16) -> Result<String, String> {
     common::http_get(&format!("127.0.0.1:{port}")).map(|body| body.trim().to_owned())
-}
-
-/// Requests at `rate` a second through the load balancer, each on a fresh connection, on a
-/// thread, until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    failed: Arc<Mutex<Vec<String>>>,
-    answered: Arc<Mutex<BTreeMap<String, u32>>>,
-    thread: Option<thread::JoinHandle<u32>>,
-}
-
-impl Load {
-    fn start(port: u16, rate: u32) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let answered = Arc::new(Mutex::new(BTreeMap::new()));
-        let (s, f, a) = (stop.clone(), failed.clone(), answered.clone());
-        let thread = thread::spawn(move || {
-            let started = Instant::now();
-            let mut sent = 0u32;
-            while !s.load(Ordering::SeqCst) {
-                match get(port) {
-                    Ok(name) => *a.lock().unwrap().entry(name).or_default() += 1,
-                    Err(e) => f
-                        .lock()
-                        .unwrap()
-                        .push(format!("{} ms: {e}", started.elapsed().as_millis())),
-                }
-                sent += 1;
-                let next = Duration::from_secs_f64(f64::from(sent) / f64::from(rate));
-                if let Some(wait) = next.checked_sub(started.elapsed()) {
-                    thread::sleep(wait);
-                }
-            }
-            sent
-        });
-        Load {
-            stop,
-            failed,
-            answered,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops; returns (requests sent, failures, requests per answering server).
-    fn finish(mut self) -> (u32, Vec<String>, BTreeMap<String, u32>) {
-        self.stop.store(true, Ordering::SeqCst);
-        let sent = self.thread.take().map_or(0, |t| t.join().unwrap());
-        let failed = self.failed.lock().unwrap().clone();
-        let answered = self.answered.lock().unwrap().clone();
-        (sent, failed, answered)
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
 }
 
 /// Instances registered through hecd-init (TTL 3 s, drain 1 s, HTTP check), started one by
@@ -210,7 +47,7 @@ fn issue_10_changes_under_load_fail_no_request_and_never_reload() {
     lb.expect_servers(&["a", "b"], Duration::from_secs(5));
     let (master, workers) = lb.workers();
     assert_eq!(workers.len(), 1, "one worker: {workers:?}");
-    let load = Load::start(lb.port, 50);
+    let load = Load::start(&[lb.port], 50);
     thread::sleep(Duration::from_secs(1));
 
     // Started: a third instance joins.
@@ -287,7 +124,7 @@ fn issue_10_bad_keys_change_nothing_for_the_good_ones() {
     let _a = instance(&etcd, "a");
     let lb = Lb::start(&etcd.url(), &[]);
     lb.expect_servers(&["a"], Duration::from_secs(5));
-    let load = Load::start(lb.port, 50);
+    let load = Load::start(&[lb.port], 50);
     let huge = format!("10.0.0.1:80{}", " ".repeat(1_200_000));
     for (key, value) in [
         ("/app/servers/bad name", "127.0.0.1:1"),
@@ -354,7 +191,7 @@ fn issue_10_store_failures_never_blank_the_backend() {
     let hostile = Hostile::start(all_malformed());
     let lb = Lb::start_in(&hostile.url(), &dir, &[]);
     lb.expect_servers(&["a", "b"], Duration::from_secs(5));
-    let load = Load::start(lb.port, 50);
+    let load = Load::start(&[lb.port], 50);
     thread::sleep(Duration::from_secs(3));
     assert!(hostile.served() > 2, "the hostile endpoint was not asked");
     let log = lb.h.stderr();

@@ -41,6 +41,9 @@ pub struct Backend {
     pub needs_reload: Option<String>,
     /// Runtime changes applied, for the log and the benchmarks.
     pub applied: u64,
+    /// Servers whose key went and that HAProxy no longer has (drained and deleted, or never
+    /// there): what this balancer confirms (confirmed drain).
+    pub drained: Vec<String>,
 }
 
 impl Backend {
@@ -54,9 +57,17 @@ impl Backend {
                 };
                 for (name, addr) in changes {
                     match addr {
-                        Some(a) => wanted.insert(name, a),
-                        None => wanted.remove(&name),
-                    };
+                        Some(a) => {
+                            wanted.insert(name, a);
+                        }
+                        None => {
+                            wanted.remove(&name);
+                            // Never a server here: nothing to drain, confirmed at once.
+                            if !self.servers.contains_key(&name) {
+                                self.drained.push(name);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -187,6 +198,7 @@ impl Backend {
         for name in &deleted {
             self.servers.remove(name);
         }
+        self.drained.extend(deleted.iter().cloned());
         !deleted.is_empty()
     }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::cli::{self, OptSpec, Request, opt};
 use crate::config::{
-    Endpoint, Errors, EtcdAccess, checked_log_filter, etcd_access, expected,
-    parse_duration_at_least, parse_endpoints, parse_prefix, split_host_port, valid_host, verbosity,
+    Endpoint, Errors, EtcdAccess, checked_log_filter, etcd_access, expected, lb_prefix,
+    parse_duration_at_least, parse_endpoints, parse_name, parse_prefix, split_host_port,
+    valid_host, verbosity,
 };
 use crate::error::UsageError;
 use crate::haproxy::Frontend;
@@ -59,6 +60,18 @@ pub const OPTIONS: &[OptSpec] = &[
         "longest wait for a removed server's open connections before it is cut",
     ),
     opt(
+        "lb-id",
+        "ID",
+        "the hostname",
+        "this balancer's id in its announcement and confirmations (unique per balancer)",
+    ),
+    opt(
+        "lb-prefix",
+        "PATH",
+        "/hecd",
+        "announce under PATH/lbs/ID; confirm drains under PATH/drained/NAME/ID",
+    ),
+    opt(
         "haproxy",
         "PATH",
         "haproxy (from PATH)",
@@ -102,6 +115,10 @@ pub struct Config {
     pub prefix: String,
     pub frontend: Frontend,
     pub drain_timeout: Duration,
+    /// `--lb-id`: a key segment.
+    pub lb_id: String,
+    /// `--lb-prefix`, normalised.
+    pub lb_prefix: String,
     pub haproxy: PathBuf,
     /// TLS files and credentials.
     pub access: EtcdAccess,
@@ -166,6 +183,11 @@ pub fn parse(
                 parse_duration_at_least(g, Duration::ZERO)
             }),
     );
+    let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
+    let lb_id = errors.take(
+        raw.get("lb-id")
+            .map_or_else(|| Ok(crate::discovery::hostname()), parse_name),
+    );
     let haproxy = raw
         .get("haproxy")
         .map_or_else(|| PathBuf::from("haproxy"), |g| PathBuf::from(&g.value));
@@ -175,7 +197,8 @@ pub fn parse(
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
-    let (Some(endpoints), Some(listen), Some(dir), Some(prefix)) = (endpoints, listen, dir, prefix)
+    let (Some(endpoints), Some(listen), Some(dir), Some(prefix), Some(lb_prefix), Some(lb_id)) =
+        (endpoints, listen, dir, prefix, lb_prefix, lb_id)
     else {
         unreachable!("a missing value is an error above");
     };
@@ -195,6 +218,8 @@ pub fn parse(
             check_inter: check_inter.unwrap_or(Duration::from_millis(500)),
         },
         drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(30)),
+        lb_id,
+        lb_prefix,
         haproxy,
         access,
         log_filter,
@@ -340,6 +365,12 @@ mod tests {
         let mut args = BASE.to_vec();
         args.extend(["--dir", "/a b"]);
         assert!(err(&args)[0].starts_with("--dir: expected a directory path"));
+        let mut args = BASE.to_vec();
+        args.extend(["--lb-prefix", "/app/servers/lbs"]);
+        assert!(err(&args)[0].starts_with("--lb-prefix: must lie outside"));
+        let mut args = BASE.to_vec();
+        args.extend(["--lb-id", "a/b"]);
+        assert!(err(&args)[0].starts_with("--lb-id: expected a key segment"));
         let mut args = BASE.to_vec();
         args.extend(["--etcd-password-file", "/run/secrets/p"]);
         assert!(err(&args)[0].contains("needs --etcd-user USER"));

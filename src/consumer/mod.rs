@@ -7,6 +7,7 @@
 //! after each change, and reaps children. HAProxy is reloaded (SIGUSR2 to the master) only
 //! when the runtime API refused a change, or on SIGHUP.
 
+pub mod announce;
 pub mod apply;
 pub mod config;
 pub mod follow;
@@ -44,7 +45,7 @@ const FIRST_READ: Duration = Duration::from_secs(3);
 const FILE_DELAY: Duration = Duration::from_millis(200);
 
 /// How often draining servers are looked at.
-const DRAIN_POLL: Duration = Duration::from_millis(100);
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Exit statuses besides HAProxy's own.
 pub mod status {
@@ -92,6 +93,20 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         servers: BTreeMap::new(),
         needs_reload: None,
         applied: 0,
+        drained: Vec::new(),
+    };
+    let (drained_tx, drained_rx) = mpsc::channel();
+    let announcer = announce::Announcer {
+        client: Client::new(
+            Http::new(tls.as_ref()),
+            &config.endpoints,
+            crate::config::EtcdApi::Auto,
+            config.access.credentials.clone(),
+        ),
+        lb_prefix: config.lb_prefix.clone(),
+        lb_id: config.lb_id.clone(),
+        value: frontend.listen.clone(),
+        drained: drained_rx,
     };
     // The first read, briefly: HAProxy then starts with the right servers at once.
     let started = Instant::now();
@@ -146,6 +161,13 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     }
     if let Err(e) = backend.load() {
         log::warn!("cannot read HAProxy's servers back: {e}");
+    }
+    // Announced once HAProxy serves: from now on instances wait for this balancer.
+    if let Err(e) = std::thread::Builder::new()
+        .name("announce".into())
+        .spawn(move || announcer.run())
+    {
+        log::error!("cannot start the announcement thread: {e}; no drain confirmations");
     }
 
     // The stop signal passed on, and when: the master ignores signals until its own loop
@@ -221,6 +243,9 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         }
         let mut changed = backend.reconcile();
         changed |= backend.finish_drains();
+        for name in backend.drained.drain(..) {
+            let _ = drained_tx.send(name);
+        }
         if let Some(why) = backend.needs_reload.take() {
             reload = Some(format!("the runtime API refused a change ({why})"));
         }

@@ -16,6 +16,7 @@
 //! spawns, waits for, or signals processes. Both tell the supervisor what changed through one
 //! channel plus a byte on a pipe the supervisor polls.
 
+mod confirm;
 pub mod plan;
 mod stop;
 
@@ -42,7 +43,7 @@ pub use plan::{Plan, plan};
 const READINESS_POLL: Duration = Duration::from_millis(100);
 
 /// From the registrar threads to the supervisor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum News {
     /// The key is now present (true) or absent (false) in etcd.
     Registered(bool),
@@ -52,6 +53,18 @@ pub enum News {
     /// The registrar thread ended by a bug (a panic): no more registration; the stop path
     /// still deletes the key on a stop.
     RegistrarFailed,
+    /// During the drain: the load balancers (ids) that have confirmed, and those still silent.
+    DrainWaiting {
+        confirmed: Vec<String>,
+        silent: Vec<String>,
+    },
+    /// Every load balancer announced at the delete has confirmed (`confirmed` of `of`) or gone
+    /// away (`gone`, their announcement's lease ended): the drain can end.
+    DrainConfirmed {
+        confirmed: usize,
+        of: usize,
+        gone: Vec<String>,
+    },
 }
 
 /// The supervisor's side of the registration threads.
@@ -94,9 +107,10 @@ impl Handle {
     }
 }
 
-/// Starts the registrar and the stop path for the app `app_pid`. Call after the signal mask
-/// is set, so the threads inherit it.
-pub fn start(plan: Plan, app_pid: i32) -> io::Result<Handle> {
+/// Starts the registrar and the stop path for the app `app_pid`; `drain` is `--drain` (the
+/// stop path awaits load balancers' confirmations that long at most). Call after the signal
+/// mask is set, so the threads inherit it.
+pub fn start(plan: Plan, app_pid: i32, drain: Duration) -> io::Result<Handle> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     let (stop_tx, stop_rx) = mpsc::channel();
     let (wake_tx, wake_rx) = mpsc::channel();
@@ -125,6 +139,7 @@ pub fn start(plan: Plan, app_pid: i32) -> io::Result<Handle> {
         http: Http::new(plan.tls.as_ref()),
         ttl: reg.ttl,
         notifier: notifier.clone(),
+        confirm: (!drain.is_zero()).then(|| (reg.lb_prefix.clone(), drain)),
     };
     thread::Builder::new()
         .name("deregister".into())

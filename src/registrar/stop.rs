@@ -17,6 +17,9 @@ pub(super) struct Stopper {
     pub http: Http,
     pub ttl: Duration,
     pub notifier: Notifier,
+    /// `--lb-prefix` and `--drain`: after the delete, wait (at most the drain) for the load
+    /// balancers' confirmations. `None` without a drain.
+    pub confirm: Option<(String, Duration)>,
 }
 
 impl Stopper {
@@ -41,15 +44,32 @@ impl Stopper {
             return;
         };
         let work = std::panic::AssertUnwindSafe(|| client.deregister(lease, &key, deadline));
-        match std::panic::catch_unwind(work) {
-            Ok(Ok(_)) => log::info!("deregistered {key} (revoked {lease})"),
-            Ok(Err(e)) => log::warn!(
-                "cannot deregister {key}: {e}; etcd drops it when the lease expires (within {}s)",
-                self.ttl.as_secs()
-            ),
+        let revision = match std::panic::catch_unwind(work) {
+            Ok(Ok(revision)) => {
+                log::info!("deregistered {key} (revoked {lease})");
+                revision
+            }
+            Ok(Err(e)) => {
+                log::warn!(
+                    "cannot deregister {key}: {e}; etcd drops it when the lease expires (within {}s)",
+                    self.ttl.as_secs()
+                );
+                None
+            }
             // The panic hook has printed the bug; the lease runs out by itself.
-            Err(_) => {}
-        }
+            Err(_) => None,
+        };
         self.notifier.send(News::Deregistered(true));
+        // The drain starts now on the supervisor's clock; the confirmations are awaited here
+        // until it ends (v3 only: v2 gives no revision to count from).
+        if let (Some(revision), Some((lb_prefix, drain))) = (revision, &self.confirm) {
+            let deadline = Instant::now() + *drain;
+            let name = key.rsplit('/').next().unwrap_or(&key);
+            let keys = super::confirm::Keys::new(lb_prefix, name);
+            let work = std::panic::AssertUnwindSafe(|| {
+                super::confirm::wait(&mut client, &keys, revision, deadline, &self.notifier);
+            });
+            let _ = std::panic::catch_unwind(work);
+        }
     }
 }

@@ -44,6 +44,17 @@ struct Supervisor {
     pending: VecDeque<Event>,
     /// hecd-init's own pid (1 in a container), to tell signals it raised on itself.
     own_pid: u32,
+    /// The key is deleted: the registrar's thread ends after the drain's confirmations.
+    deregistered: bool,
+    /// The drain in progress, if any.
+    drain: Option<Drain>,
+}
+
+/// A drain, and what the load balancers have said so far.
+struct Drain {
+    since: Instant,
+    /// (confirmed ids, silent ids); `None` while none has been heard of (a fixed drain).
+    said: Option<(Vec<String>, Vec<String>)>,
 }
 
 /// Runs the app under supervision and returns hecd-init's exit status.
@@ -93,7 +104,7 @@ pub fn run(config: Config, inherited: &InheritedSignals, plan: Option<Plan>) -> 
     }
     // Started after the app, so nothing network-related delays it; after the signal mask,
     // so the thread inherits it and every signal still comes to the signalfd.
-    let registrar = plan.and_then(|plan| match registrar::start(plan, pid) {
+    let registrar = plan.and_then(|plan| match registrar::start(plan, pid, config.drain) {
         Ok(handle) => Some(handle),
         Err(e) => {
             log::error!("cannot start the registrar thread ({e}); running as a plain init");
@@ -120,6 +131,8 @@ pub fn run(config: Config, inherited: &InheritedSignals, plan: Option<Plan>) -> 
         registrar,
         pending: VecDeque::new(),
         own_pid: std::process::id(),
+        deregistered: false,
+        drain: None,
     };
     sup.run_loop()
 }
@@ -248,44 +261,99 @@ impl Supervisor {
             return Vec::new();
         };
         let (news, alive) = r.take_news();
-        let mut events: Vec<Event> = news
-            .iter()
-            .filter_map(|n| match *n {
-                News::Registered(present) => Some(Event::Registration(present)),
-                News::Deregistered(had_key) => Some(Event::Deregistered(had_key)),
-                News::RegistrarFailed => None,
-            })
-            .collect();
-        if news.contains(&News::RegistrarFailed) {
-            log::error!(
-                "the registrar stopped by a bug; no more registration (a stop still deregisters)"
-            );
+        let mut events = Vec::new();
+        for n in news {
+            match n {
+                News::Registered(present) => events.push(Event::Registration(present)),
+                News::Deregistered(had_key) => {
+                    self.deregistered = true;
+                    events.push(Event::Deregistered(had_key));
+                }
+                News::RegistrarFailed => log::error!(
+                    "the registrar stopped by a bug; no more registration (a stop still deregisters)"
+                ),
+                News::DrainWaiting { confirmed, silent } => {
+                    if let Some(drain) = &mut self.drain {
+                        drain.said = Some((confirmed, silent));
+                    }
+                }
+                News::DrainConfirmed {
+                    confirmed,
+                    of,
+                    gone,
+                } => {
+                    if self.is_draining()
+                        && let Some(Drain { since, .. }) = &self.drain
+                    {
+                        let gone = if gone.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; gone: {}", gone.join(", "))
+                        };
+                        log::info!(
+                            "drained in {}ms ({confirmed} of {of} load balancers confirmed{gone})",
+                            since.elapsed().as_millis()
+                        );
+                    }
+                    events.push(Event::DrainConfirmed);
+                }
+            }
         }
-        if events.iter().any(|e| matches!(e, Event::Deregistered(_))) {
-            // Its last word: the thread ends now, and nothing more will come.
-            self.registrar = None;
-        } else if !alive {
-            log::error!("the registrar stopped unexpectedly; continuing as a plain init");
-            events.push(Event::Deregistered(false));
+        if !alive {
+            if !self.deregistered {
+                log::error!("the registrar stopped unexpectedly; continuing as a plain init");
+                events.push(Event::Deregistered(false));
+            }
+            // After the key is gone, the threads end once the drain's confirmations are in
+            // (or its bound passed): nothing more will come.
             self.registrar = None;
         }
         events
     }
 
+    fn is_draining(&self) -> bool {
+        matches!(self.phase, Phase::Draining { .. })
+    }
+
     fn apply(&mut self, event: Event) {
-        let was_draining = matches!(self.phase, Phase::Draining { .. });
+        let was_draining = self.is_draining();
         for action in lifecycle::step(&mut self.phase, event, Instant::now(), &self.settings) {
+            if was_draining && action_is_pass_on(action) && event == Event::Tick {
+                self.log_drain_bound();
+            }
             self.perform(action);
         }
         if let Phase::Draining { signal, .. } = self.phase
             && !was_draining
         {
+            self.drain = Some(Drain {
+                since: Instant::now(),
+                said: None,
+            });
             log::info!(
-                "draining for {}ms before passing SIG{} on",
+                "draining for {}ms at most before passing SIG{} on",
                 self.settings.drain.as_millis(),
                 signal::name(self.forwarder.rewrites.map(signal))
             );
         }
+    }
+
+    /// The drain ran its full length: say what the load balancers did, if any announced.
+    fn log_drain_bound(&self) {
+        let Some(Drain {
+            since,
+            said: Some((confirmed, silent)),
+        }) = &self.drain
+        else {
+            return;
+        };
+        let of = confirmed.len() + silent.len();
+        log::warn!(
+            "drain bound reached after {}ms ({} of {of} confirmed: {} silent)",
+            since.elapsed().as_millis(),
+            confirmed.len(),
+            silent.join(", ")
+        );
     }
 
     fn perform(&mut self, action: Action) {
@@ -338,4 +406,8 @@ impl Supervisor {
             }
         }
     }
+}
+
+fn action_is_pass_on(action: Action) -> bool {
+    matches!(action, Action::PassOn(_))
 }

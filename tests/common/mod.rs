@@ -404,6 +404,7 @@ impl Drop for TempDir {
 
 pub mod etcd;
 pub mod hostile;
+pub mod lb;
 
 /// Starts `hecd-init ARGS...` with its stderr on a pipe whose reader has already closed (a log
 /// shipper that died). The app's stdout is read as usual.

@@ -1,0 +1,187 @@
+//! hecd-haproxy for the tests: started in a temporary directory with its HAProxy (both killed
+//! with the test), its admin socket, and a load generator through it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::etcd::free_port;
+use super::{Hecd, TempDir, start_command, wait_until};
+
+/// hecd-haproxy running with its HAProxy, in a temporary directory.
+pub struct Lb {
+    pub h: Hecd,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub _tmp: Option<TempDir>,
+}
+
+impl Lb {
+    pub fn start(etcd_urls: &str, args: &[&str]) -> Lb {
+        let tmp = TempDir::new("lb");
+        let dir = tmp.0.clone();
+        let mut lb = Lb::start_in(etcd_urls, &dir, args);
+        lb._tmp = Some(tmp);
+        lb
+    }
+
+    pub fn start_in(etcd_urls: &str, dir: &Path, args: &[&str]) -> Lb {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hecd-haproxy"));
+        cmd.args(["--etcd", etcd_urls, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--dir")
+            .arg(dir)
+            .args(["--check-inter", "200ms"])
+            .args(args);
+        let h = start_command(cmd);
+        let lb = Lb {
+            h,
+            dir: dir.to_owned(),
+            port,
+            _tmp: None,
+        };
+        let up = wait_until(Duration::from_secs(20), || lb.admin("show info").is_some());
+        assert!(up, "HAProxy did not come up:\n{}", lb.h.stderr());
+        lb
+    }
+
+    /// One runtime API command on HAProxy's admin socket.
+    pub fn admin(&self, command: &str) -> Option<String> {
+        let mut s = UnixStream::connect(self.dir.join("admin.sock")).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("{command}\n").as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
+    /// The backend's servers as HAProxy has them: name → `ip:port`.
+    pub fn servers(&self) -> BTreeMap<String, String> {
+        let state = self.admin("show servers state servers").unwrap_or_default();
+        state
+            .lines()
+            .skip(2)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.get(3)?.to_string(),
+                    format!("{}:{}", f.get(4)?, f.get(18)?),
+                ))
+            })
+            .collect()
+    }
+
+    /// Waits until HAProxy has exactly `names`.
+    pub fn expect_servers(&self, names: &[&str], within: Duration) {
+        let want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let ok = wait_until(within, || {
+            self.servers().keys().cloned().collect::<Vec<_>>() == want
+        });
+        assert!(
+            ok,
+            "HAProxy has {:?}, want {want:?}\n{}",
+            self.servers(),
+            self.h.stderr()
+        );
+    }
+
+    /// The HAProxy master's pid and its worker processes now.
+    pub fn workers(&self) -> (i32, Vec<i32>) {
+        let master: i32 = std::fs::read_to_string(self.dir.join("haproxy.pid"))
+            .expect("haproxy.pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let mut workers = super::children(master);
+        workers.sort();
+        (master, workers)
+    }
+
+    /// The `server` lines of the config file hecd-haproxy keeps.
+    pub fn config_servers(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("haproxy.cfg"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.trim_start().starts_with("server "))
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+}
+
+/// Requests at `rate` a second through the load balancers `ports` (in turn), each on a fresh
+/// connection and a thread of its own (so slow answers overlap), until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<Mutex<Vec<String>>>,
+    answered: Arc<Mutex<BTreeMap<String, u32>>>,
+    thread: Option<thread::JoinHandle<u32>>,
+}
+
+impl Load {
+    pub fn start(ports: &[u16], rate: u32) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let answered = Arc::new(Mutex::new(BTreeMap::new()));
+        let (s, f, a) = (stop.clone(), failed.clone(), answered.clone());
+        let ports = ports.to_vec();
+        let thread = thread::spawn(move || {
+            let started = Instant::now();
+            let mut sent = 0u32;
+            let mut requests = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                let port = ports[sent as usize % ports.len()];
+                let (f, a) = (f.clone(), a.clone());
+                requests.push(thread::spawn(move || {
+                    match super::http_get(&format!("127.0.0.1:{port}")) {
+                        Ok(name) => {
+                            *a.lock().unwrap().entry(name.trim().to_owned()).or_default() += 1
+                        }
+                        Err(e) => f.lock().unwrap().push(format!(
+                            "{} ms, port {port}: {e}",
+                            started.elapsed().as_millis()
+                        )),
+                    }
+                }));
+                sent += 1;
+                let next = Duration::from_secs_f64(f64::from(sent) / f64::from(rate));
+                if let Some(wait) = next.checked_sub(started.elapsed()) {
+                    thread::sleep(wait);
+                }
+                requests.retain(|r| !r.is_finished());
+            }
+            for r in requests {
+                let _ = r.join();
+            }
+            sent
+        });
+        Load {
+            stop,
+            failed,
+            answered,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops (waiting for the requests in flight); returns (requests sent, failures, requests
+    /// per answering server).
+    pub fn finish(mut self) -> (u32, Vec<String>, BTreeMap<String, u32>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let sent = self.thread.take().map_or(0, |t| t.join().unwrap());
+        let failed = self.failed.lock().unwrap().clone();
+        let answered = self.answered.lock().unwrap().clone();
+        (sent, failed, answered)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

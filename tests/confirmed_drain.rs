@@ -1,0 +1,149 @@
+//! Confirmed drain: hecd-init ends its drain when every hecd-haproxy announced at the delete
+//! has confirmed that the backend is out of rotation and idle, with real etcd, two real
+//! HAProxy instances under hecd-haproxy, and apps that answer after 300 ms and exit at once on
+//! SIGTERM (so a request still in flight at the signal would fail).
+
+mod common;
+
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use common::etcd::{Etcd, free_port};
+use common::lb::{Lb, Load};
+use common::{Hecd, example, key, now_ms, start_command, wait_until};
+
+/// An app answering each request after 300 ms, under hecd-init with `--drain DRAIN`.
+fn slow_app(etcd: &Etcd, name: &str, drain: &str) -> Hecd {
+    let port = free_port();
+    let mut cmd = Command::new(common::hecd_init());
+    cmd.args(["--etcd", &etcd.url(), "--name", name, "--advertise"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "--ttl",
+            "3",
+            "--check-interval",
+            "200ms",
+            "--drain",
+            drain,
+            "--",
+        ])
+        .arg(example("tiny_server"))
+        .args([port.to_string(), name.to_owned()])
+        .env("TINY_DELAY_MS", "300");
+    let mut h = start_command(cmd);
+    assert!(h.expect_line("listening").starts_with("listening"));
+    h.app_pid();
+    let up = wait_until(Duration::from_secs(10), || etcd.get(&key(name)).is_some());
+    assert!(up, "{name} not registered:\n{}", h.stderr());
+    h
+}
+
+fn lb(etcd: &Etcd, id: &str) -> Lb {
+    Lb::start(&etcd.url(), &["--lb-id", id])
+}
+
+/// Stops `app` with SIGTERM; returns ms from the signal to the app's SIGTERM, and
+/// hecd-init's stderr.
+fn stop(app: &mut Hecd) -> (u128, String) {
+    let sent = now_ms();
+    app.signal(libc::SIGTERM);
+    let mut signalled = None;
+    while let Some(line) = app.line(Duration::from_secs(10)) {
+        if let Some(ms) = line.strip_prefix("signal 15 at ") {
+            signalled = ms.parse::<u128>().ok();
+            break;
+        }
+    }
+    assert!(
+        app.wait(Duration::from_secs(10)).is_some(),
+        "the app did not stop"
+    );
+    let err = app.stderr_final();
+    let at = signalled.unwrap_or_else(|| panic!("the app never got SIGTERM:\n{err}"));
+    (at - sent, err)
+}
+
+#[test]
+fn issue_12_confirmations_end_the_drain_with_no_failed_request() {
+    let etcd = Etcd::start();
+    let (lb_a, lb_b) = (lb(&etcd, "lb-a"), lb(&etcd, "lb-b"));
+    let mut apps: Vec<Hecd> = ["a", "b", "c"]
+        .iter()
+        .map(|n| slow_app(&etcd, n, "5"))
+        .collect();
+    lb_a.expect_servers(&["a", "b", "c"], Duration::from_secs(5));
+    lb_b.expect_servers(&["a", "b", "c"], Duration::from_secs(5));
+    let load = Load::start(&[lb_a.port, lb_b.port], 50);
+    thread::sleep(Duration::from_secs(2));
+
+    let (took, err) = stop(&mut apps[0]);
+    assert!(
+        err.contains("(2 of 2 load balancers confirmed)"),
+        "no confirmation logged:\n{err}"
+    );
+    // About one request (300 ms) plus the balancers' reaction; far below the 5 s drain.
+    assert!(
+        took < 2000,
+        "the app was signalled {took} ms after SIGTERM:\n{err}"
+    );
+    thread::sleep(Duration::from_secs(1));
+    let (sent, failed, answered) = load.finish();
+    assert!(failed.is_empty(), "failed requests: {failed:#?}");
+    assert!(
+        sent > 100 && answered.contains_key("a"),
+        "{sent} sent, {answered:?}"
+    );
+    for lb in [&lb_a, &lb_b] {
+        lb.expect_servers(&["b", "c"], Duration::from_secs(2));
+    }
+    assert!(
+        etcd.etcdctl(&["get", "--prefix", "/app/servers/"])
+            .contains("/app/servers/b")
+    );
+    // The balancers' own keys stay outside the server prefix.
+    let lbs = etcd.etcdctl(&["get", "--prefix", "--keys-only", "/hecd/lbs/"]);
+    assert!(
+        lbs.contains("/hecd/lbs/lb-a") && lbs.contains("/hecd/lbs/lb-b"),
+        "{lbs}"
+    );
+}
+
+#[test]
+fn issue_12_a_dead_balancer_drops_out_at_its_lease_or_the_bound() {
+    let etcd = Etcd::start();
+    let (lb_a, lb_b) = (lb(&etcd, "lb-a"), lb(&etcd, "lb-b"));
+    let mut app = slow_app(&etcd, "a", "5");
+    let _other = slow_app(&etcd, "b", "5");
+    lb_a.expect_servers(&["a", "b"], Duration::from_secs(5));
+    lb_b.expect_servers(&["a", "b"], Duration::from_secs(5));
+    drop(lb_b); // SIGKILL: hecd-haproxy and its HAProxy; its announcement lives on its lease
+    let load = Load::start(&[lb_a.port], 50);
+    thread::sleep(Duration::from_secs(1));
+    let (took, err) = stop(&mut app);
+    assert!(
+        err.contains("gone: lb-b") || err.contains("lb-b silent"),
+        "lb-b's absence not logged:\n{err}"
+    );
+    assert!(
+        (2000..=5800).contains(&took),
+        "signalled {took} ms after SIGTERM: neither lb-b's lease (5 s TTL) nor the 5 s bound"
+    );
+    let (_, failed, _) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "failed through the live balancer: {failed:#?}"
+    );
+}
+
+#[test]
+fn issue_12_no_balancer_means_the_fixed_drain() {
+    let etcd = Etcd::start();
+    let mut app = slow_app(&etcd, "a", "2");
+    let (took, err) = stop(&mut app);
+    assert!(
+        (1800..=3500).contains(&took),
+        "signalled {took} ms after SIGTERM, want the 2 s drain:\n{err}"
+    );
+    assert!(!err.contains("drained in"), "{err}");
+}
