@@ -3,7 +3,7 @@
 traffic, and a 500-backend churn. Starts (and stops) its own hecd-haproxy instances and test
 apps; etcd is the bench's.
 
-usage: lbbench.py ETCD_URL HECD_HAPROXY TINY_SERVER WORKDIR
+usage: lbbench.py ETCD_URL HECD_HAPROXY TINY_SERVER WORKDIR HECD_INIT
 
 1. Two apps behind hecd-haproxy, requests sent back to back on fresh connections. Ten times:
    a third app's key is put → the first request it serves (ms after the put); then its key is
@@ -12,6 +12,11 @@ usage: lbbench.py ETCD_URL HECD_HAPROXY TINY_SERVER WORKDIR
    deleted, put back, or moved to another port): changes applied, HAProxy reloads (worker
    processes replaced, and "reloading" log lines), time to converge, HAProxy's RSS before and
    after, hecd-haproxy's peak RSS and CPU.
+3. Confirmed drain against a fixed one: three apps that answer after 300 ms and exit at once on
+   SIGTERM, under hecd-init with --drain 5, behind two hecd-haproxy; 50 requests a second
+   through both. Ten times each: SIGTERM to one instance → its app signalled (ms), and the
+   failed requests. The fixed drain is the same with hecd-init looking for balancers under a
+   prefix where none announce (--lb-prefix /nobody).
 """
 import base64
 import json
@@ -26,7 +31,7 @@ import threading
 import time
 import urllib.request
 
-etcd_url, lb_bin, tiny, work = sys.argv[1:5]
+etcd_url, lb_bin, tiny, work, hecd_init = sys.argv[1:6]
 clk = os.sysconf("SC_CLK_TCK")
 procs = []
 
@@ -125,14 +130,21 @@ def children(pid):
 
 
 class App:
-    """A tiny_server printing `request / at MS` for every request it serves."""
+    """A tiny_server printing `request / at MS` for every request it serves (with `init`,
+    under hecd-init with those arguments before `--`)."""
 
-    def __init__(self, name):
+    def __init__(self, name, init=None, env=None):
+        self.name = name
         self.port = free_port()
         self.times = []
-        env = dict(os.environ, TINY_LOG_REQUESTS="1")
-        self.p = start([tiny, str(self.port), name], stdout=subprocess.PIPE, text=True, env=env)
+        self.signalled = None
+        env = dict(os.environ, TINY_LOG_REQUESTS="1", **(env or {}))
+        cmd = [tiny, str(self.port), name]
+        if init is not None:
+            cmd = [hecd_init, "--name", name, "--advertise", f"127.0.0.1:{self.port}"] + init + ["--"] + cmd
+        self.p = start(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         ready = threading.Event()
+        self.done = threading.Event()
 
         def read():
             for line in self.p.stdout:
@@ -140,6 +152,9 @@ class App:
                     ready.set()
                 elif line.startswith("request"):
                     self.times.append(float(line.split()[-1]))
+                elif line.startswith("signal 15 at "):
+                    self.signalled = float(line.split()[-1])
+            self.done.set()
 
         threading.Thread(target=read, daemon=True).start()
         if not ready.wait(10):
@@ -147,12 +162,13 @@ class App:
 
 
 class Lb:
-    def __init__(self, prefix, inter):
+    def __init__(self, prefix, inter, extra=()):
         self.port = free_port()
-        self.dir = os.path.join(work, "lbbench-" + prefix.strip("/").replace("/", "-"))
+        tag = (prefix + "".join(extra)).strip("/").replace("/", "-")
+        self.dir = os.path.join(work, "lbbench-" + tag)
         self.log = open(self.dir + ".log", "w")
         self.p = start([lb_bin, "--etcd", etcd_url, "--listen", f"127.0.0.1:{self.port}", "--dir", self.dir,
-                        "--prefix", prefix, "--check-inter", inter], stderr=self.log, stdin=subprocess.DEVNULL)
+                        "--prefix", prefix, "--check-inter", inter] + list(extra), stderr=self.log, stdin=subprocess.DEVNULL)
         self.sock = os.path.join(self.dir, "admin.sock")
         within(20, lambda: os.path.exists(self.sock) and "Pid" in self._try("show info"), "HAProxy to start")
 
@@ -276,9 +292,90 @@ def churn():
     stop(lb.p)
 
 
+class ConcurrentLoad:
+    """`rate` requests a second through `ports` in turn, each on its own thread."""
+
+    def __init__(self, ports, rate):
+        self.failed = 0
+        self.sent = 0
+        self.stop_flag = threading.Event()
+        self.lock = threading.Lock()
+
+        def one(port):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.settimeout(5)
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                head = s.recv(64)
+                while s.recv(4096):
+                    pass
+                s.close()
+                ok = head.split(b" ")[1:2] == [b"200"]
+            except OSError:
+                ok = False
+            if not ok:
+                with self.lock:
+                    self.failed += 1
+
+        def run():
+            started = time.time()
+            while not self.stop_flag.is_set():
+                threading.Thread(target=one, args=(ports[self.sent % len(ports)],), daemon=True).start()
+                self.sent += 1
+                time.sleep(max(0.0, started + self.sent / rate - time.time()))
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def finish(self):
+        self.stop_flag.set()
+        self.thread.join(5)
+        time.sleep(1)  # the last requests (300 ms each) finish
+        return self.sent, self.failed
+
+
+def confirmed_drain():
+    prefix = "/app/cdrain"
+    lbs = []
+    for lb_id in ("lb-a", "lb-b"):
+        lbs.append(Lb(prefix, "500ms", ["--lb-id", lb_id]))
+    results = {}
+    for mode, extra in (("confirmed", []), ("fixed", ["--lb-prefix", "/nobody"])):
+        init = ["--etcd", etcd_url, "--prefix", prefix, "--ttl", "3", "--check-interval", "200ms",
+                "--drain", "5"] + extra
+        apps = [App(f"{mode}-{i}", init, {"TINY_DELAY_MS": "300"}) for i in range(3)]
+        names = {a.name for a in apps}
+        within(20, lambda: all(set(servers(lb.sock)) == names for lb in lbs), "3 servers on both balancers")
+        load = ConcurrentLoad([lb.port for lb in lbs], 50)
+        took = []
+        for run in range(10):
+            names = {a.name for a in apps}
+            within(20, lambda: all(set(servers(lb.sock)) == names for lb in lbs), "3 servers on both balancers")
+            time.sleep(0.5)
+            victim = apps.pop(0)
+            sent = now_ms()
+            victim.p.send_signal(signal.SIGTERM)
+            victim.done.wait(15)
+            victim.p.wait(timeout=10)
+            took.append(victim.signalled - sent if victim.signalled else float("nan"))
+            apps.append(App(f"{mode}-{run + 3}", init, {"TINY_DELAY_MS": "300"}))
+        sent, failed = load.finish()
+        for a in apps:
+            stop(a.p)
+        results[mode] = (took, sent, failed)
+    for lb in lbs:
+        stop(lb.p)
+    print("confirmed drain against a fixed one (--drain 5, apps answering after 300 ms, 2 balancers)")
+    for mode, (took, sent, failed) in results.items():
+        label = "SIGTERM → app signalled, " + ("confirmations" if mode == "confirmed" else "fixed drain")
+        print(f"{label:44} {statistics.median(took):.0f} ms (failed {failed} of {sent})")
+        print(f"  (runs: {' '.join(f'{t:.0f}' for t in took)} ms)")
+
+
 try:
     latency()
     churn()
+    confirmed_drain()
 finally:
     for p in procs:
         if p.poll() is None:

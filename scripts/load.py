@@ -5,6 +5,7 @@ usage: load.py PORT SECONDS RATE [SIGNAL_AT PID]
 Sends about RATE GET / requests a second to 127.0.0.1:PORT for SECONDS (one at a time, 3 s
 timeout each); with SIGNAL_AT and PID, sends SIGTERM to PID that many seconds in. Prints one
 summary line, `requests=N ok=N failed=N answered={...}`, and exits 1 if any request failed.
+SIGINT ends the load early (the summary is still printed).
 """
 import collections
 import os
@@ -19,7 +20,9 @@ victim = int(sys.argv[5]) if len(sys.argv) > 5 else None
 ok, failed, who = 0, 0, collections.Counter()
 start = time.time()
 sent = False
-while time.time() - start < seconds:
+stopping = []
+signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+while time.time() - start < seconds and not stopping:
     t = time.time()
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3).read()
