@@ -14,12 +14,6 @@ use common::{
     start_with_closed_stderr, status_field, wait_until,
 };
 
-fn ms_after(line: &str, prefix: &str) -> u128 {
-    line.strip_prefix(prefix)
-        .and_then(|r| r.trim().parse().ok())
-        .unwrap_or_else(|| panic!("expected {prefix:?}..., got {line:?}"))
-}
-
 /// Sends SIGTERM and checks the order: key gone within 1 s, the app's TERM a drain (1 s,
 /// generous margin) after it.
 fn assert_stop_order(etcd: &Etcd, h: &mut common::Hecd, name: &str) {
@@ -27,7 +21,7 @@ fn assert_stop_order(etcd: &Etcd, h: &mut common::Hecd, name: &str) {
     h.signal(libc::SIGTERM);
     let gone =
         common::time_key_gone(etcd, &key(name), Duration::from_secs(5)).expect("key deleted");
-    let term = ms_after(&h.expect_line("signal 15"), "signal 15 at ");
+    let term = common::signalled_at(&h.expect_line("signal 15"), libc::SIGTERM);
     assert_eq!(h.expect_exit(), 0);
     eprintln!(
         "key gone {} ms after SIGTERM; app's TERM {} ms after that",

@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 use common::etcd::Etcd;
 use common::{key, now_ms, start_registered, wait_until};
 
-/// The `signal 15 at MS` line of tiny_server.
-fn signalled_at(line: &str, sig: i32) -> u128 {
-    let rest = line
-        .strip_prefix(&format!("signal {sig} at "))
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-    rest.trim().parse().expect("ms")
-}
-
 #[test]
 fn sigterm_deletes_the_key_then_drains_then_signals_the_app() {
     let etcd = Etcd::start();
@@ -30,7 +22,7 @@ fn sigterm_deletes_the_key_then_drains_then_signals_the_app() {
     h.signal(libc::SIGTERM);
     let gone =
         common::time_key_gone(&etcd, &key("web-s"), Duration::from_secs(5)).expect("key deleted");
-    let app_got_term = signalled_at(&h.expect_line("TERM"), libc::SIGTERM);
+    let app_got_term = common::signalled_at(&h.expect_line("TERM"), libc::SIGTERM);
     assert_eq!(h.expect_exit(), 0);
     eprintln!(
         "deregistered {} ms after SIGTERM; app signalled {} ms after the key was gone",

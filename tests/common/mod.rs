@@ -501,6 +501,13 @@ pub fn http_get(addr: &str) -> Result<String, String> {
     }
 }
 
+/// The time (ms since the epoch) in tiny_server's `signal SIG at MS` line.
+pub fn signalled_at(line: &str, sig: i32) -> u128 {
+    line.strip_prefix(&format!("signal {sig} at "))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("expected \"signal {sig} at MS\", got {line:?}"))
+}
+
 /// Milliseconds since the epoch (to compare with tiny_server's `signal N at MS` lines).
 pub fn now_ms() -> u128 {
     std::time::SystemTime::now()
