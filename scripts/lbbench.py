@@ -71,11 +71,22 @@ def start(args, **kw):
     return p
 
 
+def descendants(pid):
+    out = []
+    for child in children(pid):
+        out += [child] + descendants(child)
+    return out
+
+
 def stop(p):
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILLs p's process group and every descendant's (an app under hecd-init leads a
+    session of its own, HAProxy a process group of its own), then reaps p."""
+    for pid in [p.pid] + descendants(p.pid):
+        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                kill()
+            except (ProcessLookupError, PermissionError):
+                pass
     p.wait(timeout=10)
 
 
@@ -334,8 +345,17 @@ class ConcurrentLoad:
         return self.sent, self.failed
 
 
+def announced():
+    """The balancer ids announced under /hecd/lbs/ now."""
+    body = etcd("/v3/kv/range", {"key": b64("/hecd/lbs/"), "range_end": b64("/hecd/lbs0"), "keys_only": True})
+    return {base64.b64decode(kv["key"]).decode().rsplit("/", 1)[1] for kv in body.get("kvs", [])}
+
+
 def confirmed_drain():
     prefix = "/app/cdrain"
+    # The balancers of the sections above are gone, but their announcements live on until
+    # their leases end (5 s): a stop now would wait for them (as it should for a dead balancer).
+    within(15, lambda: not announced(), "earlier balancers' announcements to expire")
     lbs = []
     for lb_id in ("lb-a", "lb-b"):
         lbs.append(Lb(prefix, "500ms", ["--lb-id", lb_id]))

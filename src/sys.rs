@@ -224,3 +224,24 @@ pub fn prepare_child(
     // pthread_sigmask) and allocates nothing.
     unsafe { command.pre_exec(hook) };
 }
+
+/// Arranges for the child to get `sig` when the thread that spawns it ends (hecd-haproxy's
+/// main thread: the process), so HAProxy never outlives a SIGKILLed hecd-haproxy. If the parent
+/// is already gone when the child starts, the child exits at once.
+pub fn die_with_parent(command: &mut Command, sig: c_int) {
+    let parent = std::process::id() as libc::pid_t;
+    let hook = move || -> io::Result<()> {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number; async-signal-safe.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != parent {
+            // SAFETY: _exit ends the forked child without running any handler.
+            unsafe { libc::_exit(1) };
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls async-signal-safe functions (prctl, getppid, _exit).
+    unsafe { command.pre_exec(hook) };
+}

@@ -63,7 +63,7 @@ fn issue_10_changes_under_load_fail_no_request_and_never_reload() {
     // SIGKILLed: the app dies at once (hecd-init deletes the key when it sees the exit), and
     // requests in flight to it are redispatched by HAProxy.
     let c_app = c.app_pid();
-    unsafe_kill(c_app, libc::SIGKILL);
+    send(c_app, libc::SIGKILL);
     lb.expect_servers(&["b"], Duration::from_secs(5));
     let _d = instance(&etcd, "d");
     lb.expect_servers(&["b", "d"], Duration::from_secs(5));
@@ -108,7 +108,7 @@ fn issue_10_changes_under_load_fail_no_request_and_never_reload() {
     assert!(lb.config_servers()[2].starts_with("server e 127.0.0.1:"));
 }
 
-fn unsafe_kill(pid: i32, sig: i32) {
+fn send(pid: i32, sig: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::try_from(sig).unwrap(),
@@ -412,5 +412,24 @@ fn issue_10_follows_etcd_over_tls_with_auth() {
     assert_eq!(
         get(lb.port).ok().as_deref().map(|n| n == "a" || n == "b"),
         Some(true)
+    );
+}
+
+/// HAProxy never outlives hecd-haproxy: SIGKILL to hecd-haproxy alone (not its group), and
+/// the master and its workers are gone within seconds (nothing keeps serving a backend that no
+/// one updates any more).
+#[test]
+fn issue_10_haproxy_dies_with_a_killed_hecd_haproxy() {
+    let etcd = Etcd::start();
+    let lb = Lb::start(&etcd.url(), &[]);
+    let (master, workers) = lb.workers();
+    assert!(common::alive(master) && workers.iter().all(|w| common::alive(*w)));
+    send(lb.h.pid(), libc::SIGKILL);
+    let gone = wait_until(Duration::from_secs(10), || {
+        !common::alive(master) && workers.iter().all(|w| !common::alive(*w))
+    });
+    assert!(
+        gone,
+        "HAProxy outlived hecd-haproxy: master {master}, workers {workers:?}"
     );
 }

@@ -412,16 +412,22 @@ fn check_config(haproxy: &Path, config: &Path) -> Result<(), String> {
 }
 
 /// Starts the HAProxy master (`-W`, in the foreground, its own process group so a terminal's
-/// Ctrl-C reaches hecd-haproxy, which passes it on). Its stdout and stderr are ours.
+/// Ctrl-C reaches hecd-haproxy, which passes it on; SIGTERM when hecd-haproxy dies). Its
+/// stdout and stderr are ours.
 fn start_haproxy(haproxy: &Path, frontend: &Frontend) -> Result<i32, String> {
     use std::os::unix::process::CommandExt;
     let _ = std::fs::remove_file(frontend.socket_path());
-    let child = Command::new(haproxy)
+    let mut command = Command::new(haproxy);
+    command
         .arg("-W")
         .arg("-f")
         .arg(frontend.config_path())
         .stdin(Stdio::null())
-        .process_group(0)
+        .process_group(0);
+    // SIGKILLed (or crashed), hecd-haproxy takes HAProxy with it: SIGTERM to the master, which
+    // stops its workers; nothing is left serving a backend that no one keeps up to date.
+    crate::sys::die_with_parent(&mut command, libc::SIGTERM);
+    let child = command
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", haproxy.display()))?;
     // Reaped by `reap` on SIGCHLD, not through `Child`.
