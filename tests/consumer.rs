@@ -353,25 +353,8 @@ fn issue_10_follows_etcd_over_tls_with_auth() {
     let dir = TempDir::new("lb-tls");
     common::etcd::make_certs(&dir.0);
     let p = |f: &str| dir.0.join(f).to_string_lossy().into_owned();
-    let https = format!("https://127.0.0.1:{}", free_port());
-    let etcd = Etcd::start_with_url(
-        https.clone(),
-        &[
-            "--cert-file",
-            &p("server.pem"),
-            "--key-file",
-            &p("server.key"),
-        ],
-    );
-    for args in [
-        &["user", "add", "root:lb-pass"][..],
-        &["role", "add", "root"],
-        &["user", "grant-role", "root", "root"],
-        &["auth", "enable"],
-    ] {
-        let out = etcd.etcdctl(args);
-        assert!(!out.contains("Error"), "etcdctl {args:?}: {out}");
-    }
+    let (etcd, https) = Etcd::start_tls(&dir.0, &[]);
+    etcd.enable_auth("lb-pass");
     let apps: Vec<(Hecd, u16)> = ["a", "b"]
         .iter()
         .map(|name| {

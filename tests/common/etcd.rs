@@ -284,6 +284,31 @@ impl Etcd {
         );
     }
 
+    /// A member with an extra `https://` client URL served with the certificates
+    /// [`make_certs`] wrote in `certs` (plus `args`); returns it and that URL.
+    pub fn start_tls(certs: &std::path::Path, args: &[&str]) -> (Etcd, String) {
+        let https = format!("https://127.0.0.1:{}", free_port());
+        let file = |f: &str| certs.join(f).to_string_lossy().into_owned();
+        let (cert, key) = (file("server.pem"), file("server.key"));
+        let mut all = vec!["--cert-file", cert.as_str(), "--key-file", key.as_str()];
+        all.extend_from_slice(args);
+        (Etcd::start_with_url(https.clone(), &all), https)
+    }
+
+    /// Turns authentication on with a `root` user (role `root`) whose password is `password`.
+    pub fn enable_auth(&self, password: &str) {
+        let user = format!("root:{password}");
+        for args in [
+            &["user", "add", user.as_str()][..],
+            &["role", "add", "root"],
+            &["user", "grant-role", "root", "root"],
+            &["auth", "enable"],
+        ] {
+            let out = self.etcdctl(args);
+            assert!(!out.contains("Error"), "etcdctl {args:?}: {out}");
+        }
+    }
+
     /// Runs etcdctl against this member's plain URL.
     pub fn etcdctl(&self, args: &[&str]) -> String {
         let out = Command::new("etcdctl")
