@@ -154,6 +154,21 @@ pub const OPTIONS: &[OptSpec] = &[
         repeat: true,
     },
     opt(
+        "user",
+        "USER[:GROUP]",
+        "none: the app runs as hecd-init does",
+        "run the app (only the app) as this user: a name from /etc/passwd or a uid; GROUP a name or gid",
+    ),
+    OptSpec {
+        long: "no-new-privileges",
+        short: None,
+        value: None,
+        default: "off",
+        help: "set the app's no-new-privileges bit: setuid binaries and file capabilities give it nothing",
+        env: true,
+        repeat: false,
+    },
+    opt(
         "etcd-cacert",
         "FILE",
         "none",
@@ -226,6 +241,10 @@ pub fn env_name(long: &str) -> String {
 pub struct Given {
     pub value: String,
     pub source: String,
+    /// Where a value from the command line sits: (index in the scanned `args`, byte offset of
+    /// the value in that word), so a password can be overwritten where `/proc/<pid>/cmdline`
+    /// shows it. `None` for a value from a variable.
+    pub at: Option<(usize, usize)>,
 }
 
 /// The scanned command line: what each option got, and the app's command.
@@ -245,6 +264,21 @@ impl RawArgs {
     /// Every value of a repeatable option, in order.
     pub fn all(&self, long: &str) -> &[Given] {
         self.values.get(long).map_or(&[], Vec::as_slice)
+    }
+}
+
+impl RawArgs {
+    /// Where the command line holds a password: the `PASSWORD` of every `--etcd-user
+    /// USER:PASSWORD`, as (index in the scanned `args`, byte range in that word).
+    pub fn password_spans(&self) -> Vec<(usize, std::ops::Range<usize>)> {
+        self.all("etcd-user")
+            .iter()
+            .filter_map(|g| {
+                let (word, offset) = g.at?;
+                let colon = g.value.find(':')?;
+                Some((word, offset + colon + 1..offset + g.value.len()))
+            })
+            .collect()
     }
 }
 
@@ -309,11 +343,14 @@ pub fn scan(
         }
         let text = utf8(arg, "option")?;
         let mut found: Vec<(&'static OptSpec, String, Option<String>)> = Vec::new();
+        let word = i - 1;
+        let mut inline_at = 0;
         if let Some(long) = text.strip_prefix("--") {
             let (name, inline) = match long.split_once('=') {
                 Some((n, v)) => (n, Some(v.to_owned())),
                 None => (long, None),
             };
+            inline_at = 2 + name.len() + 1;
             let spec = lookup_long(name).ok_or_else(|| {
                 UsageError::new(format!("--{name}"), "unknown option (see --help)")
             })?;
@@ -328,16 +365,16 @@ pub fn scan(
             }
         }
         for (spec, source, inline) in found {
-            let value = match (spec.value, inline) {
+            let (value, at) = match (spec.value, inline) {
                 (None, Some(_)) => return Err(UsageError::new(source, "takes no value")),
-                (None, None) => "true".to_owned(),
-                (Some(_), Some(v)) => v,
+                (None, None) => ("true".to_owned(), None),
+                (Some(_), Some(v)) => (v, Some((word, inline_at))),
                 (Some(form), None) => {
                     let next = args
                         .get(i)
                         .ok_or_else(|| UsageError::new(&source, format!("expected {form}")))?;
                     i += 1;
-                    utf8(next, &source)?
+                    (utf8(next, &source)?, Some((i - 1, 0)))
                 }
             };
             match spec.long {
@@ -348,7 +385,7 @@ pub fn scan(
             raw.values
                 .entry(spec.long)
                 .or_default()
-                .push(Given { value, source });
+                .push(Given { value, source, at });
         }
     }
     for spec in options.iter().filter(|o| o.env) {
@@ -373,6 +410,7 @@ pub fn scan(
             raw.values.entry(spec.long).or_default().push(Given {
                 value: part.to_owned(),
                 source: var.clone(),
+                at: None,
             });
         }
     }

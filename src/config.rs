@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::cli::{Given, RawArgs};
 use crate::error::UsageError;
 use crate::signal::Rewrites;
+use crate::user::{self, UserSpec};
 
 /// Longest duration any option accepts; longer values are typos, and this keeps deadline
 /// arithmetic far from overflow.
@@ -34,6 +35,11 @@ pub struct Config {
     /// Changes to the environment the app starts with: each variable removed (`None`) or set
     /// to a value (`Some`), so hecd-init's secrets never reach the app.
     pub app_env: Vec<(String, Option<String>)>,
+    /// `--user`, checked for form (looked up in the image's files by `user::resolve`), with
+    /// the option or variable it came from.
+    pub user: Option<(UserSpec, String)>,
+    /// `--no-new-privileges`: the app starts with the no-new-privileges bit.
+    pub no_new_privileges: bool,
 }
 
 /// Which etcd API to speak.
@@ -208,6 +214,12 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     let drain = errors.take(dur("drain", None, Duration::ZERO));
     let stop_timeout = errors.take(dur("stop-timeout", None, Duration::from_millis(1)));
     let single_child = errors.take(flag(&raw, "single-child"));
+    let no_new_privileges = errors.take(flag(&raw, "no-new-privileges"));
+    let user = errors.take(
+        raw.get("user")
+            .map(|g| user::parse_spec(&g.value, &g.source).map(|u| (u, g.source.clone())))
+            .transpose(),
+    );
     let verbose = errors.take(verbosity(&raw));
     let rewrites = errors.take(
         raw.all("rewrite")
@@ -291,6 +303,8 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
         rewrites: Rewrites::new(rewrites.unwrap_or_default(), !single_child.unwrap_or(false)),
         log_filter,
         app_env,
+        user: user.flatten(),
+        no_new_privileges: no_new_privileges.unwrap_or(false),
     })
 }
 

@@ -22,3 +22,4 @@ pub mod registrar;
 pub mod signal;
 pub mod supervisor;
 pub mod sys;
+pub mod user;

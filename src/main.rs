@@ -7,7 +7,7 @@
 #![cfg_attr(not(test), no_main)] // unit tests keep the test harness's own main
 #![deny(unsafe_code)]
 
-use hecd_init::{cli, config, error, logging, registrar, supervisor, sys};
+use hecd_init::{cli, config, error, logging, registrar, supervisor, sys, user};
 use std::ffi::OsString;
 use std::io::Write;
 
@@ -20,11 +20,18 @@ use error::status;
 extern "C" fn main(argc: std::ffi::c_int, argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
     // SAFETY: the C runtime passes `argc` valid NUL-terminated strings in `argv`.
     let args = unsafe { sys::args_from_c(argc, argv) };
-    std::ffi::c_int::from(run(&args))
+    let scrub_args = |spans: Vec<(usize, std::ops::Range<usize>)>| {
+        for (word, range) in spans {
+            // SAFETY: argv is main's own, unmoved; `run` calls this before starting any
+            // thread. `args` skipped the program name, so word i is argv[i + 1].
+            unsafe { sys::scrub_arg(argc, argv, word + 1, range) };
+        }
+    };
+    std::ffi::c_int::from(run(&args, scrub_args))
 }
 
 #[cfg_attr(test, allow(dead_code, reason = "called only from the C main"))]
-fn run(args: &[OsString]) -> u8 {
+fn run(args: &[OsString], scrub_args: impl FnOnce(Vec<(usize, std::ops::Range<usize>)>)) -> u8 {
     // First, before anything can change it: the signal state the app must inherit.
     let inherited = match sys::InheritedSignals::capture() {
         Ok(i) => i,
@@ -40,6 +47,12 @@ fn run(args: &[OsString]) -> u8 {
         say(&format!("cannot block signals: {e}"));
         return status::INTERNAL;
     }
+    // Nobody without CAP_SYS_PTRACE (the app included, even as root) may ptrace hecd-init or
+    // read its memory, where the etcd credentials will be.
+    if let Err(e) = sys::make_not_dumpable() {
+        say(&format!("cannot make hecd-init not dumpable: {e}"));
+        return status::INTERNAL;
+    }
     let raw = match cli::parse(args, |name| std::env::var_os(name)) {
         Ok(cli::Request::Run(raw)) => raw,
         Ok(cli::Request::Help) => return print_stdout(&cli::help_text()),
@@ -49,11 +62,12 @@ fn run(args: &[OsString]) -> u8 {
             return status::USAGE;
         }
     };
+    let password_spans = raw.password_spans();
     let extra = config::Extra {
         password: std::env::var("HECD_ETCD_PASSWORD").ok(),
         log: std::env::var("HECD_LOG").ok(),
     };
-    let config = match config::build(raw, extra) {
+    let mut config = match config::build(raw, extra) {
         Ok(c) => c,
         Err(errors) => {
             for e in errors {
@@ -69,6 +83,27 @@ fn run(args: &[OsString]) -> u8 {
             return status::USAGE;
         }
     };
+    let identity = match &config.user {
+        None => None,
+        Some((spec, source)) => match user::resolve(spec, source) {
+            Ok(resolved) => {
+                let home = std::env::var("HOME").ok();
+                if let Some(home) = user::app_home(home.as_deref(), &resolved) {
+                    config.app_env.push(("HOME".to_owned(), Some(home)));
+                }
+                Some(resolved.identity)
+            }
+            Err(e) => {
+                say(&e.to_string());
+                return status::USAGE;
+            }
+        },
+    };
+    // Everything is read: overwrite the passwords where /proc/<pid>/environ and /cmdline show
+    // them, before any thread starts. The app's environment is built from what is left.
+    sys::scrub_env_value("HECD_ETCD_PASSWORD", false);
+    sys::scrub_env_value("HECD_ETCD_USER", true);
+    scrub_args(password_spans);
     logging::init(&config.log_filter);
     // A panic is a bug: one line the operator can find. On the registrar threads it ends only
     // that thread (they catch it); the supervisor has no code that can panic, and should it
@@ -76,7 +111,8 @@ fn run(args: &[OsString]) -> u8 {
     std::panic::set_hook(Box::new(|info| {
         say(&format!("error: internal error, please report: {info}"));
     }));
-    let supervise = std::panic::AssertUnwindSafe(|| supervisor::run(config, &inherited, plan));
+    let supervise =
+        std::panic::AssertUnwindSafe(|| supervisor::run(config, &inherited, plan, identity));
     let status = std::panic::catch_unwind(supervise).unwrap_or(status::INTERNAL);
     logging::flush(std::time::Duration::from_secs(1));
     status

@@ -43,7 +43,7 @@ pub fn name(sig: i32) -> String {
     if let Some((n, _)) = NAMES.iter().find(|(_, num)| *num == sig) {
         return (*n).to_string();
     }
-    let (min, max) = (sys::rt_min(), sys::max_signal());
+    let (min, max) = (sys::RTMIN, sys::MAX_SIGNAL);
     if (min..=max).contains(&sig) {
         return format!("RTMIN+{}", sig - min);
     }
@@ -55,7 +55,7 @@ pub fn name(sig: i32) -> String {
 pub fn parse(text: &str, allow_zero: bool) -> Option<i32> {
     let upper = text.trim().to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    let (min, max) = (sys::rt_min(), sys::max_signal());
+    let (min, max) = (sys::RTMIN, sys::MAX_SIGNAL);
     let sig = if let Ok(n) = bare.parse::<i32>() {
         n
     } else if let Some((_, n)) = NAMES.iter().find(|(n, _)| *n == bare) {
@@ -124,9 +124,9 @@ mod tests {
         assert_eq!(parse("sigquit", false), Some(3));
         assert_eq!(parse("SIGUSR1", false), Some(10));
         assert_eq!(parse("15", false), Some(15));
-        assert_eq!(parse("RTMIN", false), Some(sys::rt_min()));
-        assert_eq!(parse("RTMIN+2", false), Some(sys::rt_min() + 2));
-        assert_eq!(parse("RTMAX-1", false), Some(sys::max_signal() - 1));
+        assert_eq!(parse("RTMIN", false), Some(sys::RTMIN));
+        assert_eq!(parse("RTMIN+2", false), Some(sys::RTMIN + 2));
+        assert_eq!(parse("RTMAX-1", false), Some(sys::MAX_SIGNAL - 1));
         assert_eq!(parse("0", true), Some(0));
     }
 
@@ -149,8 +149,8 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for sig in 1..=sys::max_signal() {
-            if (32..sys::rt_min()).contains(&sig) {
+        for sig in 1..=sys::MAX_SIGNAL {
+            if (32..sys::RTMIN).contains(&sig) {
                 continue; // reserved by the libc, no name
             }
             assert_eq!(parse(&name(sig), false), Some(sig), "{}", name(sig));

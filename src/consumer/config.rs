@@ -123,6 +123,9 @@ pub struct Config {
     /// TLS files and credentials.
     pub access: EtcdAccess,
     pub log_filter: String,
+    /// Where the command line holds a password, for `main` to overwrite (see
+    /// `cli::RawArgs::password_spans`).
+    pub password_spans: Vec<(usize, std::ops::Range<usize>)>,
 }
 
 /// What the command line asks for.
@@ -192,6 +195,7 @@ pub fn parse(
         .get("haproxy")
         .map_or_else(|| PathBuf::from("haproxy"), |g| PathBuf::from(&g.value));
     let verbose = errors.take(verbosity(&raw));
+    let password_spans = raw.password_spans();
     let access = etcd_access(&raw, password, &mut errors);
     let log = checked_log_filter(log, &mut errors);
     if !errors.0.is_empty() {
@@ -223,6 +227,7 @@ pub fn parse(
         haproxy,
         access,
         log_filter,
+        password_spans,
     })))
 }
 

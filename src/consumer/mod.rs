@@ -386,9 +386,25 @@ fn save_state(runtime: &Runtime, frontend: &Frontend) {
     }
 }
 
+/// The variables that carry etcd credentials. HAProxy never gets them: its admin socket's
+/// `show env`, a Lua script or a `${VAR}` in a config would hand them to whoever reads those.
+pub const SECRET_VARIABLES: &[&str] = &[
+    "HECD_ETCD_PASSWORD",
+    "HECD_ETCD_USER",
+    "HECD_ETCD_PASSWORD_FILE",
+];
+
+/// `command` with the etcd credential variables removed from its environment.
+fn without_secrets(mut command: Command) -> Command {
+    for name in SECRET_VARIABLES {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// `haproxy -c`: the config must be valid before HAProxy gets it.
 fn check_config(haproxy: &Path, config: &Path) -> Result<(), String> {
-    let out = Command::new(haproxy)
+    let out = without_secrets(Command::new(haproxy))
         .args(["-c", "-q", "-f"])
         .arg(config)
         .stdin(Stdio::null())
@@ -417,7 +433,7 @@ fn check_config(haproxy: &Path, config: &Path) -> Result<(), String> {
 fn start_haproxy(haproxy: &Path, frontend: &Frontend) -> Result<i32, String> {
     use std::os::unix::process::CommandExt;
     let _ = std::fs::remove_file(frontend.socket_path());
-    let mut command = Command::new(haproxy);
+    let mut command = without_secrets(Command::new(haproxy));
     command
         .arg("-W")
         .arg("-f")

@@ -12,6 +12,8 @@ pub struct Listener {
     pub addr: IpAddr,
     pub port: u16,
     pub inode: u64,
+    /// The socket's owner (the uid column).
+    pub uid: u32,
 }
 
 /// Parses `/proc/net/tcp` or `/proc/net/tcp6` text into its LISTEN sockets. Malformed lines
@@ -63,8 +65,14 @@ fn parse_tcp_line(line: &str) -> Option<Listener> {
     let (addr_hex, port_hex) = f[1].split_once(':')?;
     let port = u16::from_str_radix(port_hex, 16).ok()?;
     let addr = parse_hex_addr(addr_hex)?;
+    let uid = f[7].parse().ok()?;
     let inode = f[9].parse().ok()?;
-    Some(Listener { addr, port, inode })
+    Some(Listener {
+        addr,
+        port,
+        inode,
+        uid,
+    })
 }
 
 /// The kernel prints addresses as 32-bit words in host byte order (little-endian here).
@@ -199,25 +207,32 @@ pub fn default_gateway() -> Option<Ipv4Addr> {
 /// The TCP ports the processes of session `sid` (the app and everything it started in its
 /// session) listen on, lowest first, with the listening address.
 pub fn app_listeners(sid: i32) -> Vec<Listener> {
-    let inodes = session_socket_inodes(sid);
-    if inodes.is_empty() {
+    let (inodes, uids) = session_sockets(sid);
+    if inodes.is_empty() && uids.is_empty() {
         return Vec::new();
     }
     let mut found: Vec<Listener> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .flat_map(|path| read_listeners(path))
-        .filter(|l| inodes.contains(&l.inode))
+        .filter(|l| inodes.contains(&l.inode) || uids.contains(&l.uid))
         .collect();
     found.sort_by_key(|l| (l.port, l.addr.is_ipv6()));
     found.dedup_by_key(|l| l.port);
     found
 }
 
-/// Socket inodes open in any process whose session is `sid`.
-fn session_socket_inodes(sid: i32) -> HashSet<u64> {
+/// Socket inodes open in any process whose session is `sid`, and the uids of the session's
+/// processes whose descriptors hecd-init may not list. That is an app under `--user` when
+/// hecd-init lacks CAP_SYS_PTRACE (Docker's default): `/proc/<pid>/fd` of another user's
+/// process needs it, even for root. Their listening sockets are then known by owner instead
+/// (the uid column of `/proc/net/tcp`): in a container's network namespace, a socket of the
+/// app's user is the app's.
+fn session_sockets(sid: i32) -> (HashSet<u64>, HashSet<u32>) {
+    use std::os::unix::fs::MetadataExt;
     let mut inodes = HashSet::new();
+    let mut uids = HashSet::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return inodes;
+        return (inodes, uids);
     };
     for entry in procs.flatten() {
         let name = entry.file_name();
@@ -227,8 +242,16 @@ fn session_socket_inodes(sid: i32) -> HashSet<u64> {
         if session_of(pid) != Some(sid) {
             continue;
         }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
+        let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(fds) => fds,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                // /proc/<pid> belongs to the process's effective uid.
+                if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}")) {
+                    uids.insert(meta.uid());
+                }
+                continue;
+            }
+            Err(_) => continue,
         };
         for fd in fds.flatten() {
             if let Ok(target) = std::fs::read_link(fd.path())
@@ -242,7 +265,7 @@ fn session_socket_inodes(sid: i32) -> HashSet<u64> {
             }
         }
     }
-    inodes
+    (inodes, uids)
 }
 
 /// The session id field of `/proc/<pid>/stat` (after the parenthesised command name).
@@ -268,7 +291,8 @@ mod tests {
             Listener {
                 addr: "0.0.0.0".parse().unwrap(),
                 port: 2024,
-                inode: 1677
+                inode: 1677,
+                uid: 0
             }
         );
         assert!(
@@ -283,7 +307,8 @@ mod tests {
             [Listener {
                 addr: "::".parse().unwrap(),
                 port: 8080,
-                inode: 84451
+                inode: 84451,
+                uid: 0
             }]
         );
         let loopback = "sl local\n 0: 0100007F:1F90 00000000:0000 0A 0:0 0:0 0 0 0 77 1\n";
@@ -342,13 +367,15 @@ mod tests {
                     0: 0100007F:GGGG 00000000:0000 0A 0:0 0:0 0 0 0 5\n\
                     0: 0100007F:1F90 00000000:0000 0A 0:0 0:0 0 0 0 notanumber\n\
                     0: 0100007F:1F90 00000000:0000 0A\n\
-                    0: 0100007F:1F91 00000000:0000 0A 0:0 0:0 0 0 0 9\n";
+                    0: 0100007F:1F90 00000000:0000 0A 0:0 0:0 0 uid 0 9\n\
+                    0: 0100007F:1F91 00000000:0000 0A 0:0 0:0 0 65534 0 9\n";
         assert_eq!(
             parse_listeners(text),
             [Listener {
                 addr: "127.0.0.1".parse().unwrap(),
                 port: 8081,
-                inode: 9
+                inode: 9,
+                uid: 65534
             }]
         );
         assert!(parse_listeners("").is_empty());

@@ -58,7 +58,12 @@ struct Drain {
 }
 
 /// Runs the app under supervision and returns hecd-init's exit status.
-pub fn run(config: Config, inherited: &InheritedSignals, plan: Option<Plan>) -> u8 {
+pub fn run(
+    config: Config,
+    inherited: &InheritedSignals,
+    plan: Option<Plan>,
+    identity: Option<sys::Identity>,
+) -> u8 {
     let signals = match setup_signals() {
         Ok(s) => s,
         Err(e) => {
@@ -87,7 +92,13 @@ pub fn run(config: Config, inherited: &InheritedSignals, plan: Option<Plan>) -> 
             take_tty: tty.take_tty,
         }
     };
-    let pid = match spawn::spawn(&config.command, inherited, session, &config.app_env) {
+    let app = spawn::App {
+        command: config.command.clone(),
+        env: config.app_env.clone(),
+        identity,
+        no_new_privileges: config.no_new_privileges,
+    };
+    let pid = match spawn::spawn(&app, inherited, session) {
         Ok(pid) => pid,
         Err(e) => {
             log::error!("{e}");
@@ -137,15 +148,18 @@ pub fn run(config: Config, inherited: &InheritedSignals, plan: Option<Plan>) -> 
     sup.run_loop()
 }
 
-/// Blocks every catchable signal and opens the signalfd that reads them. Must run before any
-/// thread starts so every thread inherits the mask.
+/// Blocks every signal number and opens the signalfd that reads them, 32 to 34 included (see
+/// `sys::block_all_signals`). Must run before any thread starts so every thread inherits the
+/// mask.
 fn setup_signals() -> std::io::Result<SignalFd> {
     sys::make_sigchld_default()?;
     sys::block_all_signals()?;
-    Ok(SignalFd::with_flags(
+    let fd = SignalFd::with_flags(
         &SigSet::all(),
         SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
-    )?)
+    )?;
+    sys::signalfd_read_all(fd.as_fd())?;
+    Ok(fd)
 }
 
 impl Supervisor {

@@ -106,6 +106,6 @@ mod tests {
         assert_eq!(meaning(libc::SIGINT), Meaning::Stop);
         assert_eq!(meaning(libc::SIGTSTP), Meaning::Suspend);
         assert_eq!(meaning(libc::SIGSEGV), Meaning::Forward);
-        assert_eq!(meaning(sys::rt_min()), Meaning::Forward);
+        assert_eq!(meaning(sys::RTMIN), Meaning::Forward);
     }
 }

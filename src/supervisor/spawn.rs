@@ -73,31 +73,54 @@ pub enum Session {
     Shared,
 }
 
+/// The app as it is to be started: its command line, the changes to its environment, and who
+/// it runs as.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// The command and its arguments; never empty.
+    pub command: Vec<OsString>,
+    /// Variables to remove (`None`) or set for the app.
+    pub env: Vec<(String, Option<String>)>,
+    /// `--user`, resolved.
+    pub identity: Option<sys::Identity>,
+    /// `--no-new-privileges`.
+    pub no_new_privileges: bool,
+}
+
 /// Starts the app and returns its pid (with [`Session::New`] also its process group and
-/// session id). `env` lists variables to remove (`None`) or set for the app.
-pub fn spawn(
-    command: &[OsString],
-    inherited: &InheritedSignals,
-    session: Session,
-    env: &[(String, Option<String>)],
-) -> Result<i32, SpawnError> {
-    let program = command.first().cloned().unwrap_or_default();
+/// session id).
+pub fn spawn(app: &App, inherited: &InheritedSignals, session: Session) -> Result<i32, SpawnError> {
+    let program = app.command.first().cloned().unwrap_or_default();
     let mut cmd = Command::new(&program);
-    cmd.args(command.iter().skip(1));
-    for (name, value) in env {
+    cmd.args(app.command.iter().skip(1));
+    for (name, value) in &app.env {
         match value {
             Some(v) => cmd.env(name, v),
             None => cmd.env_remove(name),
         };
     }
-    sys::prepare_child(&mut cmd, inherited, session);
+    let (new_session, take_tty) = match session {
+        Session::New { take_tty } => (true, take_tty),
+        Session::Shared => (false, false),
+    };
+    sys::prepare_child(
+        &mut cmd,
+        sys::ChildSetup {
+            new_session,
+            take_tty,
+            mask: inherited.mask(),
+            ignored: inherited.ignored().to_vec(),
+            identity: app.identity.clone(),
+            no_new_privileges: app.no_new_privileges,
+        },
+    );
     let child = cmd.spawn().map_err(|e| SpawnError {
-        program,
+        program: program.clone(),
         errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
     })?;
     // The Child handle is dropped without waiting: the supervisor reaps with waitpid(-1).
     i32::try_from(child.id()).map_err(|_| SpawnError {
-        program: command.first().cloned().unwrap_or_default(),
+        program,
         errno: Errno::EOVERFLOW,
     })
 }

@@ -32,6 +32,19 @@ impl Lb {
     }
 
     pub fn start_in(etcd_urls: &str, dir: &Path, args: &[&str]) -> Lb {
+        Lb::start_in_env(etcd_urls, dir, args, &[])
+    }
+
+    /// [`Lb::start`] with extra environment variables for hecd-haproxy.
+    pub fn start_env(etcd_urls: &str, args: &[&str], env: &[(&str, &str)]) -> Lb {
+        let tmp = TempDir::new("lb");
+        let dir = tmp.0.clone();
+        let mut lb = Lb::start_in_env(etcd_urls, &dir, args, env);
+        lb._tmp = Some(tmp);
+        lb
+    }
+
+    fn start_in_env(etcd_urls: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Lb {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hecd-haproxy"));
         cmd.args(["--etcd", etcd_urls, "--listen"])
@@ -39,7 +52,8 @@ impl Lb {
             .arg("--dir")
             .arg(dir)
             .args(["--check-inter", "200ms"])
-            .args(args);
+            .args(args)
+            .envs(env.iter().copied());
         let h = start_command(cmd);
         let lb = Lb {
             h,
