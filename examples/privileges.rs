@@ -90,9 +90,7 @@ fn main() {
     let port = listener.local_addr().expect("local addr").port();
     println!("listening {port}");
     let _ = std::io::stdout().flush();
-    for conn in listener.incoming() {
-        if let Ok(mut c) = conn {
-            let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
-        }
+    for mut c in listener.incoming().flatten() {
+        let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
     }
 }

@@ -17,6 +17,12 @@ use common::{Hecd, TempDir, example, hecd_init, key, start_command, wait_until};
 
 const PASSWORD: &str = "pw-9f3c1e-secret";
 
+/// Variables given to hecd-init.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+/// One run of a table: hecd-init's options, its variables, and what is expected.
+type Case<'a> = (&'a [&'a str], Env<'a>, &'a str);
+
 fn privileges() -> String {
     example("privileges").to_string_lossy().into_owned()
 }
@@ -81,7 +87,7 @@ fn issue_16_user_forms_set_ids_groups_and_home() {
     // Debian's /etc/passwd: nobody 65534:65534 home /nonexistent; daemon 1:1 home /usr/sbin;
     // /etc/group: nogroup 65534. HOME is root's (/root) as under Docker, unless set.
     let root_home = [("HOME", "/root")];
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (
             &["--user", "nobody"],
             &root_home,
@@ -129,7 +135,7 @@ fn issue_16_bad_user_values_exit_2_with_one_line_and_nothing_runs() {
     let tmp = TempDir::new("user-bad");
     let marker = tmp.0.join("ran");
     let marker_s = marker.to_string_lossy().into_owned();
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (
             &["--user", "nosuchuser"],
             &[],
@@ -328,19 +334,15 @@ fn issue_16_a_root_app_without_cap_sys_ptrace_finds_no_password() {
     let url = etcd.url();
     let user_pw = format!("root:{PASSWORD}");
     // The password on the command line, in HECD_ETCD_PASSWORD, and in HECD_ETCD_USER.
-    let variants: &[(&str, Vec<&str>, Vec<(&str, &str)>)] = &[
-        ("cmdline", vec!["--etcd-user", &user_pw], vec![]),
-        ("cmdline-inline", vec![], vec![]),
+    let variants: [(&str, Vec<&str>, Env); 4] = [
+        ("cmdline", vec!["--etcd-user", &user_pw], &[]),
+        ("cmdline-inline", vec![], &[]),
         (
             "env-password",
             vec!["--etcd-user", "root"],
-            vec![("HECD_ETCD_PASSWORD", PASSWORD)],
+            &[("HECD_ETCD_PASSWORD", PASSWORD)],
         ),
-        (
-            "env-user",
-            vec![],
-            vec![("HECD_ETCD_USER", user_pw.as_str())],
-        ),
+        ("env-user", vec![], &[("HECD_ETCD_USER", user_pw.as_str())]),
     ];
     let inline = format!("--etcd-user={user_pw}");
     for (name, extra, env) in variants {
@@ -350,7 +352,7 @@ fn issue_16_a_root_app_without_cap_sys_ptrace_finds_no_password() {
             .arg(hecd_init())
             .args(["--etcd", &url, "--name", name, "--advertise", "127.0.0.1"])
             .args(extra.iter().copied())
-            .args(if *name == "cmdline-inline" {
+            .args(if name == "cmdline-inline" {
                 vec![inline.as_str()]
             } else {
                 vec![]
