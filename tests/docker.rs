@@ -46,7 +46,8 @@ fn docker_ok(args: &[&str]) -> String {
 }
 
 /// Builds the test image once per test binary: /hecd-init, /bin/busybox, an app script that
-/// serves /www on :8080 and prints `got-TERM` (then exits 3) when it gets SIGTERM.
+/// serves /www on :8080 and prints `got-TERM` (then exits 3) when it gets SIGTERM, and
+/// /privileges (the example that tries what an app can reach).
 fn image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -57,6 +58,9 @@ fn image() -> &'static str {
         assert!(bin.exists(), "{} missing: run scripts/build-static first", bin.display());
         let ctx = TempDir::new("image");
         std::fs::copy(&bin, ctx.0.join("hecd-init")).unwrap();
+        let probe = root.join("target/x86_64-unknown-linux-musl/release/examples/privileges");
+        std::fs::copy(&probe, ctx.0.join("privileges"))
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-static)", probe.display()));
         std::fs::copy("/bin/busybox", ctx.0.join("busybox")).expect("busybox-static");
         std::fs::create_dir(ctx.0.join("www")).unwrap();
         std::fs::write(ctx.0.join("www/index.html"), "hello\n").unwrap();
@@ -68,7 +72,7 @@ fn image() -> &'static str {
         .unwrap();
         std::fs::write(
             ctx.0.join("Dockerfile"),
-            "FROM scratch\nCOPY hecd-init /hecd-init\nCOPY busybox /bin/busybox\nCOPY app.sh /app.sh\nCOPY www /www\nEXPOSE 8080\n\
+            "FROM scratch\nCOPY hecd-init /hecd-init\nCOPY privileges /privileges\nCOPY busybox /bin/busybox\nCOPY app.sh /app.sh\nCOPY www /www\nEXPOSE 8080\n\
              ENTRYPOINT [\"/hecd-init\", \"--\"]\nCMD [\"/bin/busybox\", \"sh\", \"/app.sh\"]\n",
         )
         .unwrap();
@@ -261,6 +265,59 @@ fn published_port_with_the_socket_then_docker_stop() {
         "3",
         "exit status passed through docker"
     );
+}
+
+/// Issue 16: the app runs as 65534:65534 in a container with the Docker socket mounted.
+/// hecd-init (root) still uses the API (the key carries the published port) and still finds
+/// the app's port (by socket owner: without CAP_SYS_PTRACE it may not list another user's
+/// descriptors); the app's own connect() to the socket is refused.
+#[test]
+fn issue_16_user_app_cannot_reach_the_docker_socket_hecd_init_uses() {
+    let image = image();
+    let _plain = engine_mode();
+    let (etcd, url) = etcd_for_containers();
+    let env = env(&url);
+    let c = Container::run(
+        "hecd-t-user",
+        &args(
+            &env,
+            &[
+                "-P",
+                "-e",
+                "HECD_USER=65534:65534",
+                "-v",
+                "/var/run/docker.sock:/var/run/docker.sock",
+                image,
+                "/privileges",
+                "connect:/var/run/docker.sock",
+                "id",
+                "serve:8080",
+            ],
+        ),
+    );
+    let published = docker_ok(&["port", &c.0, "8080/tcp"]);
+    let host_port = published
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .expect("published port")
+        .to_owned();
+    let want = format!("{}:{host_port}", bridge_gateway());
+    let ok = wait_until(Duration::from_secs(20), || {
+        etcd.get(&key("hecd-t-user")).as_deref() == Some(want.as_str())
+    });
+    assert!(
+        ok,
+        "key {:?}, want {want}; logs:\n{}",
+        etcd.get(&key("hecd-t-user")),
+        c.logs()
+    );
+    let logs = c.logs();
+    assert!(
+        logs.contains("connect:/var/run/docker.sock denied: Permission denied"),
+        "the app must not connect to the socket:\n{logs}"
+    );
+    assert!(logs.contains("id 65534 65534 65534 /"), "{logs}");
 }
 
 #[test]

@@ -242,26 +242,34 @@ fn session_sockets(sid: i32) -> (HashSet<u64>, HashSet<u32>) {
         if session_of(pid) != Some(sid) {
             continue;
         }
-        let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
-            Ok(fds) => fds,
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                // /proc/<pid> belongs to the process's effective uid.
-                if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}")) {
-                    uids.insert(meta.uid());
+        // The directory may list while each link is closed (EACCES from readlink): either
+        // way, this process's sockets are known by their owner instead.
+        let closed = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
+        let mut denied = false;
+        match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(fds) => {
+                for fd in fds.flatten() {
+                    match std::fs::read_link(fd.path()) {
+                        Ok(target) => {
+                            if let Some(inode) = target
+                                .to_str()
+                                .and_then(|t| t.strip_prefix("socket:["))
+                                .and_then(|t| t.strip_suffix(']'))
+                                .and_then(|t| t.parse().ok())
+                            {
+                                inodes.insert(inode);
+                            }
+                        }
+                        Err(e) => denied |= closed(&e),
+                    }
                 }
-                continue;
             }
-            Err(_) => continue,
-        };
-        for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path())
-                && let Some(inode) = target
-                    .to_str()
-                    .and_then(|t| t.strip_prefix("socket:["))
-                    .and_then(|t| t.strip_suffix(']'))
-                    .and_then(|t| t.parse().ok())
-            {
-                inodes.insert(inode);
+            Err(e) => denied = closed(&e),
+        }
+        if denied {
+            // /proc/<pid> belongs to the process's effective uid.
+            if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}")) {
+                uids.insert(meta.uid());
             }
         }
     }
