@@ -435,3 +435,124 @@ fn issue_16_haproxy_gets_no_credential_and_hecd_haproxy_shows_none() {
         lb.expect_servers(&served, Duration::from_secs(10));
     }
 }
+
+/// The `etcdctl` lines of docs/SECURITY.md ("etcd roles"), as the docs give them.
+fn documented_roles() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SECURITY.md"))
+        .expect("docs/SECURITY.md");
+    let after = doc
+        .split_once("<!-- etcd-roles")
+        .map(|(_, rest)| rest)
+        .expect("the etcd-roles block in docs/SECURITY.md");
+    let block = after
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("a sh block after the marker");
+    block.to_owned()
+}
+
+#[test]
+fn issue_16_the_documented_etcd_roles_are_enough_and_no_more() {
+    let etcd = Etcd::start();
+    let out = Command::new("sh")
+        .args(["-euc", &documented_roles()])
+        .env("ETCDCTL_API", "3")
+        .env("ETCDCTL_ENDPOINTS", etcd.url())
+        .env("ROOT_PASSWORD", PASSWORD)
+        .env("APP_PASSWORD", "app-pass")
+        .env("LB_PASSWORD", "lb-pass")
+        .output()
+        .expect("sh");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the documented lines failed: {text}");
+
+    let lb_pw = TempDir::new("lb-pw");
+    std::fs::write(lb_pw.0.join("pw"), "lb-pass\n").unwrap();
+    let lb_file = lb_pw.0.join("pw").to_string_lossy().into_owned();
+    let lb = Lb::start(
+        &etcd.url(),
+        &[
+            "--etcd-user",
+            "hecd-lb",
+            "--etcd-password-file",
+            &lb_file,
+            "--lb-id",
+            "lb-roles",
+        ],
+    );
+    let url = etcd.url();
+    let mut h = run(
+        &[
+            "--etcd",
+            &url,
+            "--etcd-user",
+            "hecd-app",
+            "--name",
+            "roles",
+            "--advertise",
+            "127.0.0.1",
+            "--drain",
+            "10",
+        ],
+        &[("HECD_ETCD_PASSWORD", "app-pass")],
+        &["serve"],
+    );
+    let (_, port) = check_lines(&h);
+    h.app_pid();
+    let want = format!("127.0.0.1:{port}");
+    let ok = wait_until(Duration::from_secs(15), || {
+        get(&etcd, &key("roles")).as_deref() == Some(want.as_str())
+    });
+    assert!(ok, "hecd-app could not register; stderr:\n{}", h.stderr());
+    lb.expect_servers(&["roles"], Duration::from_secs(10));
+    // Confirmed drain with these roles: hecd-init reads the balancer's announcement and its
+    // confirmation, so the 10 s drain ends as soon as hecd-lb confirms.
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.expect_exit(), 128 + libc::SIGTERM);
+    let stderr = h.stderr_final();
+    assert!(
+        stderr.contains("load balancers confirmed"),
+        "no confirmed drain with the documented roles:\n{stderr}\n--- lb ---\n{}",
+        lb.h.stderr()
+    );
+    // ... and no more than that.
+    for (user, key) in [
+        ("hecd-app:app-pass", "/other/x"),
+        ("hecd-app:app-pass", "/hecd/lbs/forged"),
+        ("hecd-lb:lb-pass", "/app/servers/forged"),
+    ] {
+        let out = etcd.etcdctl(&["--user", user, "put", key, "1.2.3.4:5"]);
+        assert!(
+            out.contains("permission denied"),
+            "{user} may write {key}: {out}"
+        );
+    }
+}
+
+#[test]
+fn issue_16_compose_and_stack_set_up_the_documented_roles() {
+    for file in ["docker/docker-compose.yml", "docker/stack.yml"] {
+        let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+        let yaml = std::fs::read_to_string(&path).expect(file);
+        for line in documented_roles().lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // Compose escapes `$` as `$$`.
+            let escaped = line.replace('$', "$$");
+            assert!(yaml.contains(&escaped), "{file} lacks `{escaped}`");
+        }
+        for needed in [
+            "HECD_USER: \"65534:65534\"",
+            "HECD_ETCD_PASSWORD_FILE: /run/secrets/",
+        ] {
+            assert!(yaml.contains(needed), "{file} lacks {needed}");
+        }
+        assert!(
+            !yaml.contains("docker.sock:ro"),
+            "{file}: `:ro` does not protect a socket"
+        );
+    }
+}
