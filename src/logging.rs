@@ -131,10 +131,7 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 fn start_writer() -> Option<Writer> {
     let (tx, rx) = mpsc::sync_channel(QUEUE);
-    thread::Builder::new()
-        .name("log".into())
-        .spawn(move || write_lines(&rx))
-        .ok()?;
+    crate::sys::spawn_thread("log", move || write_lines(&rx)).ok()?;
     Some(Writer {
         lines: Mutex::new(tx),
         queued: AtomicU64::new(0),

@@ -44,6 +44,9 @@ pub fn name(sig: i32) -> String {
         return (*n).to_string();
     }
     let (min, max) = (sys::RTMIN, sys::MAX_SIGNAL);
+    if sig == min {
+        return "RTMIN".to_owned();
+    }
     if (min..=max).contains(&sig) {
         return format!("RTMIN+{}", sig - min);
     }
@@ -145,6 +148,17 @@ mod tests {
         ] {
             assert_eq!(parse(bad, false), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn rtmin_is_34_as_docker_and_bash_say_whatever_the_libc() {
+        assert_eq!(parse("RTMIN", false), Some(34));
+        assert_eq!(parse("SIGRTMIN+1", false), Some(35));
+        assert_eq!(parse("RTMAX", false), Some(64));
+        assert_eq!(name(34), "RTMIN");
+        assert_eq!(name(32), "32");
+        assert_eq!(name(33), "33");
+        assert_eq!(parse("32", false), Some(32));
     }
 
     #[test]

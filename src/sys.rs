@@ -175,6 +175,37 @@ pub fn block_all_signals() -> io::Result<()> {
     raw_sigprocmask(libc::SIG_SETMASK, Some(&KernelSigSet::ALL)).map(|_| ())
 }
 
+/// Starts a thread named `name` running `f` with every signal number blocked, in it and still
+/// in the caller. musl keeps the creator's mask for a new thread, so in the release binary this
+/// is an ordinary spawn. glibc unblocks 32 and 33 (its own) in every new thread, and in the
+/// creating thread on its first `pthread_create`; one thread with them unblocked lets either
+/// number, sent to the process, kill it. So both masks are set again, here. Under glibc the
+/// numbers are unblocked for an instant, and ureq's name-lookup helper threads (host-name
+/// endpoints) keep them unblocked: only the musl build is immune without exception (README,
+/// "Limitations").
+pub fn spawn_thread<F, T>(name: &str, f: F) -> io::Result<std::thread::JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let handle = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            reblock_signals();
+            f()
+        })?;
+    reblock_signals();
+    Ok(handle)
+}
+
+/// [`block_all_signals`], logged instead of returned (it fails only on a kernel without
+/// `rt_sigprocmask`, and the thread must run anyway).
+fn reblock_signals() {
+    if let Err(e) = block_all_signals() {
+        log::warn!("cannot block signals: {e}");
+    }
+}
+
 /// Makes the signalfd `fd` read every signal number, 1 to 64: nix's `SigSet` (the C library's
 /// `sigset_t`) cannot hold 32 to 34, so the set is replaced through `signalfd4` itself.
 pub fn signalfd_read_all(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {

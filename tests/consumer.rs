@@ -326,7 +326,7 @@ fn issue_10_bad_options_exit_2_with_one_line() {
             "hecd-haproxy: --etcd-cacert: cannot read /nonexistent",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_hecd-haproxy"))
+        let out = Command::new(common::hecd_haproxy())
             .args(&args)
             .env_remove("HECD_ETCD")
             .output()
@@ -336,7 +336,7 @@ fn issue_10_bad_options_exit_2_with_one_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
-    let help = Command::new(env!("CARGO_BIN_EXE_hecd-haproxy"))
+    let help = Command::new(common::hecd_haproxy())
         .arg("--help")
         .output()
         .unwrap();

@@ -25,7 +25,7 @@ impl Stage {
         let dir = TempDir::new("haproxy");
         let port = free_port();
         let log = std::fs::File::create(dir.0.join("stage.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hecd-haproxy"))
+        let child = Command::new(common::hecd_haproxy())
             .args([
                 "--etcd",
                 &etcd.url(),

@@ -64,6 +64,60 @@ fn every_catchable_signal_reaches_the_app() {
     );
 }
 
+/// Issue 19: the numbers the C libraries keep for themselves (32 and 33 for glibc, 32 to 34 for
+/// musl; 34 is `SIGRTMIN` to glibc, bash, Go and Docker) and the rest of the real-time range.
+const RESERVED_AND_RT: [i32; 6] = [32, 33, 34, 35, 40, 64];
+
+/// Sends each of [`RESERVED_AND_RT`] to `init` (hecd-init's pid as seen from here) and checks
+/// that `h`'s app prints it and hecd-init lives on.
+fn each_number_reaches_the_app(h: &mut common::Hecd, init: i32) {
+    for sig in RESERVED_AND_RT {
+        // SAFETY: kill has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(init, sig) }, 0, "kill({init}, {sig})");
+        let line = h.line(Duration::from_secs(5));
+        assert!(
+            alive(init) && stat(init).is_some_and(|s| s.state != 'Z'),
+            "signal {sig} killed hecd-init; stderr:\n{}",
+            h.stderr()
+        );
+        assert_eq!(
+            line.as_deref(),
+            Some(sig.to_string().as_str()),
+            "signal {sig}"
+        );
+    }
+}
+
+#[test]
+fn issue_19_no_signal_number_kills_hecd_init_and_every_one_reaches_the_app() {
+    let mut h = start([printer()]);
+    h.expect_ready();
+    let init = h.pid();
+    each_number_reaches_the_app(&mut h, init);
+}
+
+#[test]
+fn issue_19_no_signal_number_kills_hecd_init_as_pid_1() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a PID namespace needs root (scripts/test runs as root in CI)");
+        return;
+    }
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--"])
+        .arg(common::hecd_init())
+        .arg(printer());
+    let mut h = common::start_command(cmd);
+    // `ready <pid>` names the app's pid inside the namespace: track it by its pid out here.
+    let ready = h.expect_line("ready");
+    assert!(ready.starts_with("ready "), "{ready}");
+    // unshare's only child is hecd-init, PID 1 in there; its only child the app.
+    let init = common::children(h.pid())[0];
+    let app = common::children(init)[0];
+    h.track(app);
+    each_number_reaches_the_app(&mut h, init);
+}
+
 #[test]
 fn real_time_signals_are_queued_not_merged() {
     let mut h = start([printer()]);

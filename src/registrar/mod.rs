@@ -26,7 +26,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -141,21 +140,17 @@ pub fn start(plan: Plan, app_pid: i32, drain: Duration) -> io::Result<Handle> {
         notifier: notifier.clone(),
         confirm: (!drain.is_zero()).then(|| (reg.lb_prefix.clone(), drain)),
     };
-    thread::Builder::new()
-        .name("deregister".into())
-        .spawn(move || stopper.run(&stop_rx))?;
+    crate::sys::spawn_thread("deregister", move || stopper.run(&stop_rx))?;
     let registrar_notifier = notifier.clone();
-    thread::Builder::new()
-        .name("registrar".into())
-        .spawn(move || {
-            let run = AssertUnwindSafe(|| {
-                Registrar::new(plan, client, app_pid, shared, notifier).run(&wake_rx)
-            });
-            if catch_unwind(run).is_err() {
-                // The panic hook has printed the bug; the lease runs out without keepalives.
-                registrar_notifier.send(News::RegistrarFailed);
-            }
-        })?;
+    crate::sys::spawn_thread("registrar", move || {
+        let run = AssertUnwindSafe(|| {
+            Registrar::new(plan, client, app_pid, shared, notifier).run(&wake_rx)
+        });
+        if catch_unwind(run).is_err() {
+            // The panic hook has printed the bug; the lease runs out without keepalives.
+            registrar_notifier.send(News::RegistrarFailed);
+        }
+    })?;
     Ok(Handle {
         stop: stop_tx,
         wake_registrar: wake_tx,

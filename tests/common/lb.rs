@@ -46,7 +46,7 @@ impl Lb {
 
     fn start_in_env(etcd_urls: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Lb {
         let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hecd-haproxy"));
+        let mut cmd = Command::new(super::hecd_haproxy());
         cmd.args(["--etcd", etcd_urls, "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--dir")

@@ -13,9 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The hecd-init binary under test.
+/// The hecd-init binary under test: cargo's debug build, or the one `TEST_HECD_INIT` names
+/// (scripts/test runs some tests again on the static release binaries, and on the arm64 ones
+/// under qemu).
 pub fn hecd_init() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hecd-init"))
+    std::env::var_os("TEST_HECD_INIT")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hecd-init")), PathBuf::from)
+}
+
+/// The hecd-haproxy binary under test: cargo's debug build, or `TEST_HECD_HAPROXY`.
+pub fn hecd_haproxy() -> PathBuf {
+    std::env::var_os("TEST_HECD_HAPROXY")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hecd-haproxy")), PathBuf::from)
 }
 
 /// A test app from `examples/`, built by `cargo test` next to the test binaries.
