@@ -20,13 +20,8 @@ use error::status;
 extern "C" fn main(argc: std::ffi::c_int, argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
     // SAFETY: the C runtime passes `argc` valid NUL-terminated strings in `argv`.
     let args = unsafe { sys::args_from_c(argc, argv) };
-    let scrub_args = |spans: Vec<(usize, std::ops::Range<usize>)>| {
-        for (word, range) in spans {
-            // SAFETY: argv is main's own, unmoved; `run` calls this before starting any
-            // thread. `args` skipped the program name, so word i is argv[i + 1].
-            unsafe { sys::scrub_arg(argc, argv, word + 1, range) };
-        }
-    };
+    // SAFETY: argv is main's own and stays put; `run` calls this before starting any thread.
+    let scrub_args = |spans| unsafe { sys::scrub_args(argc, argv, spans) };
     std::ffi::c_int::from(run(&args, scrub_args))
 }
 

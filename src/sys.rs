@@ -496,6 +496,22 @@ pub unsafe fn scrub_arg(
     written
 }
 
+/// [`scrub_arg`] for each span `(word, range)` that `cli::RawArgs::password_spans` found in the
+/// arguments without the program name (word i is `argv[i + 1]`).
+///
+/// # Safety
+/// As for [`scrub_arg`].
+pub unsafe fn scrub_args(
+    argc: c_int,
+    argv: *const *const c_char,
+    spans: Vec<(usize, std::ops::Range<usize>)>,
+) {
+    for (word, range) in spans {
+        // SAFETY: the caller's guarantee, passed on.
+        unsafe { scrub_arg(argc, argv, word + 1, range) };
+    }
+}
+
 /// Scrubs one `NAME=VALUE` C string in place if its name is `name`; see [`scrub_env_value`].
 ///
 /// # Safety

@@ -180,6 +180,23 @@ fn log_time_ms(line: &str) -> Option<i64> {
     Some(((days * 24 + t[0]) * 3600 + t[1] * 60 + t[2]) * 1000 + ms)
 }
 
+/// Waits up to 20 s for the key of container `c` (named as its key) to be the bridge gateway
+/// with the host port Docker published for 8080; returns whether it came, and that value.
+fn expect_published_key(etcd: &Etcd, c: &Container) -> (bool, String) {
+    let published = docker_ok(&["port", &c.0, "8080/tcp"]);
+    let host_port = published
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .expect("published port")
+        .to_owned();
+    let want = format!("{}:{host_port}", bridge_gateway());
+    let ok = wait_until(Duration::from_secs(20), || {
+        etcd.get(&key(&c.0)).as_deref() == Some(want.as_str())
+    });
+    (ok, want)
+}
+
 #[test]
 fn published_port_with_the_socket_then_docker_stop() {
     let image = image();
@@ -203,18 +220,8 @@ fn published_port_with_the_socket_then_docker_stop() {
             ],
         ),
     );
-    let published = docker_ok(&["port", &c.0, "8080/tcp"]);
-    let host_port = published
-        .lines()
-        .next()
-        .and_then(|l| l.rsplit(':').next())
-        .expect("published port")
-        .to_owned();
     // -P binds 0.0.0.0, so the host address is the default gateway (with a warning).
-    let want = format!("{}:{host_port}", bridge_gateway());
-    let ok = wait_until(Duration::from_secs(20), || {
-        etcd.get(&key("hecd-t-pub")).as_deref() == Some(want.as_str())
-    });
+    let (ok, want) = expect_published_key(&etcd, &c);
     assert!(
         ok,
         "key {} = {:?}, want {want}; logs:\n{}",
@@ -295,17 +302,7 @@ fn issue_16_user_app_cannot_reach_the_docker_socket_hecd_init_uses() {
             ],
         ),
     );
-    let published = docker_ok(&["port", &c.0, "8080/tcp"]);
-    let host_port = published
-        .lines()
-        .next()
-        .and_then(|l| l.rsplit(':').next())
-        .expect("published port")
-        .to_owned();
-    let want = format!("{}:{host_port}", bridge_gateway());
-    let ok = wait_until(Duration::from_secs(20), || {
-        etcd.get(&key("hecd-t-user")).as_deref() == Some(want.as_str())
-    });
+    let (ok, want) = expect_published_key(&etcd, &c);
     assert!(
         ok,
         "key {:?}, want {want}; logs:\n{}",

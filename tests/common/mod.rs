@@ -17,14 +17,18 @@ use std::time::{Duration, Instant};
 /// (scripts/test runs some tests again on the static release binaries, and on the arm64 ones
 /// under qemu).
 pub fn hecd_init() -> PathBuf {
-    std::env::var_os("TEST_HECD_INIT")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hecd-init")), PathBuf::from)
+    std::env::var_os("TEST_HECD_INIT").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_hecd-init")),
+        PathBuf::from,
+    )
 }
 
 /// The hecd-haproxy binary under test: cargo's debug build, or `TEST_HECD_HAPROXY`.
 pub fn hecd_haproxy() -> PathBuf {
-    std::env::var_os("TEST_HECD_HAPROXY")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hecd-haproxy")), PathBuf::from)
+    std::env::var_os("TEST_HECD_HAPROXY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_hecd-haproxy")),
+        PathBuf::from,
+    )
 }
 
 /// A test app from `examples/`, built by `cargo test` next to the test binaries.
