@@ -29,10 +29,16 @@ pub enum Update {
 /// Keys per range page. A page over the HTTP body limit (1 MiB) is read again in halves.
 const PAGE: u32 = 256;
 
-/// A watch stream is replaced after this long. Bounds how long a hung member that keeps the
-/// connection open (and sends nothing) can hold the watch, without losing events: the new
-/// watch starts from the next revision.
-const WATCH_LIFE: Duration = Duration::from_secs(30);
+/// A watch stream is replaced after this long, without losing events: the new watch starts
+/// from the next revision. It bounds how long a member can hold the watch while it sees no
+/// changes: a member cut off from the rest of its cluster keeps the stream open and silent
+/// until it notices it has no leader (one to two election timeouts) and then, since every
+/// stream is opened requiring a leader, etcd cancels it about three election timeouts later.
+/// Opening the next stream on it fails at once ("no leader"), so with a one-second life a
+/// cut-off member costs at most its own election timeout plus a second (issue 18). It costs
+/// one watch request a second, and a hung member that keeps the connection open is left
+/// within that second too.
+const WATCH_LIFE: Duration = Duration::from_secs(1);
 
 /// Deadline of each etcd call (range page, opening a watch).
 const CALL: Duration = Duration::from_secs(5);
@@ -226,7 +232,7 @@ impl Follower {
             }
             // A stream that ends well before its life is a member going away (or something
             // that is not etcd): read again, through the backoff of a failure.
-            if opened.elapsed() + Duration::from_secs(1) < WATCH_LIFE {
+            if opened.elapsed() < WATCH_LIFE / 2 {
                 return Err(format!(
                     "the watch stream ended after {} ms",
                     opened.elapsed().as_millis()

@@ -44,6 +44,9 @@ pub enum EtcdError {
     OutOfTime,
     /// A range answer was over the body limit: read fewer keys at a time.
     TooBig,
+    /// The member stopped serving (lost its leader) in the middle of a watch; the next call
+    /// starts with the next endpoint.
+    Unavailable { endpoint: String, cause: String },
 }
 
 impl fmt::Display for EtcdError {
@@ -56,6 +59,7 @@ impl fmt::Display for EtcdError {
             EtcdError::Failed { endpoint, cause } => write!(f, "{endpoint}: {cause}"),
             EtcdError::OutOfTime => write!(f, "out of time"),
             EtcdError::TooBig => write!(f, "the answer is too big"),
+            EtcdError::Unavailable { endpoint, cause } => write!(f, "{endpoint}: {cause}"),
         }
     }
 }
@@ -175,6 +179,9 @@ enum Attempt<T> {
     Next(String),
     /// Stop: the answer holds for the whole cluster.
     Stop(EtcdError),
+    /// Stop, and start the next operation with the next endpoint: this member cannot serve
+    /// (it lost its leader in the middle of a watch).
+    Elsewhere(EtcdError),
 }
 
 impl Client {
@@ -201,11 +208,21 @@ impl Client {
 
     /// Grants a lease of `ttl` seconds (v3). v2 keys carry their TTL themselves: no request.
     pub fn grant(&mut self, ttl: u64, deadline: Instant) -> Result<Lease, EtcdError> {
+        self.grant_with_ttl(ttl, deadline).map(|(lease, _)| lease)
+    }
+
+    /// [`Client::grant`], with the TTL etcd granted (v3; `None` for v2 or when etcd did not
+    /// say): etcd raises a TTL below its minimum.
+    pub fn grant_with_ttl(
+        &mut self,
+        ttl: u64,
+        deadline: Instant,
+    ) -> Result<(Lease, Option<u64>), EtcdError> {
         self.each_endpoint(deadline, |c, base, t| match c.api {
             Some(Api::V3(prefix)) => c
                 .v3_call(base, prefix, v3::GRANT, &v3::grant(ttl), t, v3::parse_grant)
-                .map(Lease::V3),
-            _ => Attempt::Done(Lease::V2),
+                .map(|(id, granted)| (Lease::V3(id), granted.and_then(|g| u64::try_from(g).ok()))),
+            _ => Attempt::Done((Lease::V2, None)),
         })
     }
 
@@ -296,8 +313,7 @@ impl Client {
                         Attempt::Done(()) | Attempt::Stop(EtcdError::Gone) => {
                             Attempt::Done(Some(revision))
                         }
-                        Attempt::Next(e) => Attempt::Next(e),
-                        Attempt::Stop(e) => Attempt::Stop(e),
+                        other => other.and_then(|()| Attempt::Done(Some(revision))),
                     }
                 }),
             _ => c
@@ -360,7 +376,7 @@ impl Client {
                         Err(a) => return a,
                     }
                 }
-                let mut stream = match c.http.stream(&url, &c.auth_header(), &body, t, life) {
+                let mut stream = match c.http.stream(&url, &c.v3_headers(), &body, t, life) {
                     Ok(s) => s,
                     Err(e) => return Attempt::Next(e.to_string()),
                 };
@@ -405,6 +421,14 @@ impl Client {
                         if !on_message(message) {
                             return Attempt::Done(());
                         }
+                    }
+                    Err(Fault::Unavailable(cause)) => {
+                        // Lost its leader (the stream was opened requiring one): what comes
+                        // next is watched from another member.
+                        return Attempt::Elsewhere(EtcdError::Unavailable {
+                            endpoint: base.to_owned(),
+                            cause,
+                        });
                     }
                     Err(fault) => {
                         if matches!(fault, Fault::BadToken(_)) {
@@ -465,6 +489,10 @@ impl Client {
                     self.current = index;
                     return Err(e);
                 }
+                Attempt::Elsewhere(e) => {
+                    self.current = (index + 1) % self.endpoints.len();
+                    return Err(e);
+                }
                 Attempt::Next(cause) => causes.push(format!("{base}: {cause}")),
             }
         }
@@ -501,7 +529,7 @@ impl Client {
                     Err(a) => return a,
                 }
             }
-            let auth = self.auth_header();
+            let auth = self.v3_headers();
             let url = format!("{base}{prefix}{path}");
             let left = timeout.saturating_sub(started.elapsed());
             let reply = match self.http.request(
@@ -531,12 +559,19 @@ impl Client {
     }
 
     /// The v3 auth token header, when there is a token.
-    fn auth_header(&self) -> Vec<(&'static str, &str)> {
-        self.token
-            .as_deref()
-            .map(|t| ("authorization", t))
-            .into_iter()
-            .collect()
+    /// The headers of every v3 request: the auth token, and `hasleader`, which the gateway
+    /// passes on as the gRPC metadata etcd's own clients send with `WithRequireLeader`. A
+    /// member that has lost its leader (cut off from the others, still answering) then refuses
+    /// at once with "no leader" (code 14) instead of serving stale reads, holding writes until
+    /// they time out, or keeping a watch open that will never see another change; and it
+    /// cancels such watches when it loses its leader. Either way the client moves on to the
+    /// next endpoint.
+    fn v3_headers(&self) -> Vec<(&'static str, &str)> {
+        let mut headers = vec![("grpc-metadata-hasleader", "true")];
+        if let Some(t) = self.token.as_deref() {
+            headers.push(("authorization", t));
+        }
+        headers
     }
 
     fn authenticate<T>(
@@ -613,6 +648,7 @@ impl<T> Attempt<T> {
             Attempt::Done(v) => f(v),
             Attempt::Next(e) => Attempt::Next(e),
             Attempt::Stop(e) => Attempt::Stop(e),
+            Attempt::Elsewhere(e) => Attempt::Elsewhere(e),
         }
     }
 

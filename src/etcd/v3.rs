@@ -262,15 +262,17 @@ pub fn authenticate(user: &str, password: &str) -> String {
     json!({ "name": user, "password": password }).to_string()
 }
 
-/// The granted lease ID.
-pub fn parse_grant(status: u16, body: &str) -> Result<i64, Fault> {
+/// The granted lease ID, and the TTL etcd granted (it raises a TTL below its minimum, 2 s
+/// with the default election timeout).
+pub fn parse_grant(status: u16, body: &str) -> Result<(i64, Option<i64>), Fault> {
     let v = parse_ok(status, body)?;
     if let Some(e) = json::str_at(&v, "error").filter(|e| !e.is_empty()) {
         return Err(Fault::Rejected(e.to_owned()));
     }
-    int_field(&v, "ID").filter(|id| *id != 0).ok_or_else(|| {
+    let id = int_field(&v, "ID").filter(|id| *id != 0).ok_or_else(|| {
         Fault::Malformed(format!("lease grant answer without an ID: {}", clip(body)))
-    })
+    })?;
+    Ok((id, int_field(&v, "TTL").filter(|t| *t > 0)))
 }
 
 /// The remaining TTL after a keepalive; [`Fault::LeaseGone`] when etcd no longer knows it.
@@ -535,7 +537,10 @@ mod tests {
 
     #[test]
     fn parses_real_answers() {
-        assert_eq!(parse_grant(200, GRANT_OK), Ok(2324035550560058885));
+        assert_eq!(
+            parse_grant(200, GRANT_OK),
+            Ok((2324035550560058885, Some(10)))
+        );
         assert_eq!(parse_keepalive(200, KEEPALIVE_OK), Ok(10));
         assert_eq!(parse_keepalive(200, KEEPALIVE_GONE), Err(Fault::LeaseGone));
         assert_eq!(parse_done(404, PUT_NO_LEASE), Err(Fault::LeaseGone));

@@ -230,6 +230,8 @@ struct Registrar {
     ttl: Duration,
     /// A lease granted and not known to be gone (it may carry no key yet).
     lease: Option<Lease>,
+    /// The TTL etcd granted that lease (it raises TTLs below its minimum), when it said.
+    granted_ttl: Option<u64>,
     /// The key is in etcd under `lease`, as far as the last answer said.
     registered: bool,
     /// Passed the last check, or failed fewer than two in a row since.
@@ -280,6 +282,7 @@ impl Registrar {
             found: false,
             next_discovery: now,
             lease: None,
+            granted_ttl: None,
             registered: false,
             failures: 0,
             next_check: now,
@@ -416,7 +419,19 @@ impl Registrar {
         let ttl = self.ttl.as_secs();
         let lease = match self.lease {
             Some(lease) => Ok(lease),
-            None => self.client.grant(ttl, deadline),
+            None => self
+                .client
+                .grant_with_ttl(ttl, deadline)
+                .map(|(lease, granted)| {
+                    if let Some(g) = granted.filter(|g| *g != ttl) {
+                        log::warn!(
+                            "etcd granted a TTL of {g}s for --ttl {ttl}s (etcd's minimum is about \
+                             1.5 election timeouts, 2 s by default); the key outlives a crash by that"
+                        );
+                    }
+                    self.granted_ttl = granted;
+                    lease
+                }),
         };
         let result = lease.and_then(|lease| {
             self.lease = Some(lease);
@@ -448,7 +463,7 @@ impl Registrar {
                     "registered {} = {} ({lease}, ttl {}s)",
                     self.key,
                     self.value,
-                    self.ttl.as_secs()
+                    self.granted_ttl.unwrap_or(self.ttl.as_secs())
                 );
                 self.registered = true;
                 self.next_keepalive = Instant::now() + self.ttl / 3;
