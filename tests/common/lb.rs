@@ -140,28 +140,30 @@ pub struct Load {
 
 impl Load {
     pub fn start(ports: &[u16], rate: u32) -> Load {
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        Load::start_to(&addrs, rate)
+    }
+
+    /// [`Load::start`] to `HOST:PORT` addresses (a balancer on a test host).
+    pub fn start_to(addrs: &[String], rate: u32) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(Mutex::new(Vec::new()));
         let answered = Arc::new(Mutex::new(BTreeMap::new()));
         let (s, f, a) = (stop.clone(), failed.clone(), answered.clone());
-        let ports = ports.to_vec();
+        let addrs = addrs.to_vec();
         let thread = thread::spawn(move || {
             let started = Instant::now();
             let mut sent = 0u32;
             let mut requests = Vec::new();
             while !s.load(Ordering::SeqCst) {
-                let port = ports[sent as usize % ports.len()];
+                let addr = addrs[sent as usize % addrs.len()].clone();
                 let (f, a) = (f.clone(), a.clone());
-                requests.push(thread::spawn(move || {
-                    match super::http_get(&format!("127.0.0.1:{port}")) {
-                        Ok(name) => {
-                            *a.lock().unwrap().entry(name.trim().to_owned()).or_default() += 1
-                        }
-                        Err(e) => f.lock().unwrap().push(format!(
-                            "{} ms, port {port}: {e}",
-                            started.elapsed().as_millis()
-                        )),
-                    }
+                requests.push(thread::spawn(move || match super::http_get(&addr) {
+                    Ok(name) => *a.lock().unwrap().entry(name.trim().to_owned()).or_default() += 1,
+                    Err(e) => f
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} ms, {addr}: {e}", started.elapsed().as_millis())),
                 }));
                 sent += 1;
                 let next = Duration::from_secs_f64(f64::from(sent) / f64::from(rate));

@@ -1,0 +1,230 @@
+//! Partitions, not only crashes (issue 18): etcd members, the balancer and the apps each on a
+//! host of their own (network namespaces on a bridge, `common::netns`), links cut with
+//! `iptables -j DROP`, load sent from outside through the balancer. A member cut off from the
+//! other two stays up and keeps answering; the balancer must not stay blind on it.
+//! Skipped, with the reason, where namespaces cannot be made.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::lb::{Lb, Load};
+use common::netns::{Cluster, Net};
+use common::{Hecd, TempDir, example, hecd_haproxy, hecd_init, key, start_command, wait_until};
+
+/// The lease TTL of the apps here (etcd's minimum).
+const TTL: u64 = 2;
+
+/// hecd-init on `host` registering the `privileges` example (serving on :8080) as `host`.
+fn start_app(net: &Net, host: &str, endpoints: &str) -> Hecd {
+    let mut cmd = net.command(host, hecd_init());
+    cmd.args(["--etcd", endpoints, "--name", host, "--advertise"])
+        .arg(format!("{}:8080", net.ip(host)))
+        .args([
+            "--ttl",
+            &TTL.to_string(),
+            "--check-interval",
+            "200ms",
+            "--drain",
+            "5",
+        ])
+        .arg("--")
+        .arg(example("privileges"))
+        .arg("serve:8080");
+    let mut h = start_command(cmd);
+    assert_eq!(h.expect_line("done"), "done");
+    assert_eq!(h.expect_line("listening"), "listening 8080");
+    h.app_pid();
+    h
+}
+
+/// hecd-haproxy (and its HAProxy) on host `lb`, listening on its address, port 8080.
+fn start_lb(net: &Net, endpoints: &str) -> Lb {
+    let tmp = TempDir::new("netns-lb");
+    let mut cmd = net.command("lb", hecd_haproxy());
+    cmd.args(["--etcd", endpoints, "--listen"])
+        .arg(format!("{}:8080", net.ip("lb")))
+        .arg("--dir")
+        .arg(&tmp.0)
+        .args(["--check-inter", "200ms", "--lb-id", "lb-netns"]);
+    let lb = Lb {
+        h: start_command(cmd),
+        dir: tmp.0.clone(),
+        port: 8080,
+        _tmp: Some(tmp),
+    };
+    let up = wait_until(Duration::from_secs(20), || lb.admin("show info").is_some());
+    assert!(up, "HAProxy did not come up:\n{}", lb.h.stderr());
+    lb
+}
+
+/// Waits up to `limit` for `cond`; returns how long it took.
+fn time_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    wait_until(limit, &mut cond).then(|| started.elapsed())
+}
+
+fn has_servers(lb: &Lb, names: &[&str]) -> bool {
+    lb.servers().keys().map(String::as_str).collect::<Vec<_>>() == names
+}
+
+#[test]
+fn issue_18_balancer_is_never_blind_with_a_leaderless_member_first() {
+    let Some(mut net) = Net::new(&["e1", "e2", "e3", "lb", "a1", "a2"]) else {
+        return;
+    };
+    let cluster = Cluster::start(&mut net, ["e1", "e2", "e3"]);
+    let healthy = cluster.endpoints_without("e1");
+    // The balancer's watch sits on e1, its first endpoint.
+    let lb = start_lb(&net, &cluster.endpoints_from("e1"));
+    let mut a1 = start_app(&net, "a1", &cluster.endpoints_from("e2"));
+    lb.expect_servers(&["a1"], Duration::from_secs(15));
+
+    // e1 loses the other members, and stays reachable from everyone else.
+    net.cut("e1", "e2");
+    net.cut("e1", "e3");
+    let _a2 = start_app(&net, "a2", &healthy);
+    let written = time_until(Duration::from_secs(15), || {
+        cluster.get_at(&healthy, &key("a2")).is_some()
+    })
+    .expect("a2 registered through the healthy members");
+    let written_at = Instant::now();
+    let served = time_until(Duration::from_secs(15), || has_servers(&lb, &["a1", "a2"]));
+    let served = served.unwrap_or_else(|| {
+        panic!(
+            "HAProxy never served a2 (it has {:?}); hecd-haproxy:\n{}",
+            lb.servers(),
+            lb.h.stderr()
+        )
+    });
+    eprintln!(
+        "a2 written {} ms after the cut, served {} ms after its write",
+        written.as_millis(),
+        served.as_millis()
+    );
+    // Goal 3 s (election timeout included); margin for a loaded machine.
+    assert!(
+        served <= Duration::from_secs(8),
+        "served {} ms after the write",
+        written_at.elapsed().as_millis()
+    );
+
+    // A stop still gets its confirmation, written through a member with a leader.
+    a1.signal(libc::SIGTERM);
+    a1.expect_exit();
+    let stderr = a1.stderr_final();
+    assert!(
+        stderr.contains("of 1 load balancers confirmed"),
+        "no confirmation during the cut:\n{stderr}\n--- hecd-haproxy ---\n{}",
+        lb.h.stderr()
+    );
+    lb.expect_servers(&["a2"], Duration::from_secs(10));
+}
+
+#[test]
+fn issue_18_an_instance_whose_first_endpoint_lost_its_leader_keeps_its_key() {
+    let Some(mut net) = Net::new(&["e1", "e2", "e3", "a1"]) else {
+        return;
+    };
+    let cluster = Cluster::start(&mut net, ["e1", "e2", "e3"]);
+    let healthy = cluster.endpoints_without("e1");
+    let a1 = start_app(&net, "a1", &cluster.endpoints_from("e1"));
+    let present = || cluster.get_at(&healthy, &key("a1")).is_some();
+    assert!(
+        wait_until(Duration::from_secs(15), present),
+        "{}",
+        a1.stderr()
+    );
+    net.cut("e1", "e2");
+    net.cut("e1", "e3");
+    // Three TTLs through the cut: the keepalives reach the cluster through the others.
+    let until = Instant::now() + Duration::from_secs(3 * TTL);
+    while Instant::now() < until {
+        assert!(present(), "key lost during the cut:\n{}", a1.stderr());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    a1.signal(libc::SIGTERM);
+    let gone = time_until(Duration::from_secs(10), || !present()).expect("key deleted");
+    eprintln!("key gone {} ms after SIGTERM", gone.as_millis());
+    assert!(
+        gone <= Duration::from_secs(2),
+        "gone {gone:?} after SIGTERM"
+    );
+}
+
+#[test]
+fn issue_18_app_host_cut_from_etcd_leaves_rotation_and_comes_back() {
+    let Some(mut net) = Net::new(&["e1", "e2", "e3", "lb", "a1", "a2"]) else {
+        return;
+    };
+    let cluster = Cluster::start(&mut net, ["e1", "e2", "e3"]);
+    let all = cluster.endpoints_from("e1");
+    let lb = start_lb(&net, &all);
+    let _a1 = start_app(&net, "a1", &all);
+    let _a2 = start_app(&net, "a2", &cluster.endpoints_from("e2"));
+    lb.expect_servers(&["a1", "a2"], Duration::from_secs(15));
+    let load = Load::start_to(&[format!("{}:8080", net.ip("lb"))], 20);
+
+    for e in ["e1", "e2", "e3"] {
+        net.cut("a1", e);
+    }
+    // Its key expires within the granted TTL + 0.5 s, and the balancer drops it.
+    let gone = time_until(Duration::from_secs(10), || {
+        cluster.get(&key("a1")).is_none()
+    })
+    .expect("a1's key expired");
+    lb.expect_servers(&["a2"], Duration::from_secs(5));
+    for e in ["e1", "e2", "e3"] {
+        net.heal("a1", e);
+    }
+    let back = time_until(Duration::from_secs(15), || {
+        cluster.get(&key("a1")).is_some()
+    })
+    .expect("a1 registered again");
+    lb.expect_servers(&["a1", "a2"], Duration::from_secs(5));
+    let (sent, failed, _) = load.finish();
+    eprintln!(
+        "cut → key gone {} ms, heal → key back {} ms; {} of {sent} requests failed",
+        gone.as_millis(),
+        back.as_millis(),
+        failed.len()
+    );
+    assert!(gone <= Duration::from_secs(TTL + 3), "gone after {gone:?}");
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+}
+
+#[test]
+fn issue_18_balancer_cut_from_etcd_keeps_serving_and_catches_up() {
+    let Some(mut net) = Net::new(&["e1", "e2", "e3", "lb", "a1", "a2"]) else {
+        return;
+    };
+    let cluster = Cluster::start(&mut net, ["e1", "e2", "e3"]);
+    let all = cluster.endpoints_from("e1");
+    let lb = start_lb(&net, &all);
+    let _a1 = start_app(&net, "a1", &all);
+    lb.expect_servers(&["a1"], Duration::from_secs(15));
+    let load = Load::start_to(&[format!("{}:8080", net.ip("lb"))], 20);
+
+    for e in ["e1", "e2", "e3"] {
+        net.cut("lb", e);
+    }
+    let _a2 = start_app(&net, "a2", &all);
+    assert!(wait_until(Duration::from_secs(15), || cluster
+        .get(&key("a2"))
+        .is_some()));
+    // Cut off, it keeps what it has: never an empty backend because a read failed.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(has_servers(&lb, &["a1"]), "{:?}", lb.servers());
+    for e in ["e1", "e2", "e3"] {
+        net.heal("lb", e);
+    }
+    let caught_up = time_until(Duration::from_secs(15), || has_servers(&lb, &["a1", "a2"]))
+        .unwrap_or_else(|| panic!("not caught up: {:?}\n{}", lb.servers(), lb.h.stderr()));
+    let (sent, failed, _) = load.finish();
+    eprintln!(
+        "heal → balancer equal to etcd {} ms; {} of {sent} requests failed",
+        caught_up.as_millis(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+}
