@@ -10,7 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::etcd::{Etcd, free_port};
+use common::etcd::Etcd;
 use common::hostile::{Hostile, all_malformed};
 use common::lb::{Lb, Load};
 use common::{Hecd, TempDir, start_command, start_registered, wait_until};
@@ -358,11 +358,10 @@ fn issue_10_follows_etcd_over_tls_with_auth() {
     let apps: Vec<(Hecd, u16)> = ["a", "b"]
         .iter()
         .map(|name| {
-            let port = free_port();
             let mut cmd = Command::new(common::example("tiny_server"));
-            cmd.args([port.to_string(), name.to_string()]);
+            cmd.args(["0", name]);
             let h = start_command(cmd);
-            h.expect_line("listening");
+            let port = common::listening_port(&h.expect_line("listening"));
             (h, port)
         })
         .collect();

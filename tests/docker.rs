@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::etcd::{Etcd, free_port};
+use common::etcd::Etcd;
 use common::{TempDir, http_get, key, wait_until};
 
 const IMAGE: &str = "hecd-test-app:latest";
@@ -98,8 +98,9 @@ fn bridge_gateway() -> String {
 
 /// etcd listening on all addresses (containers reach it via the bridge gateway).
 fn etcd_for_containers() -> (Etcd, String) {
-    let port = free_port();
-    let etcd = Etcd::start_with_url(format!("http://0.0.0.0:{port}"), &[]);
+    let etcd = Etcd::start_with_url("http://0.0.0.0", &[]);
+    let extra = etcd.extra_url.clone().expect("extra URL");
+    let port = extra.rsplit(':').next().expect("port");
     let url = format!("http://{}:{port}", bridge_gateway());
     (etcd, url)
 }

@@ -22,30 +22,38 @@ struct Stage {
 
 impl Stage {
     fn start(etcd: &Etcd) -> Stage {
-        let dir = TempDir::new("haproxy");
-        let port = free_port();
-        let log = std::fs::File::create(dir.0.join("stage.log")).unwrap();
-        let child = Command::new(common::hecd_haproxy())
-            .args([
-                "--etcd",
-                &etcd.url(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--dir",
-            ])
-            .arg(dir.0.join("run"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("start hecd-haproxy (needs haproxy)");
-        let stage = Stage { child, dir, port };
-        let watching = wait_until(Duration::from_secs(10), || {
-            stage.log().contains("hecd-haproxy: HAProxy master pid")
-        });
-        assert!(watching, "the stage did not start:\n{}", stage.log());
-        stage
+        // A port chosen free may be taken before HAProxy binds it: then another one.
+        for _ in 0..5 {
+            let dir = TempDir::new("haproxy");
+            let port = free_port();
+            let log = std::fs::File::create(dir.0.join("stage.log")).unwrap();
+            let child = Command::new(common::hecd_haproxy())
+                .args([
+                    "--etcd",
+                    &etcd.url(),
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--dir",
+                ])
+                .arg(dir.0.join("run"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .expect("start hecd-haproxy (needs haproxy)");
+            let stage = Stage { child, dir, port };
+            let watching = wait_until(Duration::from_secs(10), || {
+                stage.log().contains("hecd-haproxy: HAProxy master pid")
+                    || stage.log().contains("cannot bind")
+            });
+            if stage.log().contains("cannot bind") {
+                continue;
+            }
+            assert!(watching, "the stage did not start:\n{}", stage.log());
+            return stage;
+        }
+        panic!("HAProxy could not bind a free port in 5 tries");
     }
 
     fn log(&self) -> String {
@@ -86,7 +94,7 @@ impl Drop for Stage {
 
 /// An app (tiny_server logging its requests) under hecd-init, registered as `name`.
 fn app(etcd: &Etcd, name: &str) -> Hecd {
-    let port = free_port();
+    // Port 0: the app says which port it got, hecd-init discovers it.
     let mut cmd = Command::new(common::hecd_init());
     cmd.args([
         "--etcd",
@@ -94,7 +102,7 @@ fn app(etcd: &Etcd, name: &str) -> Hecd {
         "--name",
         name,
         "--advertise",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1",
     ])
     .args([
         "--ttl",
@@ -106,7 +114,7 @@ fn app(etcd: &Etcd, name: &str) -> Hecd {
         "--",
     ])
     .arg(example("tiny_server"))
-    .args([port.to_string(), name.to_owned()])
+    .args(["0", name])
     .env("TINY_LOG_REQUESTS", "1");
     let mut h = common::start_command(cmd);
     assert!(h.expect_line("listening").starts_with("listening"));

@@ -221,7 +221,6 @@ fn authentication_with_password_from_the_environment_and_token_renewal() {
         .trim()
         .to_owned()
     };
-    let port = free_port();
     let server = common::example("tiny_server");
     let mut cmd = Command::new(common::hecd_init());
     cmd.args([
@@ -231,7 +230,7 @@ fn authentication_with_password_from_the_environment_and_token_renewal() {
         "--name",
         "web-a",
         "--advertise",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1",
     ])
     .args([
         "--etcd-user",
@@ -243,10 +242,10 @@ fn authentication_with_password_from_the_environment_and_token_renewal() {
         "--",
     ])
     .arg(&server)
-    .args([port.to_string(), "web-a".into()])
+    .args(["0", "web-a"])
     .env("HECD_ETCD_PASSWORD", "s3cret-pass");
     let mut h = common::start_command(cmd);
-    h.expect_line("listening");
+    let port = common::listening_port(&h.expect_line("listening"));
     h.app_pid();
     let value = format!("127.0.0.1:{port}");
     assert!(
@@ -297,29 +296,41 @@ fn issue_8_tls_1_2_only_endpoints_are_reached() {
     // the answer is an error about the body, not about TLS.
     let dir = TempDir::new("tls12");
     make_certs(&dir.0);
-    let port = free_port();
-    let server = Command::new("openssl")
-        .args([
-            "s_server",
-            "-accept",
-            &port.to_string(),
-            "-cert",
-            "server.pem",
-            "-key",
-            "server.key",
-            "-tls1_2",
-            "-www",
-            "-quiet",
-        ])
-        .current_dir(&dir.0)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("openssl s_server");
-    let _server = Reaped(server);
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    }));
+    // A port chosen free may be taken before s_server binds it: s_server then exits (and the
+    // port answers, but not for us), and another port is tried.
+    let mut started = None;
+    for _ in 0..5 {
+        let port = free_port();
+        let server = Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                &port.to_string(),
+                "-cert",
+                "server.pem",
+                "-key",
+                "server.key",
+                "-tls1_2",
+                "-www",
+                "-quiet",
+            ])
+            .current_dir(&dir.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let mut server = Reaped(server);
+        let mut exited = false;
+        assert!(wait_until(Duration::from_secs(10), || {
+            exited = server.0.try_wait().is_ok_and(|s| s.is_some());
+            exited || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }));
+        if !exited && server.0.try_wait().is_ok_and(|s| s.is_none()) {
+            started = Some((server, port));
+            break;
+        }
+    }
+    let (_server, port) = started.expect("openssl s_server could not bind a free port");
     let ca = dir.0.join("ca.pem").to_string_lossy().into_owned();
     let url = format!("https://127.0.0.1:{port}");
     let (h, _) = start_registered(&url, "web-tls12", &["--etcd-cacert", &ca]);

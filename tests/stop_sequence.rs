@@ -134,9 +134,9 @@ fn issue_18_a_ttl_below_etcds_minimum_is_logged_as_granted_and_bounds_the_expiry
 #[test]
 fn stop_before_registration_skips_the_drain() {
     let etcd = Etcd::start();
-    // The check never passes (nothing listens on the checked port), so nothing is registered.
-    let port = common::etcd::free_port().to_string();
-    let (mut h, _) = start_registered(&etcd.url(), "web-n", &["--drain", "20", "--port", &port]);
+    // The check never passes (nothing listens on port 1, and it is not the app's: a port
+    // chosen free could be bound by someone meanwhile), so nothing is registered.
+    let (mut h, _) = start_registered(&etcd.url(), "web-n", &["--drain", "20", "--port", "1"]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(etcd.get(&key("web-n")), None);
     let started = Instant::now();
@@ -153,22 +153,22 @@ fn failing_http_check_removes_the_key_and_recovery_puts_it_back() {
     let etcd = Etcd::start();
     let dir = common::TempDir::new("health");
     let sick = dir.0.join("sick");
-    let port = common::etcd::free_port();
     let server = common::example("tiny_server");
+    // Port 0: the app says which port it got, hecd-init discovers it.
     let mut h = common::start([
         "--etcd",
         &etcd.url(),
         "--name",
         "web-h",
         "--advertise",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1",
         "--check",
         "http:/healthz",
         "--check-interval",
         "200ms",
         "--",
         server.to_str().unwrap(),
-        &port.to_string(),
+        "0",
         "web-h",
         sick.to_str().unwrap(),
     ]);

@@ -21,6 +21,9 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// How often a member is started on new ports when one was taken before etcd bound it.
+const BIND_TRIES: usize = 5;
+
 /// One etcd member.
 pub struct Etcd {
     pub name: String,
@@ -44,22 +47,31 @@ impl Etcd {
 
     /// A single-member cluster with extra etcd flags.
     pub fn start_with(args: &[&str]) -> Etcd {
-        let mut e = Self::member("solo", free_port(), free_port(), None);
-        e.cluster = format!("solo=http://127.0.0.1:{}", e.peer_port);
-        e.args = args.iter().map(|s| s.to_string()).collect();
-        e.spawn();
-        e.wait_healthy();
-        e
+        Self::start_solo(None, args)
     }
 
-    /// A single member with an extra client URL (e.g. https://127.0.0.1:PORT) and flags.
-    pub fn start_with_url(extra_url: String, args: &[&str]) -> Etcd {
-        let mut e = Self::member("solo", free_port(), free_port(), Some(extra_url));
-        e.cluster = format!("solo=http://127.0.0.1:{}", e.peer_port);
-        e.args = args.iter().map(|s| s.to_string()).collect();
-        e.spawn();
-        e.wait_healthy();
-        e
+    /// A single member with an extra client URL `SCHEME://HOST:PORT` on a free port (e.g.
+    /// `https://127.0.0.1`, or `http://0.0.0.0` for containers) and flags; the URL chosen is
+    /// in `extra_url`.
+    pub fn start_with_url(scheme_host: &str, args: &[&str]) -> Etcd {
+        Self::start_solo(Some(scheme_host), args)
+    }
+
+    /// A port chosen free may be taken before etcd binds it (a busy machine, tests side by
+    /// side): then etcd exits saying so, and the member is started again on new ports.
+    fn start_solo(scheme_host: Option<&str>, args: &[&str]) -> Etcd {
+        for _ in 0..BIND_TRIES {
+            let extra = scheme_host.map(|sh| format!("{sh}:{}", free_port()));
+            let mut e = Self::member("solo", free_port(), free_port(), extra);
+            e.cluster = format!("solo=http://127.0.0.1:{}", e.peer_port);
+            e.args = args.iter().map(|s| s.to_string()).collect();
+            e.spawn();
+            if e.became_healthy() {
+                return e;
+            }
+            e.kill();
+        }
+        panic!("etcd could not bind free ports in {BIND_TRIES} tries");
     }
 
     fn member(name: &str, port: u16, peer_port: u16, extra_url: Option<String>) -> Etcd {
@@ -78,24 +90,27 @@ impl Etcd {
         }
     }
 
-    /// A 3-member cluster on loopback.
+    /// A 3-member cluster on loopback (started again on new ports if one was taken).
     pub fn cluster3() -> Vec<Etcd> {
-        let mut members: Vec<Etcd> = (0..3)
-            .map(|i| Self::member(&format!("m{i}"), free_port(), free_port(), None))
-            .collect();
-        let cluster = members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        for m in &mut members {
-            m.cluster = cluster.clone();
-            m.spawn();
+        for _ in 0..BIND_TRIES {
+            let mut members: Vec<Etcd> = (0..3)
+                .map(|i| Self::member(&format!("m{i}"), free_port(), free_port(), None))
+                .collect();
+            let cluster = members
+                .iter()
+                .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+                .collect::<Vec<_>>()
+                .join(",");
+            for m in &mut members {
+                m.cluster = cluster.clone();
+                m.spawn();
+            }
+            if members.iter().all(Etcd::became_healthy) {
+                return members;
+            }
+            // Dropping them kills them.
         }
-        for m in &members {
-            m.wait_healthy();
-        }
-        members
+        panic!("an etcd cluster could not bind free ports in {BIND_TRIES} tries");
     }
 
     pub fn url(&self) -> String {
@@ -155,18 +170,44 @@ impl Etcd {
         );
     }
 
-    /// Waits until the member serves requests (10 s at most).
+    /// Waits until the member serves requests (15 s at most).
     pub fn wait_healthy(&self) {
-        let ok = wait_until(Duration::from_secs(15), || {
-            self.call("/health", None)
-                .is_some_and(|v| v.get("health").and_then(Value::as_str) == Some("true"))
-        });
+        let ok = wait_until(Duration::from_secs(15), || self.healthy());
         assert!(
             ok,
             "etcd {} did not become healthy; log:\n{}",
             self.name,
             self.log_text()
         );
+    }
+
+    fn healthy(&self) -> bool {
+        self.call("/health", None)
+            .is_some_and(|v| v.get("health").and_then(Value::as_str) == Some("true"))
+    }
+
+    /// Waits until the member is healthy (true), or says it could not bind a port (false, so
+    /// the caller starts it on others); fails the test on anything else.
+    fn became_healthy(&self) -> bool {
+        let mut lost_port = false;
+        let ok = wait_until(Duration::from_secs(15), || {
+            lost_port = self.log_text().contains("address already in use");
+            lost_port || self.healthy()
+        });
+        if lost_port {
+            eprintln!(
+                "etcd {}: a port was taken before it bound it; new ports",
+                self.name
+            );
+            return false;
+        }
+        assert!(
+            ok,
+            "etcd {} did not become healthy; log:\n{}",
+            self.name,
+            self.log_text()
+        );
+        true
     }
 
     pub fn log_text(&self) -> String {
@@ -287,12 +328,13 @@ impl Etcd {
     /// A member with an extra `https://` client URL served with the certificates
     /// [`make_certs`] wrote in `certs` (plus `args`); returns it and that URL.
     pub fn start_tls(certs: &std::path::Path, args: &[&str]) -> (Etcd, String) {
-        let https = format!("https://127.0.0.1:{}", free_port());
         let file = |f: &str| certs.join(f).to_string_lossy().into_owned();
         let (cert, key) = (file("server.pem"), file("server.key"));
         let mut all = vec!["--cert-file", cert.as_str(), "--key-file", key.as_str()];
         all.extend_from_slice(args);
-        (Etcd::start_with_url(https.clone(), &all), https)
+        let etcd = Etcd::start_with_url("https://127.0.0.1", &all);
+        let https = etcd.extra_url.clone().expect("the https URL");
+        (etcd, https)
     }
 
     /// Turns authentication on with a `root` user (role `root`) whose password is `password`.

@@ -45,25 +45,38 @@ impl Lb {
     }
 
     fn start_in_env(etcd_urls: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Lb {
-        let port = free_port();
-        let mut cmd = Command::new(super::hecd_haproxy());
-        cmd.args(["--etcd", etcd_urls, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--dir")
-            .arg(dir)
-            .args(["--check-inter", "200ms"])
-            .args(args)
-            .envs(env.iter().copied());
-        let h = start_command(cmd);
-        let lb = Lb {
-            h,
-            dir: dir.to_owned(),
-            port,
-            _tmp: None,
-        };
-        let up = wait_until(Duration::from_secs(20), || lb.admin("show info").is_some());
-        assert!(up, "HAProxy did not come up:\n{}", lb.h.stderr());
-        lb
+        // A port chosen free may be taken before HAProxy binds it: then HAProxy says so and
+        // hecd-haproxy exits, and it is started again on another port.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(super::hecd_haproxy());
+            cmd.args(["--etcd", etcd_urls, "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--dir")
+                .arg(dir)
+                .args(["--check-inter", "200ms"])
+                .args(args)
+                .envs(env.iter().copied());
+            let h = start_command(cmd);
+            let mut lb = Lb {
+                h,
+                dir: dir.to_owned(),
+                port,
+                _tmp: None,
+            };
+            let mut exited = false;
+            let up = wait_until(Duration::from_secs(20), || {
+                exited = lb.h.wait(Duration::ZERO).is_some();
+                exited || lb.admin("show info").is_some()
+            });
+            if exited && lb.h.stderr_final().contains("cannot bind") {
+                eprintln!("port {port} was taken before HAProxy bound it; another one");
+                continue;
+            }
+            assert!(up && !exited, "HAProxy did not come up:\n{}", lb.h.stderr());
+            return lb;
+        }
+        panic!("HAProxy could not bind a free port in 5 tries");
     }
 
     /// One runtime API command on HAProxy's admin socket.

@@ -434,42 +434,50 @@ pub fn key(name: &str) -> String {
 }
 
 /// Starts hecd-init registering a tiny_server app named `name` in `etcd_urls` (advertised as
-/// 127.0.0.1:PORT), with `args` before `--`. Returns once the app listens.
+/// 127.0.0.1:PORT), with `args` before `--`. Returns once the app listens, with its port.
 pub fn start_registered(etcd_urls: &str, name: &str, args: &[&str]) -> (Hecd, u16) {
     start_registered_env(etcd_urls, name, args, &[])
 }
 
-/// [`start_registered`] with extra environment variables for hecd-init and the app.
+/// [`start_registered`] with extra environment variables for hecd-init and the app. The app
+/// binds port 0 and says which port it got (a port chosen free here could be taken before the
+/// app bound it); hecd-init advertises 127.0.0.1 with the port it discovers.
 pub fn start_registered_env(
     etcd_urls: &str,
     name: &str,
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Hecd, u16) {
-    let port = etcd::free_port();
-    let advertise = format!("127.0.0.1:{port}");
     let server = example("tiny_server");
     let mut all: Vec<String> = vec![
         "--etcd".into(),
         etcd_urls.into(),
         "--name".into(),
         name.into(),
+        "--advertise".into(),
+        "127.0.0.1".into(),
     ];
-    all.extend(["--advertise".into(), advertise]);
     all.extend(args.iter().map(|s| s.to_string()));
     all.extend([
         "--".into(),
         server.to_string_lossy().into_owned(),
-        port.to_string(),
+        "0".into(),
         name.into(),
     ]);
     let mut cmd = Command::new(hecd_init());
     cmd.args(&all).envs(env.iter().copied());
     let mut h = start_command(cmd);
-    let line = h.expect_line("listening");
-    assert!(line.starts_with("listening "), "{line}");
+    let port = listening_port(&h.expect_line("listening"));
     h.app_pid();
     (h, port)
+}
+
+/// The port of tiny_server's `listening PORT PID` line.
+pub fn listening_port(line: &str) -> u16 {
+    line.strip_prefix("listening ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("expected `listening PORT PID`, got {line:?}"))
 }
 
 /// Waits up to 10 s for `name`'s key to appear in etcd, failing with hecd-init's stderr.
