@@ -73,6 +73,43 @@ fn has_servers(lb: &Lb, names: &[&str]) -> bool {
     lb.servers().keys().map(String::as_str).collect::<Vec<_>>() == names
 }
 
+/// Hosts e1, e2, e3 (three etcd members), lb (the balancer), a1 and a2, with `apps` (of a1,
+/// a2) started and served under load from outside: the start of the cut tests.
+struct Serving {
+    net: Net,
+    cluster: Cluster,
+    lb: Lb,
+    /// The apps' hecd-init: bind it (`apps: _apps`), or the apps stop at once.
+    apps: Vec<Hecd>,
+    load: Load,
+}
+
+fn serving(apps: &[&str]) -> Option<Serving> {
+    let mut net = Net::new(&["e1", "e2", "e3", "lb", "a1", "a2"])?;
+    let cluster = Cluster::start(&mut net, ["e1", "e2", "e3"]);
+    let lb = start_lb(&net, &cluster.endpoints_from("e1"));
+    let started = apps
+        .iter()
+        .enumerate()
+        .map(|(i, app)| {
+            start_app(
+                &net,
+                app,
+                &cluster.endpoints_from(["e1", "e2", "e3"][i % 3]),
+            )
+        })
+        .collect();
+    lb.expect_servers(apps, Duration::from_secs(15));
+    let load = Load::start_to(&[format!("{}:8080", net.ip("lb"))], 20);
+    Some(Serving {
+        net,
+        cluster,
+        lb,
+        apps: started,
+        load,
+    })
+}
+
 /// `HECD_BENCH_ROUNDS` (scripts/bench) repeats the blind-balancer round to take a median.
 fn rounds() -> usize {
     std::env::var("HECD_BENCH_ROUNDS")
@@ -194,16 +231,16 @@ fn issue_18_an_instance_whose_first_endpoint_lost_its_leader_keeps_its_key() {
 
 #[test]
 fn issue_18_app_host_cut_from_etcd_leaves_rotation_and_comes_back() {
-    let Some(mut net) = Net::new(&["e1", "e2", "e3", "lb", "a1", "a2"]) else {
+    let Some(Serving {
+        net,
+        cluster,
+        lb,
+        load,
+        apps: _apps,
+    }) = serving(&["a1", "a2"])
+    else {
         return;
     };
-    let cluster = Cluster::start(&mut net, ["e1", "e2", "e3"]);
-    let all = cluster.endpoints_from("e1");
-    let lb = start_lb(&net, &all);
-    let _a1 = start_app(&net, "a1", &all);
-    let _a2 = start_app(&net, "a2", &cluster.endpoints_from("e2"));
-    lb.expect_servers(&["a1", "a2"], Duration::from_secs(15));
-    let load = Load::start_to(&[format!("{}:8080", net.ip("lb"))], 20);
 
     for e in ["e1", "e2", "e3"] {
         net.cut("a1", e);
@@ -235,15 +272,17 @@ fn issue_18_app_host_cut_from_etcd_leaves_rotation_and_comes_back() {
 
 #[test]
 fn issue_18_balancer_cut_from_etcd_keeps_serving_and_catches_up() {
-    let Some(mut net) = Net::new(&["e1", "e2", "e3", "lb", "a1", "a2"]) else {
+    let Some(Serving {
+        net,
+        cluster,
+        lb,
+        load,
+        apps: _apps,
+    }) = serving(&["a1"])
+    else {
         return;
     };
-    let cluster = Cluster::start(&mut net, ["e1", "e2", "e3"]);
     let all = cluster.endpoints_from("e1");
-    let lb = start_lb(&net, &all);
-    let _a1 = start_app(&net, "a1", &all);
-    lb.expect_servers(&["a1"], Duration::from_secs(15));
-    let load = Load::start_to(&[format!("{}:8080", net.ip("lb"))], 20);
 
     for e in ["e1", "e2", "e3"] {
         net.cut("lb", e);

@@ -353,18 +353,25 @@ impl Etcd {
 
     /// Runs etcdctl against this member's plain URL.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.url()])
-            .args(args)
-            .output()
-            .expect("etcdctl");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        etcdctl(&self.url(), args)
     }
+}
+
+/// Runs etcdctl (v3) against `endpoints` (comma-separated URLs), bounded by 10 s; returns
+/// what it printed, errors included.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args(["10", "etcdctl", "--dial-timeout=2s", "--command-timeout=4s"])
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 impl Drop for Etcd {

@@ -269,18 +269,7 @@ impl Cluster {
 
     /// etcdctl (v3) against `endpoints` (comma-separated URLs), bounded.
     pub fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> String {
-        let out = Command::new("timeout")
-            .args(["10", "etcdctl", "--dial-timeout=2s", "--command-timeout=4s"])
-            .arg(format!("--endpoints={endpoints}"))
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .output()
-            .expect("etcdctl");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        super::etcd::etcdctl(endpoints, args)
     }
 
     /// The value of `key`, read (linearizably) through every member.
