@@ -37,11 +37,6 @@ pub struct KernelSigSet(pub u64);
 impl KernelSigSet {
     /// Every signal number, 1 to 64 (the kernel ignores SIGKILL and SIGSTOP in a mask).
     pub const ALL: KernelSigSet = KernelSigSet(u64::MAX);
-
-    /// Whether `sig` is in the set.
-    pub fn contains(self, sig: c_int) -> bool {
-        (1..=MAX_SIGNAL).contains(&sig) && self.0 & (1u64 << (sig - 1)) != 0
-    }
 }
 
 /// Size of [`KernelSigSet`] as the kernel's `sigsetsize` argument.
