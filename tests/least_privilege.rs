@@ -131,6 +131,38 @@ fn issue_16_user_forms_set_ids_groups_and_home() {
 }
 
 #[test]
+fn issue_16_no_new_privileges_is_set_for_the_app_only() {
+    for (args, env, want) in [
+        (&["--no-new-privileges"][..], &[][..], "NoNewPrivs:\t1"),
+        (&[], &[("HECD_NO_NEW_PRIVILEGES", "1")], "NoNewPrivs:\t1"),
+        (
+            &["--user", "nobody", "--no-new-privileges"],
+            &[],
+            "NoNewPrivs:\t1",
+        ),
+        (&[], &[], "NoNewPrivs:\t0"),
+    ] {
+        let mut cmd = Command::new(hecd_init());
+        cmd.args(args)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "grep ^NoNewPrivs /proc/self/status; exec sleep 30",
+            ])
+            .envs(env.iter().copied());
+        let mut h = start_command(cmd);
+        assert_eq!(h.expect_line("NoNewPrivs"), want, "{args:?} {env:?}");
+        h.app_pid();
+        // hecd-init itself keeps its privileges (the bit is for the app alone).
+        let own = common::status_field(h.pid(), "NoNewPrivs");
+        assert_eq!(own.as_deref(), Some("0"), "hecd-init's own bit");
+        h.signal(libc::SIGTERM);
+        assert_eq!(h.expect_exit(), 128 + libc::SIGTERM);
+    }
+}
+
+#[test]
 fn issue_16_bad_user_values_exit_2_with_one_line_and_nothing_runs() {
     let tmp = TempDir::new("user-bad");
     let marker = tmp.0.join("ran");
