@@ -265,9 +265,7 @@ impl RawArgs {
     pub fn all(&self, long: &str) -> &[Given] {
         self.values.get(long).map_or(&[], Vec::as_slice)
     }
-}
 
-impl RawArgs {
     /// Where the command line holds a password: the `PASSWORD` of every `--etcd-user
     /// USER:PASSWORD`, as (index in the scanned `args`, byte range in that word).
     pub fn password_spans(&self) -> Vec<(usize, std::ops::Range<usize>)> {

@@ -558,7 +558,6 @@ impl Client {
         Attempt::Next("auth token rejected twice".into())
     }
 
-    /// The v3 auth token header, when there is a token.
     /// The headers of every v3 request: the auth token, and `hasleader`, which the gateway
     /// passes on as the gRPC metadata etcd's own clients send with `WithRequireLeader`. A
     /// member that has lost its leader (cut off from the others, still answering) then refuses
