@@ -5,42 +5,21 @@
 
 mod common;
 
-use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
 use common::etcd::Etcd;
 use common::lb::{Lb, Load};
-use common::{Hecd, example, key, now_ms, start_command, wait_until};
+use common::{Hecd, key, now_ms, wait_until};
 
 /// An app answering each request after 300 ms, under hecd-init with `--drain DRAIN`.
 fn slow_app(etcd: &Etcd, name: &str, drain: &str) -> Hecd {
-    // The app binds port 0 (a port chosen free here could be taken before it binds); hecd-init
-    // discovers the port.
-    let mut cmd = Command::new(common::hecd_init());
-    cmd.args([
-        "--etcd",
+    let (h, _) = common::start_registered_env(
         &etcd.url(),
-        "--name",
         name,
-        "--advertise",
-        "127.0.0.1",
-    ])
-    .args([
-        "--ttl",
-        "3",
-        "--check-interval",
-        "200ms",
-        "--drain",
-        drain,
-        "--",
-    ])
-    .arg(example("tiny_server"))
-    .args(["0", name])
-    .env("TINY_DELAY_MS", "300");
-    let mut h = start_command(cmd);
-    assert!(h.expect_line("listening").starts_with("listening"));
-    h.app_pid();
+        &["--ttl", "3", "--check-interval", "200ms", "--drain", drain],
+        &[("TINY_DELAY_MS", "300")],
+    );
     let up = wait_until(Duration::from_secs(10), || etcd.get(&key(name)).is_some());
     assert!(up, "{name} not registered:\n{}", h.stderr());
     h

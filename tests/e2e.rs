@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::etcd::{Etcd, free_port};
-use common::{Hecd, TempDir, example, now_ms, wait_until};
+use common::{Hecd, TempDir, now_ms, wait_until};
 
 /// The consumer stage in its own process group (hecd-haproxy and HAProxy), killed on drop.
 struct Stage {
@@ -94,31 +94,12 @@ impl Drop for Stage {
 
 /// An app (tiny_server logging its requests) under hecd-init, registered as `name`.
 fn app(etcd: &Etcd, name: &str) -> Hecd {
-    // Port 0: the app says which port it got, hecd-init discovers it.
-    let mut cmd = Command::new(common::hecd_init());
-    cmd.args([
-        "--etcd",
+    let (h, _) = common::start_registered_env(
         &etcd.url(),
-        "--name",
         name,
-        "--advertise",
-        "127.0.0.1",
-    ])
-    .args([
-        "--ttl",
-        "3",
-        "--check-interval",
-        "500ms",
-        "--drain",
-        "2",
-        "--",
-    ])
-    .arg(example("tiny_server"))
-    .args(["0", name])
-    .env("TINY_LOG_REQUESTS", "1");
-    let mut h = common::start_command(cmd);
-    assert!(h.expect_line("listening").starts_with("listening"));
-    h.app_pid();
+        &["--ttl", "3", "--check-interval", "500ms", "--drain", "2"],
+        &[("TINY_LOG_REQUESTS", "1")],
+    );
     h
 }
 
