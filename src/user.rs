@@ -127,21 +127,20 @@ pub fn resolve_in(
     group: &str,
     source: &str,
 ) -> Result<Resolved, UsageError> {
-    let entry = match &spec.user {
-        Who::Name(name) => Some(passwd_entries(passwd).find(|e| e.name == name).ok_or_else(
-            || {
-                UsageError::new(
-                    source,
-                    format!("unknown user {name:?} (not in /etc/passwd)"),
-                )
-            },
-        )?),
-        Who::Id(uid) => passwd_entries(passwd).find(|e| e.uid == *uid),
-    };
-    let uid = match (&spec.user, &entry) {
-        (_, Some(e)) => e.uid,
-        (Who::Id(uid), None) => *uid,
-        (Who::Name(_), None) => unreachable_user(source)?,
+    // A name must have an entry; a number may.
+    let (uid, entry) = match &spec.user {
+        Who::Name(name) => {
+            let e = passwd_entries(passwd)
+                .find(|e| e.name == name)
+                .ok_or_else(|| {
+                    UsageError::new(
+                        source,
+                        format!("unknown user {name:?} (not in /etc/passwd)"),
+                    )
+                })?;
+            (e.uid, Some(e))
+        }
+        Who::Id(uid) => (*uid, passwd_entries(passwd).find(|e| e.uid == *uid)),
     };
     let explicit_gid = match &spec.group {
         None => None,
@@ -179,12 +178,6 @@ pub fn resolve_in(
         identity: Identity { uid, gid, groups },
         home,
     })
-}
-
-/// A name was looked up above and found, so this cannot be reached; an error rather than a
-/// panic all the same.
-fn unreachable_user(source: &str) -> Result<u32, UsageError> {
-    Err(UsageError::new(source, "internal error resolving the user"))
 }
 
 /// Reads `/etc/passwd` and `/etc/group` and resolves `spec` (see [`resolve_in`]). A missing
