@@ -96,8 +96,7 @@ fn run(args: &[OsString], scrub_args: impl FnOnce(Vec<(usize, std::ops::Range<us
     };
     // Everything is read: overwrite the passwords where /proc/<pid>/environ and /cmdline show
     // them, before any thread starts. The app's environment is built from what is left.
-    sys::scrub_env_value("HECD_ETCD_PASSWORD", false);
-    sys::scrub_env_value("HECD_ETCD_USER", true);
+    registrar::plan::scrub_credentials();
     scrub_args(password_spans);
     logging::init(&config.log_filter);
     // A panic is a bug: one line the operator can find. On the registrar threads it ends only

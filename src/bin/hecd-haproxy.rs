@@ -75,8 +75,7 @@ fn run(args: &[OsString], scrub_args: impl FnOnce(Vec<(usize, std::ops::Range<us
     };
     // Everything is read: overwrite the passwords where /proc/<pid>/environ and /cmdline show
     // them, before any thread starts.
-    sys::scrub_env_value("HECD_ETCD_PASSWORD", false);
-    sys::scrub_env_value("HECD_ETCD_USER", true);
+    plan::scrub_credentials();
     scrub_args(std::mem::take(&mut config.password_spans));
     logging::init_as("hecd-haproxy", &config.log_filter);
     std::panic::set_hook(Box::new(|info| {

@@ -85,6 +85,15 @@ pub fn tls(
         .map_err(|e| UsageError::new("--etcd-cacert", e))
 }
 
+/// Overwrites the etcd password where this process's `/proc/<pid>/environ` shows it: all of
+/// `HECD_ETCD_PASSWORD`, and `HECD_ETCD_USER` from its `:` on (`USER:PASSWORD` → `USER`). Both
+/// programs call it once everything is read and before any thread starts; what the C library
+/// reads afterwards (the app's environment included) is what is left.
+pub fn scrub_credentials() {
+    crate::sys::scrub_env_value("HECD_ETCD_PASSWORD", false);
+    crate::sys::scrub_env_value("HECD_ETCD_USER", true);
+}
+
 /// The password in the file at `path` (`--etcd-password-file`): one line, one trailing
 /// newline dropped.
 pub fn password_file(path: &str) -> Result<String, UsageError> {
