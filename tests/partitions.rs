@@ -79,8 +79,8 @@ struct Serving {
     net: Net,
     cluster: Cluster,
     lb: Lb,
-    /// The apps' hecd-init: bind it (`apps: _apps`), or the apps stop at once.
-    apps: Vec<Hecd>,
+    /// The apps' hecd-init, stopped with the struct.
+    _apps: Vec<Hecd>,
     load: Load,
 }
 
@@ -105,7 +105,7 @@ fn serving(apps: &[&str]) -> Option<Serving> {
         net,
         cluster,
         lb,
-        apps: started,
+        _apps: started,
         load,
     })
 }
@@ -231,35 +231,29 @@ fn issue_18_an_instance_whose_first_endpoint_lost_its_leader_keeps_its_key() {
 
 #[test]
 fn issue_18_app_host_cut_from_etcd_leaves_rotation_and_comes_back() {
-    let Some(Serving {
-        net,
-        cluster,
-        lb,
-        load,
-        apps: _apps,
-    }) = serving(&["a1", "a2"])
-    else {
+    // Kept whole (fields used by name) so the apps it started live to the end of the test.
+    let Some(s) = serving(&["a1", "a2"]) else {
         return;
     };
 
     for e in ["e1", "e2", "e3"] {
-        net.cut("a1", e);
+        s.net.cut("a1", e);
     }
     // Its key expires within the granted TTL + 0.5 s, and the balancer drops it.
     let gone = time_until(Duration::from_secs(10), || {
-        cluster.get(&key("a1")).is_none()
+        s.cluster.get(&key("a1")).is_none()
     })
     .expect("a1's key expired");
-    lb.expect_servers(&["a2"], Duration::from_secs(5));
+    s.lb.expect_servers(&["a2"], Duration::from_secs(5));
     for e in ["e1", "e2", "e3"] {
-        net.heal("a1", e);
+        s.net.heal("a1", e);
     }
     let back = time_until(Duration::from_secs(15), || {
-        cluster.get(&key("a1")).is_some()
+        s.cluster.get(&key("a1")).is_some()
     })
     .expect("a1 registered again");
-    lb.expect_servers(&["a1", "a2"], Duration::from_secs(5));
-    let (sent, failed, _) = load.finish();
+    s.lb.expect_servers(&["a1", "a2"], Duration::from_secs(5));
+    let (sent, failed, _) = s.load.finish();
     eprintln!(
         "cut → key gone {} ms, heal → key back {} ms; {} of {sent} requests failed",
         gone.as_millis(),
@@ -272,34 +266,31 @@ fn issue_18_app_host_cut_from_etcd_leaves_rotation_and_comes_back() {
 
 #[test]
 fn issue_18_balancer_cut_from_etcd_keeps_serving_and_catches_up() {
-    let Some(Serving {
-        net,
-        cluster,
-        lb,
-        load,
-        apps: _apps,
-    }) = serving(&["a1"])
-    else {
+    // Kept whole (fields used by name) so the apps it started live to the end of the test.
+    let Some(s) = serving(&["a1"]) else {
         return;
     };
-    let all = cluster.endpoints_from("e1");
+    let all = s.cluster.endpoints_from("e1");
 
     for e in ["e1", "e2", "e3"] {
-        net.cut("lb", e);
+        s.net.cut("lb", e);
     }
-    let _a2 = start_app(&net, "a2", &all);
-    assert!(wait_until(Duration::from_secs(15), || cluster
+    let _a2 = start_app(&s.net, "a2", &all);
+    assert!(wait_until(Duration::from_secs(15), || s
+        .cluster
         .get(&key("a2"))
         .is_some()));
     // Cut off, it keeps what it has: never an empty backend because a read failed.
     std::thread::sleep(Duration::from_secs(3));
-    assert!(has_servers(&lb, &["a1"]), "{:?}", lb.servers());
+    assert!(has_servers(&s.lb, &["a1"]), "{:?}", s.lb.servers());
     for e in ["e1", "e2", "e3"] {
-        net.heal("lb", e);
+        s.net.heal("lb", e);
     }
-    let caught_up = time_until(Duration::from_secs(15), || has_servers(&lb, &["a1", "a2"]))
-        .unwrap_or_else(|| panic!("not caught up: {:?}\n{}", lb.servers(), lb.h.stderr()));
-    let (sent, failed, _) = load.finish();
+    let caught_up = time_until(Duration::from_secs(15), || {
+        has_servers(&s.lb, &["a1", "a2"])
+    })
+    .unwrap_or_else(|| panic!("not caught up: {:?}\n{}", s.lb.servers(), s.lb.h.stderr()));
+    let (sent, failed, _) = s.load.finish();
     eprintln!(
         "heal → balancer equal to etcd {} ms; {} of {sent} requests failed",
         caught_up.as_millis(),
