@@ -117,6 +117,15 @@ pub const OPTIONS: &[OptSpec] = &[
         "readiness and liveness check against the app's port",
     ),
     opt("check-interval", "DURATION", "2s", "time between checks"),
+    OptSpec {
+        long: "route",
+        short: None,
+        value: Some("HOST[/PATH]"),
+        default: "none",
+        help: "requests for this host (and path prefix) go to this instance's service (its --prefix) on balancers that route; repeatable, comma-separated in the variable",
+        env: true,
+        repeat: true,
+    },
     opt(
         "lb-prefix",
         "PATH",

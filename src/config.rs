@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use crate::cli::{Given, RawArgs};
+use crate::contract::{self, Route};
 use crate::error::UsageError;
 use crate::signal::Rewrites;
 use crate::user::{self, UserSpec};
@@ -141,6 +142,8 @@ pub struct Registration {
     pub password_file: Option<String>,
     /// `--lb-prefix`, normalised: load balancers' announcements and drain confirmations.
     pub lb_prefix: String,
+    /// `--route`: this instance's service's routes, sorted, without repeats.
+    pub routes: Vec<Route>,
 }
 
 /// The variables that are not options: `HECD_ETCD_PASSWORD` and `HECD_LOG`.
@@ -220,6 +223,7 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
             .map(|g| user::parse_spec(&g.value, &g.source).map(|u| (u, g.source.clone())))
             .transpose(),
     );
+    let routes = errors.take(parse_route_options(&raw, prefix.as_deref(), api));
     let verbose = errors.take(verbosity(&raw));
     let rewrites = errors.take(
         raw.all("rewrite")
@@ -277,6 +281,7 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
         credentials: access.credentials.clone(),
         password_file: access.password_file.clone(),
         lb_prefix: lb_prefix.clone().unwrap_or_default(),
+        routes: routes.clone().unwrap_or_default(),
     });
     let default_drain = if registering {
         Duration::from_secs(2)
@@ -579,12 +584,58 @@ pub(crate) fn parse_prefix(g: &Given) -> Result<String, UsageError> {
     })
 }
 
-pub(crate) fn parse_name(g: &Given) -> Result<String, UsageError> {
+/// `--lb-id`: a key segment (the last of the balancer's keys).
+pub(crate) fn parse_key_segment(g: &Given) -> Result<String, UsageError> {
     let v = &g.value;
     if v.is_empty() || v.contains('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(expected(g, "a key segment without '/' or spaces"));
     }
     Ok(v.clone())
+}
+
+/// `--name`: what every balancer serves (see [`contract::check_name`]).
+fn parse_name(g: &Given) -> Result<String, UsageError> {
+    contract::check_name(&g.value)
+        .map(|()| g.value.clone())
+        .map_err(|why| UsageError::new(&g.source, format!("{why}; got {:?}", g.value)))
+}
+
+/// Every `--route`, checked: each a route of [`Route::parse`]; none with the prefix `/` (the
+/// declaration's key names the service by its prefix) or with `--etcd-api v2` (balancers read
+/// routes with v3).
+fn parse_route_options(
+    raw: &RawArgs,
+    prefix: Option<&str>,
+    api: Option<EtcdApi>,
+) -> Result<Vec<Route>, UsageError> {
+    let given = raw.all("route");
+    let mut routes = Vec::new();
+    for g in given {
+        routes.push(Route::parse(g.value.trim()).map_err(|why| UsageError::new(&g.source, why))?);
+    }
+    if let Some(g) = given.first() {
+        if prefix == Some("") {
+            return Err(UsageError::new(
+                &g.source,
+                "needs a --prefix other than / (the route declaration names its service by the prefix)",
+            ));
+        }
+        if api == Some(EtcdApi::V2) {
+            return Err(UsageError::new(
+                &g.source,
+                "needs the etcd v3 API (balancers read routes with v3); --etcd-api v2 was given",
+            ));
+        }
+        if routes.len() > contract::MAX_ROUTES {
+            return Err(UsageError::new(
+                &g.source,
+                format!("at most {} routes per instance", contract::MAX_ROUTES),
+            ));
+        }
+    }
+    routes.sort();
+    routes.dedup();
+    Ok(routes)
 }
 
 fn parse_advertise(g: &Given) -> Result<Advertise, UsageError> {
@@ -601,9 +652,13 @@ fn parse_advertise(g: &Given) -> Result<Advertise, UsageError> {
         }
     })?;
     let port = port.map(|p| parse_port(p, g)).transpose()?;
-    let is_v6 = host.parse::<Ipv6Addr>().is_ok();
-    if !host.is_empty() && !is_v6 && !valid_host(host) {
-        return Err(expected(g, form));
+    let is_ip = host.parse::<IpAddr>().is_ok();
+    if !host.is_empty() && !is_ip {
+        return Err(expected(
+            g,
+            "an IP address as HOST (balancers take IP:PORT only: HAProxy's runtime API cannot \
+             move a server to a host name), such as 10.0.0.5:8080, :8080 or [fd00::5]:8080",
+        ));
     }
     if host.is_empty() && port.is_none() {
         return Err(expected(g, form));
@@ -1003,13 +1058,63 @@ mod tests {
                 port: None
             }
         );
-        assert_eq!(
-            reg(&["--advertise", "web.local:80"]).advertise,
-            Advertise {
-                host: Some("web.local".into()),
-                port: Some(80)
-            }
+        // Balancers take IP:PORT only: a host name is refused at start, not skipped later.
+        assert!(
+            err(&["--etcd", "http://e:1", "--advertise", "web.local:80"]).starts_with(
+                "--advertise: expected an IP address as HOST (balancers take IP:PORT only"
+            )
         );
+    }
+
+    #[test]
+    fn names_and_routes_follow_the_contract() {
+        let e = |args: &[&str]| {
+            let mut all = vec!["--etcd", "http://e:1"];
+            all.extend_from_slice(args);
+            err(&all)
+        };
+        for bad in ["odd@name+1", "web[1]", "ünï", ".", "..", "_x", "a b"] {
+            assert!(e(&["--name", bad]).starts_with("--name: "), "{bad}");
+        }
+        assert_eq!(
+            e(&["--name", "web@x"]),
+            r#"--name: '@' is not allowed: an instance name takes letters, digits, '-', '_', '.' and ':' (HAProxy's server names; a confd + haproxy -c pipeline rejects anything else); got "web@x""#
+        );
+        assert_eq!(
+            reg(&["--name", "web-1.a:b_c"]).name.as_deref(),
+            Some("web-1.a:b_c")
+        );
+        let r = reg(&["--route", "API.example.com", "--route", "example.com/api"]);
+        let shown: Vec<String> = r.routes.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["api.example.com", "example.com/api"]);
+        let r = build_with(
+            &["--etcd", "http://e:1", "true"],
+            &[("HECD_ROUTE", "a.example.com, b.example.com/x")],
+        )
+        .unwrap()
+        .registration
+        .unwrap();
+        assert_eq!(r.routes.len(), 2);
+        for bad in [
+            "a b.com",
+            "a.com/x y",
+            "/api",
+            "a.com:80",
+            &"a".repeat(5000),
+        ] {
+            assert!(e(&["--route", bad]).starts_with("--route: "), "{bad:?}");
+        }
+        assert!(e(&["--route", "a.com", "--prefix", "/"]).starts_with("--route: needs a --prefix"));
+        assert!(
+            e(&["--route", "a.com", "--etcd-api", "v2"])
+                .starts_with("--route: needs the etcd v3 API")
+        );
+        let errs = build_with(
+            &["--etcd", "http://e:1", "true"],
+            &[("HECD_ROUTE", "a.com,b c")],
+        )
+        .unwrap_err();
+        assert!(errs[0].starts_with("HECD_ROUTE: "), "{errs:?}");
     }
 
     #[test]
@@ -1079,7 +1184,7 @@ mod tests {
             ),
             (
                 &["--advertise", "a b"],
-                r#"--advertise: expected [HOST][:PORT] such as 10.0.0.5:8080, :8080, or [fd00::5]:8080, got "a b""#,
+                r#"--advertise: expected an IP address as HOST (balancers take IP:PORT only: HAProxy's runtime API cannot move a server to a host name), such as 10.0.0.5:8080, :8080 or [fd00::5]:8080, got "a b""#,
             ),
             (
                 &["--host-ip", "example.com"],
@@ -1095,7 +1200,7 @@ mod tests {
             ),
             (
                 &["--name", "a/b"],
-                r#"--name: expected a key segment without '/' or spaces, got "a/b""#,
+                r#"--name: '/' is not allowed: an instance name takes letters, digits, '-', '_', '.' and ':' (HAProxy's server names; a confd + haproxy -c pipeline rejects anything else); got "a/b""#,
             ),
             (
                 &["--prefix", "/a b"],

@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod contract;
 pub mod discovery;
 pub mod error;
 pub mod etcd;

@@ -2,17 +2,28 @@
 //! its own, `LB_PREFIX/lbs/LB_ID`, under a lease it keeps alive (so an instance that stops knows
 //! which balancers to wait for, and a balancer that dies drops out when its lease ends), and,
 //! for each server whose key was deleted, once HAProxy has it out of rotation with no
-//! connection in use, writes `LB_PREFIX/drained/NAME/LB_ID` under a short lease: "this balancer
-//! sends NAME no new request and has none in flight".
+//! connection in use, writes `LB_PREFIX/drained/PREFIX/NAME/LB_ID` under a short lease: "this
+//! balancer sends PREFIX/NAME no new request and has none in flight". On a stop, the
+//! announcement is revoked first, so instances stopping meanwhile do not wait for a balancer
+//! that is going away.
 //!
 //! etcd failing here changes nothing for HAProxy: the announcement is put back when etcd
 //! answers, and a confirmation that cannot be written only makes the instance wait its full
 //! `--drain`.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use crate::contract;
 use crate::etcd::{Backoff, Client, Lease};
+
+/// What the main loop tells the announcer.
+pub enum Message {
+    /// The server `(prefix, name)` is drained and removed (or was never there).
+    Drained(String, String),
+    /// hecd-haproxy stops: delete the announcement and revoke its lease (bounded), then say so.
+    Stop(Sender<()>),
+}
 
 /// The announcement's lease: a balancer that dies drops out of the waits this long after.
 pub const ANNOUNCE_TTL: u64 = 5;
@@ -31,13 +42,12 @@ pub struct Announcer {
     pub lb_id: String,
     /// The announcement's value: where this balancer listens.
     pub value: String,
-    /// Names of servers drained and removed (or never present) after their key went.
-    pub drained: Receiver<String>,
+    pub messages: Receiver<Message>,
 }
 
 impl Announcer {
     pub fn run(mut self) {
-        let key = format!("{}/lbs/{}", self.lb_prefix, self.lb_id);
+        let key = contract::lb_key(&self.lb_prefix, &self.lb_id);
         let keepalive = Duration::from_secs(ANNOUNCE_TTL) / 3;
         let seed = u64::from(std::process::id()).rotate_left(17);
         let mut backoff = Backoff::new(Duration::from_millis(200), keepalive, seed);
@@ -74,8 +84,25 @@ impl Announcer {
                 }
             }
             let wait = next_keepalive.saturating_duration_since(Instant::now());
-            match self.drained.recv_timeout(wait) {
-                Ok(name) => self.confirm(&name, &mut confirm_lease),
+            match self.messages.recv_timeout(wait) {
+                Ok(Message::Drained(prefix, name)) => {
+                    self.confirm(&prefix, &name, &mut confirm_lease);
+                }
+                Ok(Message::Stop(done)) => {
+                    if let Some(l) = lease {
+                        let deadline = Instant::now() + CALL;
+                        match self.client.deregister(l, &key, deadline) {
+                            Ok(_) => log::info!(
+                                "withdrew {key}: instances no longer wait for this balancer"
+                            ),
+                            Err(e) => log::warn!(
+                                "cannot withdraw {key}: {e}; it ends with its lease ({ANNOUNCE_TTL}s)"
+                            ),
+                        }
+                    }
+                    let _ = done.send(());
+                    return;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -95,10 +122,10 @@ impl Announcer {
         Ok(lease)
     }
 
-    /// Writes `LB_PREFIX/drained/NAME/LB_ID`, under a short lease shared with the other
+    /// Writes `LB_PREFIX/drained/PREFIX/NAME/LB_ID`, under a short lease shared with the other
     /// confirmations of the last few seconds.
-    fn confirm(&mut self, name: &str, shared: &mut Option<(Lease, Instant)>) {
-        let key = format!("{}/drained/{name}/{}", self.lb_prefix, self.lb_id);
+    fn confirm(&mut self, prefix: &str, name: &str, shared: &mut Option<(Lease, Instant)>) {
+        let key = contract::drained_key(&self.lb_prefix, prefix, name, &self.lb_id);
         let deadline = Instant::now() + CALL;
         let reuse = shared.filter(|(_, granted)| granted.elapsed() < CONFIRM_LEASE_REUSE);
         let mut result = Err(crate::etcd::EtcdError::Gone);

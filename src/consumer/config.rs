@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::cli::{self, OptSpec, Request, opt};
 use crate::config::{
     Endpoint, Errors, EtcdAccess, checked_log_filter, etcd_access, expected, lb_prefix,
-    parse_duration_at_least, parse_endpoints, parse_name, parse_prefix, split_host_port,
+    parse_duration_at_least, parse_endpoints, parse_key_segment, parse_prefix, split_host_port,
     valid_host, verbosity,
 };
 use crate::error::UsageError;
@@ -189,7 +189,7 @@ pub fn parse(
     let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
     let lb_id = errors.take(
         raw.get("lb-id")
-            .map_or_else(|| Ok(crate::discovery::hostname()), parse_name),
+            .map_or_else(|| Ok(crate::discovery::hostname()), parse_key_segment),
     );
     let haproxy = raw
         .get("haproxy")

@@ -8,22 +8,56 @@
 //! outage is logged once with the endpoints and causes, and reads are retried with capped
 //! backoff and jitter, through the endpoints in turn.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use super::Input;
-use crate::etcd::v3::{self, Event, WatchMessage};
+use crate::contract::{self, Route};
+use crate::etcd::v3::{self, Event, Kv, WatchMessage};
 use crate::etcd::{Backoff, Client, EtcdError};
-use crate::haproxy::{Addr, server_name};
+use crate::haproxy::Addr;
+
+/// One instance's route declaration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Declaration {
+    pub routes: Vec<Route>,
+    /// The revision its key was created at: the older claim of a route wins.
+    pub revision: i64,
+}
 
 /// What the follower tells the main loop.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Update {
-    /// Every valid server under the prefix, read at one revision: the whole truth.
-    Snapshot(BTreeMap<String, Addr>),
-    /// Changes since the last update, in order: a server's new address, or `None` (gone).
-    Changes(Vec<(String, Option<Addr>)>),
+    /// Everything, read at one revision: the servers of each followed service (the default
+    /// one and every one a declaration names) and every valid declaration by (prefix, name).
+    Snapshot {
+        services: BTreeMap<String, BTreeMap<String, Addr>>,
+        declarations: BTreeMap<(String, String), Declaration>,
+    },
+    /// A service followed from now on (a declaration named it), with all its servers.
+    Service(String, BTreeMap<String, Addr>),
+    /// A service no longer followed: no declaration names it any more.
+    Unfollow(String),
+    /// Changes since the last update, in order.
+    Changes(Vec<Change>),
+}
+
+/// One change seen by the watch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A server's new address, or `None` (its key went, or its value is not valid).
+    Server {
+        prefix: String,
+        name: String,
+        addr: Option<Addr>,
+    },
+    /// An instance's declaration, or `None` (its key went, or its value is not valid).
+    Route {
+        prefix: String,
+        name: String,
+        declaration: Option<Declaration>,
+    },
 }
 
 /// Keys per range page. A page over the HTTP body limit (1 MiB) is read again in halves.
@@ -45,45 +79,65 @@ const CALL: Duration = Duration::from_secs(5);
 
 pub struct Follower {
     pub client: Client,
-    /// Normalised prefix (`/app/servers`); keys are `PREFIX/NAME`.
+    /// `--prefix`, normalised: the default service, always followed.
     pub prefix: String,
+    /// `--lb-prefix`: the declarations are under `LB_PREFIX/routes/`.
+    pub lb_prefix: String,
     pub tx: Sender<Input>,
+}
+
+/// Where the watches are: each followed prefix with the revision its watch goes on from.
+struct Watching {
+    routes_next: i64,
+    /// prefix → next revision.
+    services: BTreeMap<String, i64>,
+    /// prefix → names with a valid declaration.
+    declared: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Why a watch ended without failing.
+enum Ended {
+    /// Read everything again (compacted, canceled).
+    Reread(String),
+    /// The main loop is gone.
+    Shutdown,
 }
 
 impl Follower {
     /// Runs until the main loop is gone.
     pub fn run(mut self) {
-        let key = format!("{}/", self.prefix).into_bytes();
-        let end = v3::prefix_end(&key);
         let seed = u64::from(std::process::id()) ^ Instant::now().elapsed().as_nanos() as u64;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), seed);
         let mut outage: Option<Instant> = None;
         loop {
-            let failure = match self.read_all(&key, &end) {
-                Ok((servers, revision)) => {
+            let failure = match self.read_everything() {
+                Ok((update, watching)) => {
+                    let (servers, services) = match &update {
+                        Update::Snapshot { services, .. } => (
+                            services.values().map(BTreeMap::len).sum::<usize>(),
+                            services.len(),
+                        ),
+                        _ => (0, 0),
+                    };
+                    let what = format!("{servers} servers of {services} services");
                     if let Some(since) = outage.take() {
                         log::info!(
-                            "etcd answers again after {} ms; read {} servers under {}/",
-                            since.elapsed().as_millis(),
-                            servers.len(),
-                            self.prefix
+                            "etcd answers again after {} ms; read {what}",
+                            since.elapsed().as_millis()
                         );
                     } else {
-                        log::info!("read {} servers under {}/", servers.len(), self.prefix);
+                        log::info!("read {what}");
                     }
-                    if self
-                        .tx
-                        .send(Input::Etcd(Update::Snapshot(servers)))
-                        .is_err()
-                    {
+                    if self.tx.send(Input::Etcd(update)).is_err() {
                         return;
                     }
                     backoff.reset();
-                    match self.watch(&key, &end, revision + 1) {
-                        Ok(why) => {
-                            log::info!("{why}; reading {}/ again", self.prefix);
+                    match self.watch(watching) {
+                        Ok(Ended::Reread(why)) => {
+                            log::info!("{why}; reading everything again");
                             continue;
                         }
+                        Ok(Ended::Shutdown) => return,
                         Err(e) => e,
                     }
                 }
@@ -101,22 +155,84 @@ impl Follower {
         }
     }
 
-    /// Reads every key of `[key, end)` at one revision; returns the valid servers and that
-    /// revision.
-    fn read_all(
+    /// Reads every declaration, then the servers of the default service and of every service
+    /// declared, all at one revision.
+    fn read_everything(&mut self) -> Result<(Update, Watching), String> {
+        let routes = contract::routes_dir(&self.lb_prefix);
+        let mut declarations = BTreeMap::new();
+        let lb_prefix = self.lb_prefix.clone();
+        let revision = self.read_range(routes.as_bytes(), 0, |kv| {
+            if let Some(Change::Route {
+                prefix,
+                name,
+                declaration: Some(d),
+            }) = route_change(&lb_prefix, &kv.key, Some(&kv))
+            {
+                declarations.insert((prefix, name), d);
+            }
+        })?;
+        let mut prefixes: BTreeSet<String> = declarations.keys().map(|(p, _)| p.clone()).collect();
+        prefixes.insert(self.prefix.clone());
+        let mut services = BTreeMap::new();
+        for prefix in &prefixes {
+            let servers = self.read_service(prefix, revision)?.0;
+            services.insert(prefix.clone(), servers);
+        }
+        let mut declared: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (p, n) in declarations.keys() {
+            declared.entry(p.clone()).or_default().insert(n.clone());
+        }
+        let watching = Watching {
+            routes_next: revision + 1,
+            services: prefixes.into_iter().map(|p| (p, revision + 1)).collect(),
+            declared,
+        };
+        Ok((
+            Update::Snapshot {
+                services,
+                declarations,
+            },
+            watching,
+        ))
+    }
+
+    /// The valid servers under `prefix` at `revision` (0: the latest), and that revision.
+    fn read_service(
         &mut self,
-        key: &[u8],
-        end: &[u8],
+        prefix: &str,
+        revision: i64,
     ) -> Result<(BTreeMap<String, Addr>, i64), String> {
         let mut servers = BTreeMap::new();
+        let key = format!("{prefix}/");
+        let revision = self.read_range(key.as_bytes(), revision, |kv| {
+            if let Some(Change::Server {
+                name,
+                addr: Some(addr),
+                ..
+            }) = server_change(prefix, &kv.key, Some(&kv.value))
+            {
+                servers.insert(name, addr);
+            }
+        })?;
+        Ok((servers, revision))
+    }
+
+    /// Reads every key starting with `key` at `revision` (0: the latest), page by page,
+    /// handing each to `each`; returns the revision read at.
+    fn read_range(
+        &mut self,
+        key: &[u8],
+        mut revision: i64,
+        mut each: impl FnMut(Kv),
+    ) -> Result<i64, String> {
+        let end = v3::prefix_end(key);
         let mut from = key.to_vec();
-        let mut revision = 0;
         let mut limit = PAGE;
         loop {
             let deadline = Instant::now() + CALL;
             match self
                 .client
-                .range(&from, end, revision, limit, false, deadline)
+                .range(&from, &end, revision, limit, false, deadline)
             {
                 Ok(page) => {
                     if revision == 0 {
@@ -125,10 +241,8 @@ impl Follower {
                     let more = page.more;
                     let mut last = None;
                     for kv in page.kvs {
-                        if let Some((name, addr)) = self.validate(&kv.key, &kv.value) {
-                            servers.insert(name, addr);
-                        }
-                        last = Some(kv.key);
+                        last = Some(kv.key.clone());
+                        each(kv);
                     }
                     match last {
                         Some(mut k) if more => {
@@ -136,7 +250,7 @@ impl Follower {
                             from = k;
                             limit = PAGE;
                         }
-                        _ => return Ok((servers, revision)),
+                        _ => return Ok(revision),
                     }
                 }
                 Err(EtcdError::TooBig) if limit > 1 => limit = (limit / 2).max(1),
@@ -144,13 +258,13 @@ impl Follower {
                     // One key over the limit on its own: learn its name and skip it.
                     let page = self
                         .client
-                        .range(&from, end, revision, 1, true, deadline)
+                        .range(&from, &end, revision, 1, true, deadline)
                         .map_err(|e| e.to_string())?;
                     let Some(kv) = page.kvs.into_iter().next() else {
-                        return Ok((servers, revision));
+                        return Ok(revision);
                     };
                     log::warn!(
-                        "skipping key {:?}: its value is over 1 MiB, not HOST:PORT",
+                        "skipping key {:?}: its value is over 1 MiB",
                         String::from_utf8_lossy(&kv.key)
                     );
                     from = kv.key;
@@ -162,77 +276,150 @@ impl Follower {
         }
     }
 
-    /// Watches from `start` until the watch must be replaced by a new read (`Ok` says why), or
-    /// fails. Streams that reach their life are renewed from the next revision.
-    fn watch(&mut self, key: &[u8], end: &[u8], start: i64) -> Result<String, String> {
-        let mut next = start;
+    /// Watches the declarations and every followed service on one stream, renewed every
+    /// [`WATCH_LIFE`] from where each watch got. A declaration naming a service not followed
+    /// yet ends the stream at once: that service is read whole and watched from the revision
+    /// read. A service no declaration names any more is dropped at the next renewal.
+    fn watch(&mut self, mut w: Watching) -> Result<Ended, String> {
+        let routes_key = contract::routes_dir(&self.lb_prefix).into_bytes();
+        let routes_end = v3::prefix_end(&routes_key);
         loop {
+            let prefixes: Vec<String> = w.services.keys().cloned().collect();
+            let keys: Vec<(Vec<u8>, Vec<u8>)> = prefixes
+                .iter()
+                .map(|p| {
+                    let k = format!("{p}/").into_bytes();
+                    let e = v3::prefix_end(&k);
+                    (k, e)
+                })
+                .collect();
+            let mut specs: Vec<(&[u8], &[u8], i64)> =
+                vec![(&routes_key, &routes_end, w.routes_next)];
+            for (p, (k, e)) in prefixes.iter().zip(&keys) {
+                specs.push((k, e, w.services[p]));
+            }
             let opened = Instant::now();
-            let mut created = false;
+            let mut created = 0;
             let mut reread: Option<String> = None;
-            let mut changes_sent = true;
-            let prefix = self.prefix.clone();
+            let mut sent = true;
+            let mut new_services: BTreeSet<String> = BTreeSet::new();
+            let lb_prefix = self.lb_prefix.clone();
             let tx = self.tx.clone();
             let result =
-                self.client.watch(
-                    key,
-                    end,
-                    next,
-                    WATCH_LIFE,
-                    opened + CALL,
-                    |message| match message {
-                        WatchMessage::Created => {
-                            created = true;
-                            true
-                        }
-                        WatchMessage::Events(events) => {
-                            let mut changes = Vec::new();
-                            for event in events {
-                                let (k, rev, value) = match &event {
-                                    Event::Put(kv) => {
-                                        (&kv.key, kv.mod_revision, Some(kv.value.as_slice()))
+                self.client
+                    .watch_many(
+                        &specs,
+                        WATCH_LIFE,
+                        opened + CALL,
+                        |index, message| match message {
+                            WatchMessage::Created => {
+                                created += 1;
+                                true
+                            }
+                            WatchMessage::Events(events) => {
+                                let mut changes = Vec::new();
+                                for event in events {
+                                    let (key, rev, kv) = match &event {
+                                        Event::Put(kv) => (&kv.key, kv.mod_revision, Some(kv)),
+                                        Event::Delete(k, rev) => (k, *rev, None),
+                                    };
+                                    if index == 0 {
+                                        w.routes_next = w.routes_next.max(rev + 1);
+                                        let Some(change) = route_change(&lb_prefix, key, kv) else {
+                                            continue;
+                                        };
+                                        if let Change::Route {
+                                            prefix,
+                                            name,
+                                            declaration,
+                                        } = &change
+                                        {
+                                            let names =
+                                                w.declared.entry(prefix.clone()).or_default();
+                                            if declaration.is_some() {
+                                                names.insert(name.clone());
+                                                if !w.services.contains_key(prefix) {
+                                                    new_services.insert(prefix.clone());
+                                                }
+                                            } else {
+                                                names.remove(name);
+                                            }
+                                        }
+                                        changes.push(change);
+                                    } else {
+                                        let prefix = &prefixes[index - 1];
+                                        if let Some(next) = w.services.get_mut(prefix) {
+                                            *next = (*next).max(rev + 1);
+                                        }
+                                        let value = kv.map(|kv| kv.value.as_slice());
+                                        changes.extend(server_change(prefix, key, value));
                                     }
-                                    Event::Delete(k, rev) => (k, *rev, None),
-                                };
-                                next = next.max(rev + 1);
-                                if let Some(change) = change_of(&prefix, k, value) {
-                                    changes.push(change);
                                 }
+                                if !changes.is_empty() {
+                                    sent = tx.send(Input::Etcd(Update::Changes(changes))).is_ok();
+                                }
+                                sent && new_services.is_empty()
                             }
-                            if !changes.is_empty() {
-                                changes_sent =
-                                    tx.send(Input::Etcd(Update::Changes(changes))).is_ok();
+                            WatchMessage::Canceled {
+                                compact_revision,
+                                reason,
+                            } => {
+                                reread = Some(match compact_revision {
+                                    Some(r) => format!(
+                                        "a watched revision was compacted (oldest left: {r})"
+                                    ),
+                                    None => format!("etcd canceled a watch ({reason})"),
+                                });
+                                false
                             }
-                            changes_sent
-                        }
-                        WatchMessage::Canceled {
-                            compact_revision,
-                            reason,
-                        } => {
-                            reread = Some(match compact_revision {
-                                Some(r) => format!(
-                                    "the watch's revision {next} was compacted (oldest left: {r})"
-                                ),
-                                None => format!("etcd canceled the watch ({reason})"),
-                            });
-                            false
-                        }
-                    },
-                );
-            if !changes_sent {
-                // The main loop is gone: nothing left to do.
-                return Ok("shutting down".into());
+                        },
+                    );
+            if !sent {
+                return Ok(Ended::Shutdown);
             }
             result.map_err(|e| e.to_string())?;
             if let Some(why) = reread {
-                return Ok(why);
+                return Ok(Ended::Reread(why));
             }
-            if !created {
-                return Err("the watch stream ended before etcd confirmed it".into());
+            let ended_early = opened.elapsed() < WATCH_LIFE / 2;
+            for prefix in &new_services {
+                let (servers, revision) = self.read_service(prefix, 0)?;
+                log::info!(
+                    "following {prefix}/: a route declaration names it; {} servers",
+                    servers.len()
+                );
+                if self
+                    .tx
+                    .send(Input::Etcd(Update::Service(prefix.clone(), servers)))
+                    .is_err()
+                {
+                    return Ok(Ended::Shutdown);
+                }
+                w.services.insert(prefix.clone(), revision + 1);
+            }
+            let unfollowed: Vec<String> = w
+                .services
+                .keys()
+                .filter(|p| **p != self.prefix && w.declared.get(*p).is_none_or(BTreeSet::is_empty))
+                .cloned()
+                .collect();
+            for prefix in unfollowed {
+                log::info!("no longer following {prefix}/: no route declaration names it");
+                w.services.remove(&prefix);
+                w.declared.remove(&prefix);
+                if self.tx.send(Input::Etcd(Update::Unfollow(prefix))).is_err() {
+                    return Ok(Ended::Shutdown);
+                }
+            }
+            if !new_services.is_empty() {
+                continue;
+            }
+            if created < specs.len() {
+                return Err("the watch stream ended before etcd confirmed every watch".into());
             }
             // A stream that ends well before its life is a member going away (or something
             // that is not etcd): read again, through the backoff of a failure.
-            if opened.elapsed() < WATCH_LIFE / 2 {
+            if ended_early {
                 return Err(format!(
                     "the watch stream ended after {} ms",
                     opened.elapsed().as_millis()
@@ -240,21 +427,13 @@ impl Follower {
             }
         }
     }
-
-    /// A key and value from a range read: the server, or `None` (logged) when invalid.
-    fn validate(&self, key: &[u8], value: &[u8]) -> Option<(String, Addr)> {
-        match change_of(&self.prefix, key, Some(value)) {
-            Some((name, Some(addr))) => Some((name, addr)),
-            _ => None,
-        }
-    }
 }
 
-/// What a put (`Some(value)`) or delete of `key` means for the backend: `(name, Some(addr))`
-/// a server at that address, `(name, None)` no server of that name (deleted, or its value is
-/// not `HOST:PORT`: logged), `None` not a server key at all (logged).
-fn change_of(prefix: &str, key: &[u8], value: Option<&[u8]>) -> Option<(String, Option<Addr>)> {
-    let name = match server_name(prefix, key) {
+/// What a put (`Some(value)`) or delete of `key` means for the service `prefix`: a server at
+/// an address, or `None` (deleted, or its value is not `HOST:PORT`: logged); no change at all
+/// for a key that is not a server's (logged).
+fn server_change(prefix: &str, key: &[u8], value: Option<&[u8]>) -> Option<Change> {
+    let name = match contract::server_name(prefix, key) {
         Ok(n) => n,
         Err(why) => {
             if value.is_some() {
@@ -263,19 +442,53 @@ fn change_of(prefix: &str, key: &[u8], value: Option<&[u8]>) -> Option<(String, 
             return None;
         }
     };
-    let Some(value) = value else {
-        return Some((name, None));
-    };
-    let parsed = std::str::from_utf8(value)
-        .map_err(|_| "value is not UTF-8".to_owned())
-        .and_then(Addr::parse);
-    match parsed {
-        Ok(addr) => Some((name, Some(addr))),
+    let addr = value.and_then(|value| {
+        let parsed = std::str::from_utf8(value)
+            .map_err(|_| "value is not UTF-8".to_owned())
+            .and_then(Addr::parse);
+        parsed
+            .map_err(|why| log::warn!("skipping key {prefix}/{name}: {why}"))
+            .ok()
+    });
+    Some(Change::Server {
+        prefix: prefix.to_owned(),
+        name,
+        addr,
+    })
+}
+
+/// What a put (`Some(kv)`) or delete of a key under `LB_PREFIX/routes/` means: a declaration,
+/// or `None` (deleted, or not valid: logged); no change for a key that names no instance.
+fn route_change(lb_prefix: &str, key: &[u8], kv: Option<&Kv>) -> Option<Change> {
+    let (prefix, name) = match contract::parse_route_key(lb_prefix, key) {
+        Ok(pn) => pn,
         Err(why) => {
-            log::warn!("skipping key {}/{name}: {why}", prefix);
-            Some((name, None))
+            if kv.is_some() {
+                log::warn!("skipping route declaration: {why}");
+            }
+            return None;
         }
-    }
+    };
+    let declaration = kv.and_then(|kv| {
+        let parsed = std::str::from_utf8(&kv.value)
+            .map_err(|_| "its value is not UTF-8".to_owned())
+            .and_then(contract::parse_routes);
+        match parsed {
+            Ok(routes) => Some(Declaration {
+                routes,
+                revision: kv.create_revision,
+            }),
+            Err(why) => {
+                log::warn!("skipping route declaration of {prefix}/{name}: {why}");
+                None
+            }
+        }
+    });
+    Some(Change::Route {
+        prefix,
+        name,
+        declaration,
+    })
 }
 
 #[cfg(test)]
@@ -285,24 +498,58 @@ mod tests {
     #[test]
     fn changes_are_validated() {
         let p = "/app/servers";
-        let v = |s: &str| s.as_bytes().to_vec();
+        let server = |name: &str, addr: Option<&str>| Change::Server {
+            prefix: p.into(),
+            name: name.into(),
+            addr: addr.map(|a| Addr::parse(a).unwrap()),
+        };
         assert_eq!(
-            change_of(p, b"/app/servers/a", Some(&v("10.0.0.1:80"))),
-            Some(("a".into(), Some(Addr::parse("10.0.0.1:80").unwrap())))
+            server_change(p, b"/app/servers/a", Some(b"10.0.0.1:80")),
+            Some(server("a", Some("10.0.0.1:80")))
         );
         assert_eq!(
-            change_of(p, b"/app/servers/a", None),
-            Some(("a".into(), None))
+            server_change(p, b"/app/servers/a", None),
+            Some(server("a", None))
         );
         // A bad value takes the server out; a bad name is no server at all.
         assert_eq!(
-            change_of(p, b"/app/servers/a", Some(&v("10.0.0.1:80 backup"))),
-            Some(("a".into(), None))
+            server_change(p, b"/app/servers/a", Some(b"10.0.0.1:80 backup")),
+            Some(server("a", None))
         );
         assert_eq!(
-            change_of(p, b"/app/servers/a b", Some(&v("10.0.0.1:80"))),
+            server_change(p, b"/app/servers/a b", Some(b"10.0.0.1:80")),
             None
         );
-        assert_eq!(change_of(p, b"/app/servers/x/y", None), None);
+        assert_eq!(server_change(p, b"/app/servers/x/y", None), None);
+        let kv = |value: &[u8]| Kv {
+            key: b"/hecd/routes/app/api/a-1".to_vec(),
+            value: value.to_vec(),
+            mod_revision: 9,
+            create_revision: 7,
+        };
+        let route = |declaration| Change::Route {
+            prefix: "/app/api".into(),
+            name: "a-1".into(),
+            declaration,
+        };
+        assert_eq!(
+            route_change(
+                "/hecd",
+                b"/hecd/routes/app/api/a-1",
+                Some(&kv(b"api.example.com"))
+            ),
+            Some(route(Some(Declaration {
+                routes: vec![Route::parse("api.example.com").unwrap()],
+                revision: 7
+            })))
+        );
+        assert_eq!(
+            route_change("/hecd", b"/hecd/routes/app/api/a-1", Some(&kv(b"bad host"))),
+            Some(route(None))
+        );
+        assert_eq!(
+            route_change("/hecd", b"/hecd/routes/a-1", Some(&kv(b"a.com"))),
+            None
+        );
     }
 }

@@ -1,18 +1,21 @@
 //! hecd-haproxy, the consumer stage: starts HAProxy (master-worker) with a config rendered in
-//! `--dir`, and keeps its backend equal to the keys under the prefix through the runtime API.
+//! `--dir`, and keeps its backends and routes equal to the keys through the runtime API: one
+//! backend per service (the default `--prefix`, and every prefix that route declarations
+//! under `LB_PREFIX/routes/` name), one routes map that sends each request to the service whose
+//! route matches its Host and the longest path prefix.
 //!
-//! Three threads: the follower (`follow`, etcd range + watch), a signal thread (sigwait), and
-//! the main loop, which alone talks to HAProxy: it takes updates and signals from one channel,
-//! reconciles (`apply`), finishes drains, rewrites the config file and the server-state file
-//! after each change, and reaps children. HAProxy is reloaded (SIGUSR2 to the master) only
-//! when the runtime API refused a change, or on SIGHUP.
+//! Four threads: the follower (`follow`, etcd range + watch), the announcer (`announce`,
+//! confirmed drain), a signal thread (sigwait), and the main loop, which alone talks to
+//! HAProxy: it takes updates and signals from one channel, reconciles (`services`), finishes
+//! drains, rewrites the config, map and server-state files after each change, and reaps
+//! children. HAProxy is reloaded (SIGUSR2 to the master) only when the runtime API refused a
+//! change, when the pool of prepared backends is used up, or on SIGHUP.
 
 pub mod announce;
-pub mod apply;
 pub mod config;
 pub mod follow;
+pub mod services;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -23,11 +26,11 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::etcd::Client;
-use crate::haproxy::{Addr, Frontend, Runtime, server_name};
+use crate::haproxy::{Frontend, Runtime, parse_config, render_map};
 use crate::http::Http;
-use apply::Backend;
 use config::Config;
 use follow::{Follower, Update};
+use services::Balancer;
 
 /// What the main loop waits for.
 #[derive(Debug)]
@@ -46,6 +49,9 @@ const FILE_DELAY: Duration = Duration::from_millis(200);
 
 /// How often draining servers are looked at.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Longest wait for the announcement to be withdrawn on a stop.
+const WITHDRAW: Duration = Duration::from_secs(2);
 
 /// Exit statuses besides HAProxy's own.
 pub mod status {
@@ -66,15 +72,18 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         log::error!("--dir {}: {e}", frontend.dir.display());
         return status::SETUP;
     }
-    let client = Client::new(
-        Http::new(tls.as_ref()),
-        &config.endpoints,
-        crate::config::EtcdApi::Auto,
-        config.access.credentials.clone(),
-    );
+    let client = || {
+        Client::new(
+            Http::new(tls.as_ref()),
+            &config.endpoints,
+            crate::config::EtcdApi::Auto,
+            config.access.credentials.clone(),
+        )
+    };
     let follower = Follower {
-        client,
+        client: client(),
         prefix: config.prefix.clone(),
+        lb_prefix: config.lb_prefix.clone(),
         tx,
     };
     if let Err(e) = std::thread::Builder::new()
@@ -85,52 +94,53 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         return status::SETUP;
     }
 
-    let mut backend = Backend {
-        runtime: Runtime::new(&frontend.socket_path()),
-        check: frontend.check_options(),
-        drain_timeout: config.drain_timeout,
-        wanted: None,
-        servers: BTreeMap::new(),
-        needs_reload: None,
-        applied: 0,
-        drained: Vec::new(),
-    };
-    let (drained_tx, drained_rx) = mpsc::channel();
+    let mut balancer = Balancer::new(
+        Runtime::new(&frontend.socket_path()),
+        frontend.check_options(),
+        config.drain_timeout,
+        frontend.map_path(),
+        config.prefix.clone(),
+    );
+    let (announce_tx, announce_rx) = mpsc::channel();
     let announcer = announce::Announcer {
-        client: Client::new(
-            Http::new(tls.as_ref()),
-            &config.endpoints,
-            crate::config::EtcdApi::Auto,
-            config.access.credentials.clone(),
-        ),
+        client: client(),
         lb_prefix: config.lb_prefix.clone(),
         lb_id: config.lb_id.clone(),
         value: frontend.listen.clone(),
-        drained: drained_rx,
+        messages: announce_rx,
     };
     // The first read, briefly: HAProxy then starts with the right servers at once.
     let started = Instant::now();
     let mut early = Vec::new();
-    while backend.wanted.is_none() && started.elapsed() < FIRST_READ {
+    while !balancer.synced && started.elapsed() < FIRST_READ {
         match rx.recv_timeout(FIRST_READ.saturating_sub(started.elapsed())) {
-            Ok(Input::Etcd(update)) => backend.update(update),
+            Ok(Input::Etcd(update)) => balancer.update(update),
             Ok(other) => early.push(other),
             Err(_) => break,
         }
     }
-    let initial = match &backend.wanted {
-        Some(w) => w.clone(),
-        None => {
-            let previous = previous_servers(&frontend.config_path(), &config.prefix);
-            log::warn!(
-                "no answer from etcd yet; starting HAProxy with the {} servers of the last config",
-                previous.len()
-            );
-            previous
-        }
-    };
-    let mut written = String::new();
-    if let Err(e) = write_config(&frontend, &initial, &mut written) {
+    let mut written = Files::default();
+    if balancer.synced {
+        balancer.reconcile(); // no HAProxy yet: this only gives each service its backend
+        balancer.needs_reload = None;
+        let routes = balancer.wanted_routes();
+        written.write(&frontend, &balancer.layout(true), Some(&routes));
+    } else {
+        let previous = std::fs::read_to_string(frontend.config_path()).unwrap_or_default();
+        let backends = parse_config(&previous);
+        let servers: usize = backends.iter().map(|b| b.servers.len()).sum();
+        log::warn!(
+            "no answer from etcd yet; starting HAProxy with the {servers} servers of the last config"
+        );
+        balancer.adopt(backends.clone());
+        let keep_map = frontend.map_path().exists();
+        written.write(
+            &frontend,
+            &backends_or_layout(backends, &balancer),
+            (!keep_map).then(Default::default).as_ref(),
+        );
+    }
+    if let Some(e) = written.error.take() {
         log::error!("{e}");
         return status::SETUP;
     }
@@ -150,16 +160,20 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         }
     };
     log::info!(
-        "HAProxy master pid {master}, listening on {}, {} servers",
+        "HAProxy master pid {master}, listening on {}, {} services",
         frontend.listen,
-        initial.len()
+        balancer
+            .services
+            .values()
+            .filter(|s| s.backend.is_some())
+            .count()
     );
-    if let Err(e) = wait_for_socket(&backend.runtime, master) {
+    if let Err(e) = wait_for_socket(&balancer.runtime, master) {
         log::error!("{e}");
         let _ = nix::sys::signal::kill(Pid::from_raw(master), Signal::SIGTERM);
         return status::SETUP;
     }
-    if let Err(e) = backend.load() {
+    if let Err(e) = balancer.load() {
         log::warn!("cannot read HAProxy's servers back: {e}");
     }
     // Announced once HAProxy serves: from now on instances wait for this balancer.
@@ -174,11 +188,11 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     // runs (right after start-up), so it is sent again each second until HAProxy ends.
     let mut stopping: Option<(Signal, Instant)> = None;
     let mut reloads = 0u64;
-    // Since when the config and state files lag behind HAProxy.
+    // Since when the files lag behind HAProxy.
     let mut dirty_since: Option<Instant> = None;
     let mut pending: Vec<Input> = early;
     loop {
-        let wait = if backend.draining() || stopping.is_some() || dirty_since.is_some() {
+        let wait = if balancer.draining() || stopping.is_some() || dirty_since.is_some() {
             DRAIN_POLL
         } else {
             Duration::from_secs(1)
@@ -197,11 +211,11 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         let mut reload = None;
         match input {
             Some(Input::Etcd(update)) if stopping.is_none() => {
-                backend.update(update);
+                balancer.update(update);
                 // Take every update already queued before touching HAProxy.
                 while let Ok(next) = rx.try_recv() {
                     match next {
-                        Input::Etcd(u) => backend.update(u),
+                        Input::Etcd(u) => balancer.update(u),
                         other => {
                             pending.push(other);
                             break;
@@ -221,10 +235,12 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
                 }
             }
             Some(Input::Signal(sig @ (Signal::SIGTERM | Signal::SIGINT))) => {
-                // First: a soft stop (workers finish their connections); second: at once.
+                // First: withdraw the announcement, then a soft stop (workers finish their
+                // connections); second: at once.
                 let (to, how) = if stopping.is_some() {
                     (Signal::SIGTERM, "now")
                 } else {
+                    withdraw(&announce_tx);
                     (Signal::SIGUSR1, "gracefully")
                 };
                 log::info!("{sig}: stopping HAProxy {how}");
@@ -241,29 +257,34 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             }
             continue;
         }
-        let mut changed = backend.reconcile();
-        changed |= backend.finish_drains();
-        for name in backend.drained.drain(..) {
-            let _ = drained_tx.send(name);
+        let mut changed = balancer.reconcile();
+        changed |= balancer.finish_drains();
+        for (prefix, name) in balancer.drained.drain(..) {
+            let _ = announce_tx.send(announce::Message::Drained(prefix, name));
         }
-        if let Some(why) = backend.needs_reload.take() {
-            reload = Some(format!("the runtime API refused a change ({why})"));
+        if let Some(why) = balancer.needs_reload.take() {
+            reload = Some(why);
         }
         if let Some(why) = reload {
-            // The config file is the wanted set itself when it is known.
-            let servers = backend
-                .wanted
-                .clone()
-                .unwrap_or_else(|| backend.in_service());
             reloads += 1;
             log::warn!("reloading HAProxy ({reloads} so far): {why}");
-            match write_config(&frontend, &servers, &mut written)
-                .and_then(|()| check_config(&config.haproxy, &frontend.config_path()))
-            {
+            // The config is what etcd wants, when it is known.
+            let layout = balancer.layout(balancer.synced);
+            let routes = if balancer.synced {
+                balancer.wanted_routes()
+            } else {
+                balancer.routes.clone()
+            };
+            written.write(&frontend, &layout, Some(&routes));
+            let checked = match written.error.take() {
+                Some(e) => Err(e),
+                None => check_config(&config.haproxy, &frontend.config_path()),
+            };
+            match checked {
                 Ok(()) => {
-                    save_state(&backend.runtime, &frontend);
+                    save_state(&balancer.runtime, &frontend);
                     let _ = nix::sys::signal::kill(Pid::from_raw(master), Signal::SIGUSR2);
-                    if let Err(e) = wait_for_reload(&mut backend, &servers) {
+                    if let Err(e) = wait_for_reload(&mut balancer) {
                         log::warn!("after the reload: {e}");
                     }
                 }
@@ -276,11 +297,77 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             dirty_since = Some(Instant::now());
         }
         if dirty_since.is_some_and(|t| t.elapsed() >= FILE_DELAY) {
-            if let Err(e) = write_config(&frontend, &backend.in_service(), &mut written) {
+            written.write(&frontend, &balancer.layout(false), Some(&balancer.routes));
+            if let Some(e) = written.error.take() {
                 log::error!("{e}");
             }
-            save_state(&backend.runtime, &frontend);
+            save_state(&balancer.runtime, &frontend);
             dirty_since = None;
+        }
+    }
+}
+
+/// A start without etcd: the backends of the last config file, or, without one, the empty
+/// layout.
+fn backends_or_layout(
+    backends: Vec<crate::haproxy::BackendConfig>,
+    balancer: &Balancer,
+) -> Vec<crate::haproxy::BackendConfig> {
+    if backends.is_empty() {
+        balancer.layout(false)
+    } else {
+        let mut all = balancer.layout(false);
+        for b in &mut all {
+            if let Some(old) = backends.iter().find(|o| o.name == b.name) {
+                b.clone_from(old);
+            }
+        }
+        all
+    }
+}
+
+/// Tells the announcer to withdraw this balancer and waits for it (bounded).
+fn withdraw(announce: &mpsc::Sender<announce::Message>) {
+    let (done_tx, done_rx) = mpsc::channel();
+    if announce.send(announce::Message::Stop(done_tx)).is_ok() {
+        let _ = done_rx.recv_timeout(WITHDRAW);
+    }
+}
+
+/// The config and map files as last written: each is rewritten (atomically) only when its
+/// text changes.
+#[derive(Default)]
+struct Files {
+    config: String,
+    map: String,
+    /// The last write that failed.
+    error: Option<String>,
+}
+
+impl Files {
+    /// Writes the config for `backends` and, when given, the routes map.
+    fn write(
+        &mut self,
+        frontend: &Frontend,
+        backends: &[crate::haproxy::BackendConfig],
+        routes: Option<&std::collections::BTreeMap<String, String>>,
+    ) {
+        // The map first: a config naming it must find it.
+        if let Some(routes) = routes {
+            let map = render_map(routes);
+            if map != self.map || !frontend.map_path().exists() {
+                match write_atomic(&frontend.map_path(), &map) {
+                    Ok(()) => self.map = map,
+                    Err(e) => self.error = Some(e),
+                }
+            }
+        }
+        let text = frontend.render(backends);
+        if text != self.config {
+            match write_atomic(&frontend.config_path(), &text) {
+                Ok(()) => self.config = text,
+                Err(e) => self.error = Some(e),
+            }
         }
     }
 }
@@ -328,45 +415,6 @@ fn reap(master: i32) -> Option<u8> {
     }
 }
 
-/// The servers of a config file this program wrote before (its `server NAME ADDR` lines),
-/// each validated again; none if there is no such file.
-fn previous_servers(path: &Path, prefix: &str) -> BTreeMap<String, Addr> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next()? == "server").then_some(())?;
-            let name = words.next()?;
-            let addr = words.next()?;
-            let name = server_name(prefix, format!("{prefix}/{name}").as_bytes()).ok()?;
-            // The file has IPv6 unbracketed; values are bracketed.
-            let (host, port) = addr.rsplit_once(':')?;
-            let value = if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                addr.to_owned()
-            };
-            Some((name, Addr::parse(&value).ok()?))
-        })
-        .collect()
-}
-
-/// Writes the config for `servers` (atomically: a temporary file renamed over it), unless
-/// it is what was last written.
-fn write_config(
-    frontend: &Frontend,
-    servers: &BTreeMap<String, Addr>,
-    last: &mut String,
-) -> Result<(), String> {
-    let text = frontend.render(servers);
-    if *last == text {
-        return Ok(());
-    }
-    write_atomic(&frontend.config_path(), &text)?;
-    *last = text;
-    Ok(())
-}
-
 fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)
@@ -405,7 +453,7 @@ fn without_secrets(mut command: Command) -> Command {
 /// `haproxy -c`: the config must be valid before HAProxy gets it.
 fn check_config(haproxy: &Path, config: &Path) -> Result<(), String> {
     let out = without_secrets(Command::new(haproxy))
-        .args(["-c", "-q", "-f"])
+        .args(["-c", "-f"])
         .arg(config)
         .stdin(Stdio::null())
         .output()
@@ -472,12 +520,19 @@ fn wait_for_socket(runtime: &Runtime, master: i32) -> Result<(), String> {
 }
 
 /// After SIGUSR2: waits (bounded) until the new worker has the servers of the new config,
-/// then takes them as what HAProxy has.
-fn wait_for_reload(backend: &mut Backend, servers: &BTreeMap<String, Addr>) -> Result<(), String> {
+/// then takes them (and the routes map) as what HAProxy has.
+fn wait_for_reload(balancer: &mut Balancer) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let expected = balancer.expected_servers();
     loop {
-        match backend.runtime.servers() {
-            Ok(now) if now.keys().eq(servers.keys()) => return backend.load(),
+        let now = balancer.runtime.servers().map(|all| {
+            all.into_iter()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(b, s)| (b, s.into_keys().collect()))
+                .collect::<std::collections::BTreeMap<_, std::collections::BTreeSet<_>>>()
+        });
+        match now {
+            Ok(now) if now == expected => return balancer.load().map_err(|e| e.to_string()),
             _ if Instant::now() > deadline => {
                 return Err("the new worker did not show the new servers within 10 s".into());
             }

@@ -123,6 +123,12 @@ impl Discovery {
             .clone()
             .or_else(|| container.as_ref().map(|c| c.name.clone()))
             .unwrap_or_else(hostname);
+        // `--name` was checked at start; a found name (Docker's, the hostname) is made valid.
+        let safe = crate::contract::safe_name(&name);
+        if safe != name {
+            log::warn!("the name {name:?} is not a valid instance name; registering as {safe:?}");
+        }
+        let name = safe;
 
         let published = container.as_ref().and_then(|c| c.published(port));
         let use_published = match (self.reg.mode, published) {

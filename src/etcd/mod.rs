@@ -245,6 +245,35 @@ impl Client {
         })
     }
 
+    /// Puts every `(key, value)` under the lease in one transaction (v3: one revision, all or
+    /// none). v2 has no transactions: only the first pair is set there, with a TTL of `ttl`.
+    pub fn put_all(
+        &mut self,
+        puts: &[(&str, &str)],
+        lease: Lease,
+        ttl: u64,
+        deadline: Instant,
+    ) -> Result<(), EtcdError> {
+        let Some((key, value)) = puts.first() else {
+            return Ok(());
+        };
+        if puts.len() == 1 {
+            return self.put(key, value, lease, ttl, deadline);
+        }
+        self.each_endpoint(deadline, |c, base, t| match (lease, c.api) {
+            (Lease::V3(id), Some(Api::V3(prefix))) => {
+                let txn = v3::put_all(puts, id);
+                c.v3_call(base, prefix, v3::TXN, &txn, t, v3::parse_done)
+            }
+            _ => c.v2_call(base, Method::Put, key, Some(&v2::set(value, ttl)), t, false),
+        })
+    }
+
+    /// Whether the API in use is v2 (known after the first call).
+    pub fn is_v2(&self) -> bool {
+        self.api == Some(Api::V2)
+    }
+
     /// The same cluster, API, last good endpoint and auth token, over another HTTP client:
     /// what the stop path uses, so nothing in flight on this one can hold it up.
     pub fn fork(&self, http: Http) -> Client {
@@ -354,7 +383,24 @@ impl Client {
         deadline: Instant,
         mut on_message: impl FnMut(v3::WatchMessage) -> bool,
     ) -> Result<(), EtcdError> {
-        let body = v3::watch(key, end, start_revision);
+        self.watch_many(
+            &[(key, end, start_revision)],
+            life,
+            deadline,
+            |_, message| on_message(message),
+        )
+    }
+
+    /// [`Client::watch`] for several ranges on one stream: `on_message` gets the index in
+    /// `watches` of the watch each message is for.
+    pub fn watch_many(
+        &mut self,
+        watches: &[(&[u8], &[u8], i64)],
+        life: Duration,
+        deadline: Instant,
+        mut on_message: impl FnMut(usize, v3::WatchMessage) -> bool,
+    ) -> Result<(), EtcdError> {
+        let body = v3::watch_many(watches);
         self.each_endpoint(deadline, |c, base, t| {
             let Some(Api::V3(prefix)) = c.api else {
                 return Attempt::Stop(not_v3(base));
@@ -416,9 +462,15 @@ impl Client {
                         Err(e) => return failed(format!("watch stream: {e}")),
                     },
                 };
-                match v3::parse_watch(&line) {
-                    Ok(message) => {
-                        if !on_message(message) {
+                match v3::parse_watch_tagged(&line) {
+                    Ok((id, message)) => {
+                        let Some(index) = usize::try_from(id).ok().filter(|i| *i < watches.len())
+                        else {
+                            return failed(format!(
+                                "watch stream: a message for watch {id}, which was never asked for"
+                            ));
+                        };
+                        if !on_message(index, message) {
                             return Attempt::Done(());
                         }
                     }

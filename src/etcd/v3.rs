@@ -16,6 +16,7 @@ pub const GRANT: &str = "/lease/grant";
 pub const KEEPALIVE: &str = "/lease/keepalive";
 pub const REVOKE: &str = "/lease/revoke";
 pub const PUT: &str = "/kv/put";
+pub const TXN: &str = "/kv/txn";
 pub const DELETE: &str = "/kv/deleterange";
 pub const AUTHENTICATE: &str = "/auth/authenticate";
 pub const RANGE: &str = "/kv/range";
@@ -27,6 +28,8 @@ pub struct Kv {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub mod_revision: i64,
+    /// The revision the key was created at (0 where etcd does not say).
+    pub create_revision: i64,
 }
 
 /// One page of a range read.
@@ -128,6 +131,31 @@ pub fn watch(key: &[u8], end: &[u8], start_revision: i64) -> String {
     .to_string()
 }
 
+/// Several watches on one stream: their create requests one after the other in the body. The
+/// gateway reads each in turn and etcd numbers them 0, 1, 2, ... in that order (its
+/// `watch_id`), so the messages of watch `i` carry `watch_id` `i`.
+pub fn watch_many(watches: &[(&[u8], &[u8], i64)]) -> String {
+    watches
+        .iter()
+        .map(|(key, end, start)| watch(key, end, *start))
+        .collect()
+}
+
+/// Puts every `(key, value)` under `lease` in one transaction: one revision, all or none.
+pub fn put_all(puts: &[(&str, &str)], lease: i64) -> String {
+    let ops: Vec<serde_json::Value> = puts
+        .iter()
+        .map(|(key, value)| {
+            json!({ "request_put": {
+                "key": base64(key.as_bytes()),
+                "value": base64(value.as_bytes()),
+                "lease": lease.to_string(),
+            }})
+        })
+        .collect();
+    json!({ "success": ops }).to_string()
+}
+
 /// Parses a range answer.
 pub fn parse_range(status: u16, body: &str) -> Result<Page, Fault> {
     let v = parse_ok(status, body)?;
@@ -161,6 +189,12 @@ pub fn parse_range(status: u16, body: &str) -> Result<Page, Fault> {
 
 /// Parses one line of a watch stream.
 pub fn parse_watch(line: &str) -> Result<WatchMessage, Fault> {
+    parse_watch_tagged(line).map(|(_, message)| message)
+}
+
+/// Parses one line of a watch stream, with the `watch_id` it is for (0 when absent: etcd
+/// leaves out zero values).
+pub fn parse_watch_tagged(line: &str) -> Result<(i64, WatchMessage), Fault> {
     let v = json::parse(line).map_err(|e| Fault::Malformed(format!("watch message is {e}")))?;
     if let Some(err) = v.get("error") {
         return Err(classify_error(0, err));
@@ -168,6 +202,11 @@ pub fn parse_watch(line: &str) -> Result<WatchMessage, Fault> {
     let result = v.get("result").ok_or_else(|| {
         Fault::Malformed(format!("watch message without a result: {}", clip(line)))
     })?;
+    let id = int_field(result, "watch_id").unwrap_or(0);
+    parse_watch_result(result).map(|message| (id, message))
+}
+
+fn parse_watch_result(result: &Value) -> Result<WatchMessage, Fault> {
     if result.get("canceled").and_then(Value::as_bool) == Some(true) {
         return Ok(WatchMessage::Canceled {
             compact_revision: int_field(result, "compact_revision").filter(|r| *r > 0),
@@ -226,6 +265,7 @@ fn parse_kv(v: &Value) -> Result<Kv, Fault> {
         key,
         value: bytes("value")?,
         mod_revision: int_field(v, "mod_revision").unwrap_or(0),
+        create_revision: int_field(v, "create_revision").unwrap_or(0),
     })
 }
 

@@ -1,57 +1,34 @@
 //! HAProxy, as hecd-haproxy drives it: the config file it renders (so a restart or reload
-//! comes up with the same servers), the runtime API over the admin socket (add, enable, drain,
-//! re-address and delete servers without a reload), and the server names and addresses it
-//! accepts from etcd. Nothing read from etcd reaches HAProxy without passing [`Server::parse`].
+//! comes up with the same servers and routes), the runtime API over the admin socket (add,
+//! enable, drain, re-address and delete servers, edit the routes map, without a reload), and
+//! the parsers of the runtime API's answers. Nothing read from etcd reaches HAProxy without
+//! passing the checks of [`crate::contract`].
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The backend hecd-haproxy keeps equal to the keys.
-pub const BACKEND: &str = "servers";
+/// The backend of the default service (`--prefix`): every request no route matches.
+pub const DEFAULT_BACKEND: &str = "servers";
 
-/// Longest server name accepted (HAProxy has no limit of its own; a key segment this long is
-/// not a container name).
-const MAX_NAME: usize = 128;
+/// Pool backends are `pool-1`, `pool-2`, ...: prepared empty, each taken by a service when it
+/// appears and given back when it is gone.
+pub const POOL_PREFIX: &str = "pool-";
 
 /// Longest answer read from the runtime API (`show servers conn` for thousands of servers is
 /// well below this).
-const MAX_ANSWER: u64 = 4 << 20;
+const MAX_ANSWER: u64 = 16 << 20;
 
-/// Where a server is: an IP address or a host name, and a port; displayed as etcd values are
-/// written (`10.0.0.5:8080`, `[fd00::5]:8080`). The same type hecd-init advertises.
+/// Where a server is: an IP address and a port; displayed as etcd values are written
+/// (`10.0.0.5:8080`, `[fd00::5]:8080`), parsed by [`crate::contract::parse_address`].
 pub use crate::discovery::Address as Addr;
 
 impl Addr {
-    /// Parses an etcd value: exactly `IP:PORT`, IPv6 as `[ADDR]:PORT`, nothing else (no
-    /// spaces, no HAProxy keywords, no scheme). Host names are refused: HAProxy's runtime API
-    /// moves a server only to an IP address (`set server ... addr`).
+    /// Parses an etcd value (see [`crate::contract::parse_address`]).
     pub fn parse(value: &str) -> Result<Addr, String> {
-        let bad = || format!("value {value:?} is not IP:PORT (IPv6 as [ADDR]:PORT)");
-        let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-            let (v6, port) = rest.split_once("]:").ok_or_else(bad)?;
-            v6.parse::<Ipv6Addr>().map_err(|_| bad())?;
-            (v6, port)
-        } else {
-            let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
-            host.parse::<Ipv4Addr>().map_err(|_| bad())?;
-            (host, port)
-        };
-        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.len() > 5 {
-            return Err(bad());
-        }
-        let port = port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(bad)?;
-        Ok(Addr {
-            host: host.to_owned(),
-            port,
-        })
+        crate::contract::parse_address(value)
     }
 
     /// The address as HAProxy's config and `add server` take it: `ip:port`, IPv6 unbracketed
@@ -66,29 +43,34 @@ impl Addr {
     }
 }
 
-/// The server name for a key: its segment after `prefix/`, when HAProxy accepts it as a name
-/// (letters, digits, `-`, `_`, `.`, `:`; HAProxy's own rule) and it is the last segment.
-pub fn server_name(prefix: &str, key: &[u8]) -> Result<String, String> {
-    let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_owned())?;
-    let name = key
-        .strip_prefix(prefix)
-        .and_then(|k| k.strip_prefix('/'))
-        .ok_or_else(|| format!("key {key:?} is not under {prefix}/"))?;
-    if name.is_empty() || name.contains('/') {
-        return Err(format!(
-            "key {key:?}: expected {prefix}/NAME with no further '/'"
-        ));
+/// Why a runtime command did not do what was asked, as the caller can act on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeError {
+    /// The admin socket could not be used (HAProxy starting, reloading, busy): try again.
+    Socket(String),
+    /// The server, backend or map entry named does not exist (already gone).
+    Missing(String),
+    /// HAProxy refused the command: only a reload with a rewritten config applies the change.
+    Refused(String),
+}
+
+impl std::fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuntimeError::Socket(e) | RuntimeError::Missing(e) | RuntimeError::Refused(e) => {
+                f.write_str(e)
+            }
+        }
     }
-    if name.len() > MAX_NAME
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    {
-        return Err(format!(
-            "key {key:?}: HAProxy server names take letters, digits, '-', '_', '.' and ':' (at most {MAX_NAME})"
-        ));
-    }
-    Ok(name.to_owned())
+}
+
+/// One backend of the config: its name, the service it serves (none for an empty pool
+/// backend), its servers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub name: String,
+    pub service: Option<String>,
+    pub servers: BTreeMap<String, Addr>,
 }
 
 /// What the config file says beyond the servers.
@@ -129,8 +111,15 @@ impl Frontend {
         )
     }
 
-    /// The whole config file for `servers`.
-    pub fn render(&self, servers: &BTreeMap<String, Addr>) -> String {
+    /// The routes map: `host/path-prefix backend` per line, matched by longest prefix.
+    pub fn map_path(&self) -> PathBuf {
+        self.dir.join("routes.map")
+    }
+
+    /// The whole config file: the frontend that routes by Host and path through the routes
+    /// map (what no route matches goes to the default service), the stats and metrics
+    /// listener, and `backends` with their servers.
+    pub fn render(&self, backends: &[BackendConfig]) -> String {
         let dir = self.dir.display();
         let mut out = format!(
             "# Written by hecd-haproxy: it rewrites this file after every change, so edits are lost.\n\
@@ -151,24 +140,81 @@ impl Frontend {
              \n\
              frontend app\n\
              \x20   bind {}\n\
-             \x20   default_backend {BACKEND}\n",
-            self.listen
+             \x20   # Host without its port, in lower case, then the path: the longest prefix in\n\
+             \x20   # the routes map names the service's backend; no match, the default service.\n\
+             \x20   http-request set-var(txn.hecd_path) path\n\
+             \x20   use_backend %[req.hdr(host),field(1,:),lower,concat(,txn.hecd_path),map_beg({})]\n\
+             \x20   default_backend {DEFAULT_BACKEND}\n",
+            self.listen,
+            self.map_path().display()
         );
         if let Some(stats) = &self.stats {
             out.push_str(&format!(
-                "\nlisten stats\n    bind {stats}\n    stats enable\n    stats uri /admin-status\n    stats refresh 5s\n"
+                "\nfrontend stats\n    bind {stats}\n    http-request use-service prometheus-exporter if {{ path /metrics }}\n    stats enable\n    stats uri /admin-status\n    stats refresh 5s\n"
             ));
         }
-        out.push_str(&format!("\nbackend {BACKEND}\n    balance roundrobin\n"));
-        for (name, addr) in servers {
-            out.push_str(&format!(
-                "    server {name} {} {}\n",
-                addr.haproxy(),
-                self.check_options()
-            ));
+        for backend in backends {
+            out.push_str(&format!("\nbackend {}\n", backend.name));
+            if let Some(service) = &backend.service {
+                out.push_str(&format!("    description service {service}\n"));
+            }
+            out.push_str("    balance roundrobin\n");
+            for (name, addr) in &backend.servers {
+                out.push_str(&format!(
+                    "    server {name} {} {}\n",
+                    addr.haproxy(),
+                    self.check_options()
+                ));
+            }
         }
         out
     }
+}
+
+/// The routes map file: one `KEY BACKEND` line per route.
+pub fn render_map(routes: &BTreeMap<String, String>) -> String {
+    routes.iter().map(|(k, b)| format!("{k} {b}\n")).collect()
+}
+
+/// The backends of a config file this program wrote, read back (for a start without etcd):
+/// each `backend`, its `description service PREFIX`, its `server NAME ADDR` lines, each name
+/// and address checked again. Empty for no file.
+pub fn parse_config(text: &str) -> Vec<BackendConfig> {
+    let mut out: Vec<BackendConfig> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("backend"), Some(name), None) => out.push(BackendConfig {
+                name: name.to_owned(),
+                ..BackendConfig::default()
+            }),
+            (Some("description"), Some("service"), Some(prefix)) => {
+                if let Some(b) = out.last_mut() {
+                    b.service = Some(prefix.to_owned());
+                }
+            }
+            (Some("server"), Some(name), Some(addr)) => {
+                // The file has IPv6 unbracketed; values are bracketed.
+                let Some((host, port)) = addr.rsplit_once(':') else {
+                    continue;
+                };
+                let value = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    addr.to_owned()
+                };
+                if let (Some(b), Ok(()), Ok(a)) = (
+                    out.last_mut(),
+                    crate::contract::check_name(name),
+                    Addr::parse(&value),
+                ) {
+                    b.servers.insert(name.to_owned(), a);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The runtime API on HAProxy's admin socket, one connection per command.
@@ -187,9 +233,10 @@ impl Runtime {
     }
 
     /// Sends one command and reads the whole answer (bounded in time and size).
-    pub fn command(&self, command: &str) -> Result<String, String> {
+    pub fn command(&self, command: &str) -> Result<String, RuntimeError> {
         debug_assert!(!command.contains(['\n', ';']));
-        let fail = |e: std::io::Error| format!("{}: {e}", self.socket.display());
+        let fail =
+            |e: std::io::Error| RuntimeError::Socket(format!("{}: {e}", self.socket.display()));
         let mut s = UnixStream::connect(&self.socket).map_err(fail)?;
         s.set_read_timeout(Some(self.timeout)).map_err(fail)?;
         s.set_write_timeout(Some(self.timeout)).map_err(fail)?;
@@ -204,19 +251,35 @@ impl Runtime {
     }
 
     /// A command whose success is an empty answer (or one of `ok`, for those that say so).
-    fn expect(&self, command: &str, ok: &[&str]) -> Result<(), String> {
+    fn expect(&self, command: &str, ok: &[&str]) -> Result<(), RuntimeError> {
         let answer = self.command(command)?;
         if answer.is_empty() || ok.iter().any(|o| answer.starts_with(o)) {
-            Ok(())
-        } else {
-            Err(format!("{command:?}: {}", one_line(&answer)))
+            return Ok(());
         }
+        let text = format!("{command:?}: {}", one_line(&answer));
+        let missing = [
+            "No such server",
+            "No such backend",
+            "Key not found",
+            "Unknown map",
+        ];
+        Err(if missing.iter().any(|m| answer.contains(m)) {
+            RuntimeError::Missing(text)
+        } else {
+            RuntimeError::Refused(text)
+        })
     }
 
-    /// Adds `name` at `addr` with health checks and puts it in service: `add server` (which
-    /// creates it in maintenance), `enable health`, `enable server`.
-    pub fn add(&self, name: &str, addr: &Addr, check: &str) -> Result<(), String> {
-        let server = format!("{BACKEND}/{name}");
+    /// Adds `backend/name` at `addr` with health checks and puts it in service: `add server`
+    /// (which creates it in maintenance), `enable health`, `enable server`.
+    pub fn add(
+        &self,
+        backend: &str,
+        name: &str,
+        addr: &Addr,
+        check: &str,
+    ) -> Result<(), RuntimeError> {
+        let server = format!("{backend}/{name}");
         self.expect(
             &format!("add server {server} {} {check}", addr.haproxy()),
             &["New server registered."],
@@ -225,27 +288,27 @@ impl Runtime {
         self.expect(&format!("enable server {server}"), &[])
     }
 
-    /// Moves `name` to `addr`: new connections go there, open ones finish where they are.
-    pub fn readdress(&self, name: &str, addr: &Addr) -> Result<(), String> {
+    /// Moves `backend/name` to `addr`: new connections go there, open ones finish where they are.
+    pub fn readdress(&self, backend: &str, name: &str, addr: &Addr) -> Result<(), RuntimeError> {
         self.expect(
-            &format!("set server {BACKEND}/{name} {}", addr.addr_and_port()),
+            &format!("set server {backend}/{name} {}", addr.addr_and_port()),
             &["IP changed", "no need to change", "port changed"],
         )
     }
 
     /// Drain: no new requests, open ones finish.
-    pub fn drain(&self, name: &str) -> Result<(), String> {
-        self.expect(&format!("set server {BACKEND}/{name} state drain"), &[])
+    pub fn drain(&self, backend: &str, name: &str) -> Result<(), RuntimeError> {
+        self.expect(&format!("set server {backend}/{name} state drain"), &[])
     }
 
     /// Back in service after a drain (its key came back).
-    pub fn ready(&self, name: &str) -> Result<(), String> {
-        self.expect(&format!("set server {BACKEND}/{name} state ready"), &[])
+    pub fn ready(&self, backend: &str, name: &str) -> Result<(), RuntimeError> {
+        self.expect(&format!("set server {backend}/{name} state ready"), &[])
     }
 
     /// Maintenance, then delete. With `force`, open sessions are shut first.
-    pub fn delete(&self, name: &str, force: bool) -> Result<(), String> {
-        let server = format!("{BACKEND}/{name}");
+    pub fn delete(&self, backend: &str, name: &str, force: bool) -> Result<(), RuntimeError> {
+        let server = format!("{backend}/{name}");
         if force {
             self.expect(&format!("shutdown sessions server {server}"), &[])?;
         }
@@ -253,25 +316,51 @@ impl Runtime {
         self.expect(&format!("del server {server}"), &["Server deleted."])
     }
 
-    /// Connections in use per server of the backend (`show servers conn`, column `used_cur`).
-    pub fn connections(&self) -> Result<BTreeMap<String, u64>, String> {
-        let answer = self.command(&format!("show servers conn {BACKEND}"))?;
-        parse_connections(&answer)
+    /// Connections in use per `(backend, server)` (`show servers conn`, column `used_cur`).
+    pub fn connections(&self) -> Result<BTreeMap<(String, String), u64>, RuntimeError> {
+        let answer = self.command("show servers conn")?;
+        parse_connections(&answer).map_err(RuntimeError::Refused)
     }
 
-    /// The servers the backend has now and their addresses (`show servers state`).
-    pub fn servers(&self) -> Result<BTreeMap<String, Addr>, String> {
-        let answer = self.command(&format!("show servers state {BACKEND}"))?;
-        parse_servers_state(&answer)
+    /// Every backend's servers and their addresses (`show servers state`).
+    pub fn servers(&self) -> Result<BTreeMap<String, BTreeMap<String, Addr>>, RuntimeError> {
+        let answer = self.command("show servers state")?;
+        parse_servers_state(&answer).map_err(RuntimeError::Refused)
+    }
+
+    /// The entries of the map file `map` as HAProxy has them (`show map`).
+    pub fn map_entries(&self, map: &Path) -> Result<BTreeMap<String, String>, RuntimeError> {
+        let answer = self.command(&format!("show map {}", map.display()))?;
+        parse_map(&answer).map_err(RuntimeError::Refused)
+    }
+
+    /// Adds the map entry `key value`, or points an existing one at `value` (`set map`).
+    pub fn map_set(
+        &self,
+        map: &Path,
+        key: &str,
+        value: &str,
+        exists: bool,
+    ) -> Result<(), RuntimeError> {
+        let verb = if exists { "set" } else { "add" };
+        self.expect(&format!("{verb} map {} {key} {value}", map.display()), &[])
+    }
+
+    /// Removes the map entry `key`.
+    pub fn map_del(&self, map: &Path, key: &str) -> Result<(), RuntimeError> {
+        self.expect(&format!("del map {} {key}", map.display()), &[])
     }
 
     /// `show servers state` for the state file (HAProxy reads it back at start and reload).
-    pub fn state_file_text(&self) -> Result<String, String> {
+    pub fn state_file_text(&self) -> Result<String, RuntimeError> {
         let answer = self.command("show servers state")?;
         if answer.starts_with('1') {
             Ok(answer + "\n")
         } else {
-            Err(format!("show servers state: {}", one_line(&answer)))
+            Err(RuntimeError::Refused(format!(
+                "show servers state: {}",
+                one_line(&answer)
+            )))
         }
     }
 }
@@ -281,9 +370,9 @@ fn one_line(text: &str) -> String {
     joined.chars().take(300).collect()
 }
 
-/// Parses `show servers conn BACKEND`: `# header`, then `BACKEND/NAME id addr port - purge
-/// used_cur ...` per server.
-pub fn parse_connections(answer: &str) -> Result<BTreeMap<String, u64>, String> {
+/// Parses `show servers conn`: `# header`, then `BACKEND/NAME id addr port - purge used_cur
+/// ...` per server.
+pub fn parse_connections(answer: &str) -> Result<BTreeMap<(String, String), u64>, String> {
     let mut lines = answer.lines();
     let header = lines.next().unwrap_or("");
     let column = header
@@ -297,25 +386,26 @@ pub fn parse_connections(answer: &str) -> Result<BTreeMap<String, u64>, String> 
             )
         })?;
     let mut out = BTreeMap::new();
-    for line in lines.filter(|l| !l.trim().is_empty()) {
+    for line in lines.filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let name = fields
+        let (backend, name) = fields
             .first()
             .and_then(|f| f.split_once('/'))
-            .map(|(_, n)| n)
-            .ok_or_else(|| format!("show servers conn: bad line {line:?}"))?;
+            .ok_or_else(|| format!("show servers conn: bad line {:?}", one_line(line)))?;
         let used = fields
             .get(column)
             .and_then(|u| u.parse::<u64>().ok())
-            .ok_or_else(|| format!("show servers conn: bad line {line:?}"))?;
-        out.insert(name.to_owned(), used);
+            .ok_or_else(|| format!("show servers conn: bad line {:?}", one_line(line)))?;
+        out.insert((backend.to_owned(), name.to_owned()), used);
     }
     Ok(out)
 }
 
-/// Parses `show servers state BACKEND`: version line `1`, `# header`, then one line per server
-/// with `srv_name`, `srv_addr` and `srv_port` where the header says.
-pub fn parse_servers_state(answer: &str) -> Result<BTreeMap<String, Addr>, String> {
+/// Parses `show servers state`: version line `1`, `# header`, then one line per server with
+/// `be_name`, `srv_name`, `srv_addr` and `srv_port` where the header says.
+pub fn parse_servers_state(
+    answer: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, Addr>>, String> {
     let mut lines = answer.lines();
     let bad = || {
         format!(
@@ -333,15 +423,22 @@ pub fn parse_servers_state(answer: &str) -> Result<BTreeMap<String, Addr>, Strin
         .split_whitespace()
         .collect();
     let col = |name: &str| header.iter().position(|c| *c == name).ok_or_else(bad);
-    let (n, a, p) = (col("srv_name")?, col("srv_addr")?, col("srv_port")?);
-    let mut out = BTreeMap::new();
-    for line in lines.filter(|l| !l.trim().is_empty()) {
+    let (bk, n, a, p) = (
+        col("be_name")?,
+        col("srv_name")?,
+        col("srv_addr")?,
+        col("srv_port")?,
+    );
+    let mut out: BTreeMap<String, BTreeMap<String, Addr>> = BTreeMap::new();
+    for line in lines.filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(name), Some(host), Some(port)) = (f.get(n), f.get(a), f.get(p)) else {
+        let (Some(backend), Some(name), Some(host), Some(port)) =
+            (f.get(bk), f.get(n), f.get(a), f.get(p))
+        else {
             return Err(bad());
         };
         let port = port.parse::<u16>().map_err(|_| bad())?;
-        out.insert(
+        out.entry((*backend).to_owned()).or_default().insert(
             (*name).to_owned(),
             Addr {
                 host: (*host).to_owned(),
@@ -352,91 +449,58 @@ pub fn parse_servers_state(answer: &str) -> Result<BTreeMap<String, Addr>, Strin
     Ok(out)
 }
 
+/// Parses `show map FILE`: `0xID KEY VALUE` per entry.
+pub fn parse_map(answer: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for line in answer.lines().filter(|l| !l.trim().is_empty()) {
+        let mut f = line.split_whitespace();
+        match (f.next(), f.next(), f.next(), f.next()) {
+            (Some(id), Some(key), Some(value), None) if id.starts_with("0x") => {
+                out.insert(key.to_owned(), value.to_owned());
+            }
+            _ => return Err(format!("show map: unexpected line {:?}", one_line(line))),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn values_must_be_exactly_host_port() {
-        let ok = |v: &str| Addr::parse(v).unwrap();
-        assert_eq!(ok("10.0.0.5:8080").haproxy(), "10.0.0.5:8080");
-        assert_eq!(ok("[fd00::5]:8080").haproxy(), "fd00::5:8080");
-        assert_eq!(ok("[fd00::5]:8080").to_string(), "[fd00::5]:8080");
-        for bad in [
-            "",
-            "10.0.0.5",
-            "10.0.0.5:",
-            "10.0.0.5:0",
-            "10.0.0.5:65536",
-            "10.0.0.5:+80",
-            "10.0.0.5:80 ",
-            " 10.0.0.5:80",
-            "10.0.0.5:80\n    server evil 1.2.3.4:80",
-            "10.0.0.5:80 backup",
-            "fd00::5:8080",
-            "[fd00::5]",
-            "[fd00::5]:",
-            "[nothex]:80",
-            "http://10.0.0.5:80",
-            "999.1.1.1:80",
-            "-bad.host:80",
-            "a..b:80",
-            "host_name:80",
-            "web-1.local:80",
-            "localhost:80",
-            "010.0.0.1:80",
-        ] {
-            assert!(Addr::parse(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn names_are_what_haproxy_accepts() {
-        let p = "/app/servers";
-        assert_eq!(server_name(p, b"/app/servers/web.1").unwrap(), "web.1");
-        assert_eq!(server_name(p, b"/app/servers/a_b-c:d").unwrap(), "a_b-c:d");
-        for bad in [
-            &b"/app/servers/"[..],
-            b"/app/servers/a/b",
-            b"/app/serversx",
-            b"/other/a",
-            b"/app/servers/a b",
-            b"/app/servers/a\nb",
-            b"/app/servers/\xff",
-            b"/app/servers/a#b",
-            b"/app/servers/caf\xc3\xa9",
-        ] {
-            assert!(server_name(p, bad).is_err(), "{bad:?}");
-        }
-        let long = format!("/app/servers/{}", "a".repeat(MAX_NAME + 1));
-        assert!(server_name(p, long.as_bytes()).is_err());
-    }
-
-    #[test]
     fn parses_real_runtime_answers() {
         let conn = "# bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb idle_lim idle_cur idle_per_thr[2]\n\
                     servers/a 3/1 127.0.0.1 28081 - 5000 0 1 1 0 0 -1 0 0 0\n\
-                    servers/b 3/2 127.0.0.1 28082 - 0 4 0 0 0 0 0 0\n";
+                    pool-1/a 4/2 127.0.0.1 28082 - 0 4 0 0 0 0 0 0\n";
         let c = parse_connections(conn).unwrap();
-        assert_eq!((c["a"], c["b"]), (0, 4));
+        let k = |b: &str, n: &str| (b.to_owned(), n.to_owned());
+        assert_eq!((c[&k("servers", "a")], c[&k("pool-1", "a")]), (0, 4));
         let state = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n\
-                     3 servers 1 a 127.0.0.1 0 0 1 1 1 8 2 0 6 0 0 0 - 28081 - 0 0 - - 0\n";
+                     3 servers 1 a 127.0.0.1 0 0 1 1 1 8 2 0 6 0 0 0 - 28081 - 0 0 - - 0\n\
+                     4 pool-1 1 a 127.0.0.2 0 0 1 1 1 8 2 0 6 0 0 0 - 28082 - 0 0 - - 0\n";
         let s = parse_servers_state(state).unwrap();
-        assert_eq!(s["a"].haproxy(), "127.0.0.1:28081");
+        assert_eq!(s["servers"]["a"].haproxy(), "127.0.0.1:28081");
+        assert_eq!(s["pool-1"]["a"].haproxy(), "127.0.0.2:28082");
         for bad in ["", "Unknown command", "1\n# srv_name\nx"] {
             assert!(parse_servers_state(bad).is_err(), "{bad:?}");
         }
         assert!(parse_connections("No such backend.").is_err());
+        let map = "0x55d3c8a0 api.example.com/ pool-1\n0x55d3c8b0 example.com/api pool-2\n";
+        let m = parse_map(map).unwrap();
+        assert_eq!(m["example.com/api"], "pool-2");
+        assert!(parse_map("Unknown map identifier.").is_err());
         let mut m = crate::fuzz::Mutator::new(0x4a9);
         for _ in 0..3_000 {
             let _ = parse_connections(&m.mutate(conn.as_bytes()));
             let _ = parse_servers_state(&m.mutate(state.as_bytes()));
+            let _ = parse_map(&m.mutate(map.as_bytes()));
             let _ = Addr::parse(&m.mutate(b"[fd00::5]:8080"));
         }
     }
 
     #[test]
-    fn config_lists_the_servers_with_checks() {
+    fn config_routes_and_reads_back() {
         let f = Frontend {
             listen: "127.0.0.1:8080".into(),
             stats: Some("127.0.0.1:8404".into()),
@@ -446,9 +510,27 @@ mod tests {
         let mut servers = BTreeMap::new();
         servers.insert("b".to_owned(), Addr::parse("[fd00::2]:80").unwrap());
         servers.insert("a".to_owned(), Addr::parse("10.0.0.1:80").unwrap());
-        let cfg = f.render(&servers);
+        let backends = vec![
+            BackendConfig {
+                name: DEFAULT_BACKEND.into(),
+                service: Some("/app/servers".into()),
+                servers: servers.clone(),
+            },
+            BackendConfig {
+                name: "pool-1".into(),
+                service: None,
+                servers: BTreeMap::new(),
+            },
+        ];
+        let cfg = f.render(&backends);
         assert!(cfg.contains("    server a 10.0.0.1:80 check inter 500ms fall 2 rise 1\n    server b fd00::2:80 check"));
         assert!(cfg.contains("stats uri /admin-status"));
+        assert!(cfg.contains("prometheus-exporter if { path /metrics }"));
+        assert!(cfg.contains("map_beg(/run/lb/routes.map)"));
         assert!(cfg.contains("server-state-file /run/lb/servers.state"));
+        assert_eq!(parse_config(&cfg), backends);
+        let mut routes = BTreeMap::new();
+        routes.insert("a.com/".to_owned(), "pool-1".to_owned());
+        assert_eq!(render_map(&routes), "a.com/ pool-1\n");
     }
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::{News, Notifier};
+use crate::contract;
 use crate::etcd::Client;
 use crate::etcd::v3::{self, Event, WatchMessage};
 
@@ -25,10 +26,11 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(lb_prefix: &str, name: &str) -> Keys {
+    /// The keys for the instance `PREFIX/NAME` (see [`crate::contract`]).
+    pub fn new(lb_prefix: &str, prefix: &str, name: &str) -> Keys {
         Keys {
-            lbs: format!("{lb_prefix}/lbs/"),
-            drained: format!("{lb_prefix}/drained/{name}/"),
+            lbs: contract::lbs_dir(lb_prefix),
+            drained: contract::drained_dir(lb_prefix, prefix, name),
             all: format!("{lb_prefix}/"),
         }
     }
@@ -168,13 +170,21 @@ mod tests {
 
     #[test]
     fn ids_are_one_segment_under_the_prefix() {
-        let k = Keys::new("/hecd", "web-1");
+        let k = Keys::new("/hecd", "/app/servers", "web-1");
         assert_eq!(id_under(&k.lbs, b"/hecd/lbs/lb-a").as_deref(), Some("lb-a"));
         assert_eq!(
-            id_under(&k.drained, b"/hecd/drained/web-1/lb-a").as_deref(),
+            id_under(&k.drained, b"/hecd/drained/app/servers/web-1/lb-a").as_deref(),
             Some("lb-a")
         );
-        assert_eq!(id_under(&k.drained, b"/hecd/drained/web-10/lb-a"), None);
+        assert_eq!(
+            id_under(&k.drained, b"/hecd/drained/app/servers/web-10/lb-a"),
+            None
+        );
+        // Another service's instance of the same name is not this one.
+        assert_eq!(
+            id_under(&k.drained, b"/hecd/drained/app/api/web-1/lb-a"),
+            None
+        );
         assert_eq!(id_under(&k.lbs, b"/hecd/lbs/"), None);
         assert_eq!(id_under(&k.lbs, b"/hecd/lbs/a/b"), None);
         assert_eq!(id_under(&k.lbs, b"/hecd/lbs/\xff"), None);

@@ -224,6 +224,14 @@ struct Registrar {
     /// Set once discovery has found the name and address.
     key: String,
     value: String,
+    /// `--route` (sorted), and `--lb-prefix` for the declaration's key.
+    routes: Vec<crate::contract::Route>,
+    lb_prefix: String,
+    /// The route declaration, `LB_PREFIX/routes/PREFIX/NAME` = the routes, put with the key
+    /// under the same lease (v3); `None` without `--route`.
+    declaration: Option<(String, String)>,
+    /// v2 was found although routes are declared: said once.
+    told_v2_routes: bool,
     check_addr: SocketAddr,
     found: bool,
     next_discovery: Instant,
@@ -274,6 +282,10 @@ impl Registrar {
             check: reg.check.clone(),
             check_interval: reg.check_interval,
             prefix: reg.prefix.clone(),
+            routes: reg.routes.clone(),
+            lb_prefix: reg.lb_prefix.clone(),
+            declaration: None,
+            told_v2_routes: false,
             ttl: reg.ttl,
             discovery: Discovery::new(reg, plan.docker, app_pid),
             key: String::new(),
@@ -356,8 +368,14 @@ impl Registrar {
                 address,
                 check,
             }) => {
-                self.key = format!("{}/{name}", self.prefix);
+                self.key = crate::contract::server_key(&self.prefix, &name);
                 self.value = address.to_string();
+                if !self.routes.is_empty() {
+                    self.declaration = Some((
+                        crate::contract::route_key(&self.lb_prefix, &self.prefix, &name),
+                        crate::contract::routes_value(&self.routes),
+                    ));
+                }
                 self.check_addr = check;
                 self.found = true;
                 self.next_check = Instant::now();
@@ -442,9 +460,17 @@ impl Registrar {
                 s.maybe_present = true;
             })
             .map_err(|Stopping| EtcdError::OutOfTime)?;
-            self.client
-                .put(&self.key, &self.value, lease, ttl, deadline)
-                .map(|()| lease)
+            let mut puts = vec![(self.key.as_str(), self.value.as_str())];
+            if let Some((k, v)) = &self.declaration {
+                puts.push((k, v));
+            }
+            // One transaction: a balancer sees the instance and its routes at one revision.
+            let result = self.client.put_all(&puts, lease, ttl, deadline).map(|()| lease);
+            if self.declaration.is_some() && self.client.is_v2() && !self.told_v2_routes {
+                self.told_v2_routes = true;
+                log::warn!("routes are not written: this etcd speaks only v2, and balancers read routes with v3");
+            }
+            result
         });
         if lock(&self.shared).stopping {
             if let Ok(lease) = result {

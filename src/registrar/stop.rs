@@ -64,8 +64,8 @@ impl Stopper {
         // until it ends (v3 only: v2 gives no revision to count from).
         if let (Some(revision), Some((lb_prefix, drain))) = (revision, &self.confirm) {
             let deadline = Instant::now() + *drain;
-            let name = key.rsplit('/').next().unwrap_or(&key);
-            let keys = super::confirm::Keys::new(lb_prefix, name);
+            let (prefix, name) = key.rsplit_once('/').unwrap_or(("", &key));
+            let keys = super::confirm::Keys::new(lb_prefix, prefix, name);
             let work = std::panic::AssertUnwindSafe(|| {
                 super::confirm::wait(&mut client, &keys, revision, deadline, &self.notifier);
             });

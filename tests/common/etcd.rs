@@ -255,37 +255,16 @@ impl Etcd {
 
     /// POSTs (or GETs, without a body) a JSON gateway path; `None` when no JSON came back.
     pub fn call(&self, path: &str, body: Option<Value>) -> Option<Value> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        let req = match &body {
-            Some(b) => {
-                let text = b.to_string();
-                format!(
-                    "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
-                    text.len()
-                )
-            }
-            None => format!("GET {path} HTTP/1.0\r\n\r\n"),
-        };
-        s.write_all(req.as_bytes()).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let (_, body) = out.split_once("\r\n\r\n")?;
-        serde_json::from_str(body).ok()
+        call_on(self.port, path, body)
     }
 
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<String> {
-        let kv = self.kv(key)?;
-        String::from_utf8(b64decode(kv.get("value")?.as_str()?)).ok()
+        get_on(self.port, key)
     }
 
     fn kv(&self, key: &str) -> Option<Value> {
-        let v = self.call(
-            "/v3/kv/range",
-            Some(json!({ "key": b64encode(key.as_bytes()) })),
-        )?;
-        v.get("kvs")?.as_array()?.first().cloned()
+        kv_on(self.port, key)
     }
 
     /// The lease `key` is attached to.
@@ -503,4 +482,41 @@ pub fn make_certs(dir: &std::path::Path) {
             &format!("{name}.ext"),
         ]);
     }
+}
+
+/// POSTs (or GETs, without a body) a JSON gateway path of the member whose client port is
+/// `port`; `None` when no JSON came back. For threads that do not own the [`Etcd`].
+pub fn call_on(port: u16, path: &str, body: Option<Value>) -> Option<Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let req = match &body {
+        Some(b) => {
+            let text = b.to_string();
+            format!(
+                "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            )
+        }
+        None => format!("GET {path} HTTP/1.0\r\n\r\n"),
+    };
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (_, body) = out.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}
+
+/// The value of `key` on the member whose client port is `port`, if present.
+pub fn get_on(port: u16, key: &str) -> Option<String> {
+    let kv = kv_on(port, key)?;
+    String::from_utf8(b64decode(kv.get("value")?.as_str()?)).ok()
+}
+
+fn kv_on(port: u16, key: &str) -> Option<Value> {
+    let v = call_on(
+        port,
+        "/v3/kv/range",
+        Some(json!({ "key": b64encode(key.as_bytes()) })),
+    )?;
+    v.get("kvs")?.as_array()?.first().cloned()
 }

@@ -507,14 +507,19 @@ pub fn time_key_gone(etcd: &etcd::Etcd, key: &str, limit: Duration) -> Option<u1
 /// `GET /` on `addr` (`host:port`) over a fresh connection, bounded: the body of a 200, or
 /// why not.
 pub fn http_get(addr: &str) -> Result<String, String> {
+    http_get_path(addr, "/")
+}
+
+/// [`http_get`] of `path`.
+pub fn http_get_path(addr: &str, path: &str) -> Result<String, String> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
-    s.take(1 << 16)
+    s.take(8 << 20)
         .read_to_string(&mut out)
         .map_err(|e| e.to_string())?;
     match out.split_once("\r\n\r\n") {

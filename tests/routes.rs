@@ -1,0 +1,513 @@
+//! Many services behind one hecd-haproxy (issue 17), against a real etcd and HAProxy 2.6, with
+//! real hecd-init instances declaring their routes with `--route`: requests go by Host and the
+//! longest path prefix, new services and stops under load need no reload and fail no request,
+//! conflicting and malformed declarations change nothing, `/metrics` has a backend per service,
+//! and names or addresses a balancer could not serve are refused at start.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::lb::Lb;
+use common::{Hecd, example, hecd_init, listening_port, start_command, wait_until};
+
+/// An instance of the service `/app/SERVICE` named `name`, answering `SERVICE:NAME`, declaring
+/// `routes`; returns once its key is in etcd.
+fn instance(etcd: &Etcd, service: &str, name: &str, routes: &[&str], drain: &str) -> Hecd {
+    let mut cmd = Command::new(hecd_init());
+    cmd.args([
+        "--etcd",
+        &etcd.url(),
+        "--prefix",
+        &format!("/app/{service}"),
+    ])
+    .args(["--name", name, "--advertise", "127.0.0.1", "--ttl", "3"])
+    .args([
+        "--check",
+        "http:/",
+        "--check-interval",
+        "200ms",
+        "--drain",
+        drain,
+    ]);
+    for r in routes {
+        cmd.args(["--route", r]);
+    }
+    cmd.arg("--")
+        .arg(example("tiny_server"))
+        .args(["0", &format!("{service}:{name}")]);
+    let mut h = start_command(cmd);
+    listening_port(&h.expect_line("listening"));
+    h.app_pid();
+    let key = format!("/app/{service}/{name}");
+    let up = wait_until(Duration::from_secs(10), || etcd.get(&key).is_some());
+    assert!(up, "{key} not registered:\n{}", h.stderr());
+    h
+}
+
+/// One HTTP/1.1 request with `Host: host` on a fresh connection: the body of a 200, or why not.
+fn get(port: u16, host: &str, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.take(1 << 16)
+        .read_to_string(&mut out)
+        .map_err(|e| e.to_string())?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.split_whitespace().nth(1) == Some("200") => {
+            Ok(body.trim().to_owned())
+        }
+        _ => Err(format!("answer {:?}", out.lines().next().unwrap_or(""))),
+    }
+}
+
+/// Waits until requests for `host` + `path` have been answered by every one of `bodies` and
+/// by nothing else.
+fn expect_served(lb: &Lb, host: &str, path: &str, bodies: &[&str]) {
+    let want: BTreeSet<String> = bodies.iter().map(|b| b.to_string()).collect();
+    let mut seen = BTreeSet::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        match get(lb.port, host, path) {
+            Ok(body) => {
+                assert!(
+                    want.contains(&body),
+                    "{host}{path} answered by {body}, want {want:?}"
+                );
+                seen.insert(body);
+            }
+            Err(_) => seen.clear(),
+        }
+        seen == want
+    });
+    assert!(
+        ok,
+        "{host}{path}: seen {seen:?}, want {want:?}\n{}",
+        lb.h.stderr()
+    );
+}
+
+/// Waits until `host` + `path` gets no 200.
+fn expect_not_served(lb: &Lb, host: &str, path: &str) {
+    let ok = wait_until(Duration::from_secs(10), || {
+        get(lb.port, host, path).is_err()
+    });
+    assert!(ok, "{host}{path} still served\n{}", lb.h.stderr());
+}
+
+#[test]
+fn issue_17_three_services_route_by_host_and_path() {
+    let etcd = Etcd::start();
+    let stats = common::etcd::free_port();
+    let lb = Lb::start(&etcd.url(), &["--stats", &format!("127.0.0.1:{stats}")]);
+    let (master, workers) = lb.workers();
+    let _api: Vec<Hecd> = ["a1", "a2"]
+        .iter()
+        .map(|n| instance(&etcd, "api", n, &["api.example.com"], "2"))
+        .collect();
+    let _web: Vec<Hecd> = ["w1", "w2"]
+        .iter()
+        .map(|n| instance(&etcd, "web", n, &["www.example.com"], "2"))
+        .collect();
+    let _docs: Vec<Hecd> = ["d1", "d2"]
+        .iter()
+        .map(|n| instance(&etcd, "docs", n, &["www.example.com/docs"], "2"))
+        .collect();
+    expect_served(&lb, "api.example.com", "/", &["api:a1", "api:a2"]);
+    expect_served(&lb, "www.example.com", "/", &["web:w1", "web:w2"]);
+    expect_served(
+        &lb,
+        "www.example.com",
+        "/docs/intro",
+        &["docs:d1", "docs:d2"],
+    );
+    // A Host with a port, or in upper case, routes the same; a path that only starts like a
+    // route's goes by the longest prefix that matches.
+    expect_served(&lb, "API.Example.COM:8080", "/x", &["api:a1", "api:a2"]);
+    expect_served(&lb, "www.example.com:80", "/docs", &["docs:d1", "docs:d2"]);
+    expect_served(&lb, "www.example.com", "/doc", &["web:w1", "web:w2"]);
+    // An undeclared host (and one that only ends like a declared one) gets no 200: the
+    // default service has no instance here.
+    for host in [
+        "other.example.com",
+        "api.example.com.evil.org",
+        "xapi.example.com",
+    ] {
+        let answer = get(lb.port, host, "/");
+        assert!(answer.is_err(), "{host}: {answer:?}");
+    }
+    // Keep-alive: two requests on one connection, both answered by their service.
+    let mut s = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\nGET / HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.take(1 << 16).read_to_string(&mut out);
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+    // Metrics: HAProxy's Prometheus exporter, a backend per service.
+    let metrics = common::http_get_path(&format!("127.0.0.1:{stats}"), "/metrics").unwrap();
+    let backends: BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("haproxy_backend_http_responses_total{"))
+        .filter_map(|l| l.split("proxy=\"").nth(1)?.split('"').next())
+        .collect();
+    for b in ["servers", "pool-1", "pool-2", "pool-3"] {
+        assert!(
+            backends.contains(b),
+            "/metrics lacks backend {b}: {backends:?}"
+        );
+    }
+    let served: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("haproxy_backend_http_responses_total{proxy=\"pool-")
+                && l.contains("code=\"2xx\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        served > 10,
+        "2xx counted per service backend: {served}\n{metrics}"
+    );
+    // All of it at runtime: the HAProxy processes are those of the start.
+    assert_eq!(lb.workers(), (master, workers), "HAProxy was reloaded");
+    assert!(!lb.h.stderr().contains("reloading"), "{}", lb.h.stderr());
+}
+
+/// Requests at `rate` a second, each on a fresh connection, to the hosts in turn; every answer
+/// must come from the service its host belongs to (`host → service`).
+struct HostLoad {
+    stop: Arc<AtomicBool>,
+    failed: Arc<Mutex<Vec<String>>>,
+    thread: Option<thread::JoinHandle<u32>>,
+}
+
+impl HostLoad {
+    fn start(port: u16, hosts: &[(&str, &str)], rate: u32) -> HostLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let hosts: Vec<(String, String)> = hosts
+            .iter()
+            .map(|(h, s)| (h.to_string(), s.to_string()))
+            .collect();
+        let (s, f) = (stop.clone(), failed.clone());
+        let thread = thread::spawn(move || {
+            let started = Instant::now();
+            let mut sent = 0u32;
+            let mut requests = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                let (host, service) = hosts[sent as usize % hosts.len()].clone();
+                let f = f.clone();
+                requests.push(thread::spawn(move || {
+                    let at = started.elapsed().as_millis();
+                    match get(port, &host, "/") {
+                        Ok(body) if body.starts_with(&format!("{service}:")) => {}
+                        other => f
+                            .lock()
+                            .unwrap()
+                            .push(format!("{at} ms, {host}: {other:?}")),
+                    }
+                }));
+                sent += 1;
+                let next = Duration::from_secs_f64(f64::from(sent) / f64::from(rate));
+                if let Some(wait) = next.checked_sub(started.elapsed()) {
+                    thread::sleep(wait);
+                }
+                requests.retain(|r| !r.is_finished());
+            }
+            for r in requests {
+                let _ = r.join();
+            }
+            sent
+        });
+        HostLoad {
+            stop,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (u32, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let sent = self.thread.take().map_or(0, |t| t.join().unwrap());
+        let failed = self.failed.lock().unwrap().clone();
+        (sent, failed)
+    }
+}
+
+impl Drop for HostLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn issue_17_new_service_and_stop_under_load_fail_no_request_and_never_reload() {
+    let etcd = Etcd::start();
+    let lb = Lb::start(&etcd.url(), &[]);
+    // Two services whose instances have the same names: confirmations must not mix them up.
+    let mut a: Vec<Hecd> = ["one", "two"]
+        .iter()
+        .map(|n| instance(&etcd, "a", n, &["a.example.com"], "10"))
+        .collect();
+    let _b: Vec<Hecd> = ["one", "two"]
+        .iter()
+        .map(|n| instance(&etcd, "b", n, &["b.example.com"], "10"))
+        .collect();
+    expect_served(&lb, "a.example.com", "/", &["a:one", "a:two"]);
+    expect_served(&lb, "b.example.com", "/", &["b:one", "b:two"]);
+    let (master, workers) = lb.workers();
+    let load = HostLoad::start(
+        lb.port,
+        &[("a.example.com", "a"), ("b.example.com", "b")],
+        40,
+    );
+    thread::sleep(Duration::from_secs(1));
+
+    // A new service appears: served within a bound of its key.
+    let key_seen = Arc::new(Mutex::new(None::<Instant>));
+    let watcher = {
+        let (seen, etcd_port) = (key_seen.clone(), etcd.port);
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if common::etcd::get_on(etcd_port, "/app/c/one").is_some() {
+                    *seen.lock().unwrap() = Some(Instant::now());
+                    return;
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let port = lb.port;
+    let poller = thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if get(port, "c.example.com", "/").is_ok() {
+                return Some(Instant::now());
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        None
+    });
+    let _c = instance(&etcd, "c", "one", &["c.example.com"], "10");
+    let served = poller.join().unwrap().expect("service c never served");
+    watcher.join().unwrap();
+    let key = key_seen.lock().unwrap().expect("key of c never seen");
+    let ms = served.saturating_duration_since(key).as_millis();
+    eprintln!("new service served {ms} ms after its key was seen");
+    assert!(ms < 2_000, "new service served only {ms} ms after its key");
+
+    // One instance of a stops: confirmed drain, its app signalled well before --drain (10 s).
+    let stop_at = common::now_ms();
+    a[0].signal(libc::SIGTERM);
+    let line = a[0].expect_line("signal 15 at");
+    let after = common::signalled_at(&line, 15).saturating_sub(stop_at);
+    eprintln!("a:one signalled {after} ms after SIGTERM (drain bound 10 s)");
+    assert!(
+        after < 5_000,
+        "a:one signalled only after {after} ms:\n{}",
+        a[0].stderr()
+    );
+    assert_eq!(a[0].expect_exit(), 0);
+    a[0].expect_stderr("(1 of 1 load balancers confirmed)");
+    thread::sleep(Duration::from_secs(1));
+    let (sent, failed) = load.finish();
+    eprintln!("{sent} requests, {} failed", failed.len());
+    assert!(failed.is_empty(), "{failed:?}\n{}", lb.h.stderr());
+    assert!(sent > 60, "{sent}");
+    // b's instance of the same name never left.
+    expect_served(&lb, "b.example.com", "/", &["b:one", "b:two"]);
+    expect_served(&lb, "a.example.com", "/", &["a:two"]);
+    assert_eq!(lb.workers(), (master, workers), "HAProxy was reloaded");
+}
+
+#[test]
+fn issue_17_conflicts_and_malformed_declarations_change_nothing() {
+    let etcd = Etcd::start();
+    let lb = Lb::start(&etcd.url(), &[]);
+    let _a = instance(&etcd, "a", "a1", &["a.example.com"], "2");
+    expect_served(&lb, "a.example.com", "/", &["a:a1"]);
+    let (master, workers) = lb.workers();
+    // A later service claims a.example.com too: it keeps its older owner.
+    let mut b = instance(&etcd, "b", "b1", &["a.example.com", "b.example.com"], "2");
+    expect_served(&lb, "b.example.com", "/", &["b:b1"]);
+    lb.h.expect_stderr("route a.example.com is claimed by /app/b too; it stays with /app/a");
+    for _ in 0..20 {
+        assert_eq!(get(lb.port, "a.example.com", "/").as_deref(), Ok("a:a1"));
+    }
+    // Declarations written straight into etcd: malformed ones, and a well-formed one of an
+    // instance that is not registered. Each is skipped; a.example.com keeps its instance.
+    let long = "a".repeat(5000);
+    for (key, value) in [
+        (
+            "/hecd/routes/app/a/evil",
+            "a.example.com\nserver x 1.2.3.4:80",
+        ),
+        ("/hecd/routes/app/a/evil2", "x y.example.com"),
+        ("/hecd/routes/app/a/evil3", long.as_str()),
+        ("/hecd/routes/app/z/bad name", "a.example.com"),
+        ("/hecd/routes/a1", "a.example.com"),
+        ("/hecd/routes/app/ghost/g1", "a.example.com/x"),
+    ] {
+        etcd.put(key, value);
+    }
+    lb.h.expect_stderr("skipping route declaration of /app/a/evil");
+    lb.h.expect_stderr("skipping route declaration of /app/a/evil3");
+    lb.h.expect_stderr("skipping route declaration: key \"/hecd/routes/app/z/bad name\"");
+    for path in ["/", "/x"] {
+        for _ in 0..10 {
+            assert_eq!(get(lb.port, "a.example.com", path).as_deref(), Ok("a:a1"));
+        }
+    }
+    assert_eq!(
+        lb.workers(),
+        (master, workers.clone()),
+        "HAProxy was reloaded"
+    );
+    // A service's last instance stops: its host no longer answers 200.
+    b.signal(libc::SIGTERM);
+    assert_eq!(b.expect_exit(), 0);
+    expect_not_served(&lb, "b.example.com", "/");
+    assert_eq!(get(lb.port, "a.example.com", "/").as_deref(), Ok("a:a1"));
+    assert_eq!(lb.workers(), (master, workers), "HAProxy was reloaded");
+}
+
+#[test]
+fn issue_17_the_pool_grows_by_a_reload_only_when_used_up() {
+    let etcd = Etcd::start();
+    let lb = Lb::start(&etcd.url(), &[]);
+    let pool = |lb: &Lb| {
+        std::fs::read_to_string(lb.dir.join("haproxy.cfg"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("backend pool-"))
+            .count()
+    };
+    assert_eq!(pool(&lb), 16);
+    // 17 services, written straight into etcd (a key and its declaration each, one lease).
+    for i in 0..17 {
+        let port = 20_000 + i;
+        etcd.put(&format!("/app/s{i}/x"), &format!("127.0.0.1:{port}"));
+        etcd.put(
+            &format!("/hecd/routes/app/s{i}/x"),
+            &format!("s{i}.example.com"),
+        );
+    }
+    lb.h.expect_stderr("the pool of 16 backends is used up");
+    let grown = wait_until(Duration::from_secs(10), || pool(&lb) > 17);
+    assert!(grown, "pool not grown:\n{}", lb.h.stderr());
+    let map = wait_until(Duration::from_secs(10), || {
+        let m = lb
+            .admin(&format!("show map {}", lb.dir.join("routes.map").display()))
+            .unwrap_or_default();
+        m.lines().count() == 17
+    });
+    assert!(
+        map,
+        "routes map:\n{:?}",
+        lb.admin(&format!("show map {}", lb.dir.join("routes.map").display()))
+    );
+}
+
+#[test]
+fn issue_17_a_stopping_balancer_withdraws_its_announcement_first() {
+    let etcd = Etcd::start();
+    let mut lb = Lb::start(&etcd.url(), &["--lb-id", "edge-1"]);
+    let announced = wait_until(Duration::from_secs(10), || {
+        etcd.get("/hecd/lbs/edge-1").is_some()
+    });
+    assert!(announced, "{}", lb.h.stderr());
+    let sent = Instant::now();
+    lb.h.signal(libc::SIGTERM);
+    let gone = wait_until(Duration::from_secs(3), || {
+        etcd.get("/hecd/lbs/edge-1").is_none()
+    });
+    let ms = sent.elapsed().as_millis();
+    assert!(
+        gone && ms < 2_000,
+        "announcement still there after {ms} ms (lease 5 s)"
+    );
+    assert!(lb.h.wait(Duration::from_secs(10)).is_some());
+    let log = lb.h.stderr_final();
+    assert!(log.contains("withdrew /hecd/lbs/edge-1"), "{log}");
+    assert!(!log.contains("reading everything again"), "{log}");
+}
+
+#[test]
+fn issue_17_names_and_addresses_balancers_cannot_serve_are_refused_at_start() {
+    for (args, want) in [
+        (
+            vec!["--name", "odd@name+1"],
+            "hecd-init: --name: '@' is not allowed",
+        ),
+        (
+            vec!["--name", ".."],
+            "hecd-init: --name: '.' and '..' are path steps",
+        ),
+        (vec!["--name", "_x"], "hecd-init: --name: a leading '_'"),
+        (
+            vec!["--advertise", "localhost"],
+            "hecd-init: --advertise: expected an IP address",
+        ),
+        (
+            vec!["--route", "a b.com"],
+            "hecd-init: --route: \"a b.com\" is not HOST[/PATH]",
+        ),
+    ] {
+        let mut all = vec!["--etcd", "http://127.0.0.1:9"];
+        all.extend(args.iter().copied());
+        all.extend(["--", "/bin/sh", "-c", "echo ran"]);
+        let mut h = common::start(&all);
+        assert_eq!(h.expect_exit(), 2, "{args:?}");
+        let err = h.stderr_final();
+        assert!(err.starts_with(want), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(h.line(Duration::from_millis(100)).is_none(), "the app ran");
+    }
+}
+
+/// hecd-init's keys for an instance with routes: the server key unchanged, the declaration
+/// beside it under the same lease, both gone on a stop.
+#[test]
+fn issue_17_the_declaration_shares_the_instance_lease() {
+    let etcd = Etcd::start();
+    let mut h = instance(
+        &etcd,
+        "api",
+        "a1",
+        &["api.example.com", "example.com/api"],
+        "0",
+    );
+    assert_eq!(
+        etcd.get("/app/api/a1")
+            .as_deref()
+            .map(|v| v.starts_with("127.0.0.1:")),
+        Some(true)
+    );
+    assert_eq!(
+        etcd.get("/hecd/routes/app/api/a1").as_deref(),
+        Some("api.example.com,example.com/api")
+    );
+    assert_eq!(
+        etcd.lease_of("/app/api/a1"),
+        etcd.lease_of("/hecd/routes/app/api/a1")
+    );
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.expect_exit(), 0);
+    assert_eq!(etcd.get("/hecd/routes/app/api/a1"), None);
+    assert_eq!(etcd.get("/app/api/a1"), None);
+}
