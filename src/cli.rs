@@ -180,7 +180,7 @@ pub const OPTIONS: &[OptSpec] = &[
     opt(
         "etcd-cacert",
         "FILE",
-        "none",
+        "/etc/ssl/certs/ca-certificates.crt for https://",
         "CA bundle to verify etcd's certificate",
     ),
     opt("etcd-cert", "FILE", "none", "client certificate for etcd"),
@@ -262,6 +262,8 @@ pub struct RawArgs {
     values: HashMap<&'static str, Vec<Given>>,
     /// The app's command and its arguments, untouched.
     pub command: Vec<OsString>,
+    /// Unknown options: reported with every other problem the validation finds.
+    pub unknown: Vec<UsageError>,
 }
 
 impl RawArgs {
@@ -358,16 +360,24 @@ pub fn scan(
                 None => (long, None),
             };
             inline_at = 2 + name.len() + 1;
-            let spec = lookup_long(name).ok_or_else(|| {
-                UsageError::new(format!("--{name}"), "unknown option (see --help)")
-            })?;
+            let Some(spec) = lookup_long(name) else {
+                raw.unknown.push(UsageError::new(
+                    format!("--{name}"),
+                    "unknown option (see --help)",
+                ));
+                continue;
+            };
             found.push((spec, format!("--{name}"), inline));
         } else {
             // Short flags may be bundled: -vv.
             for c in text[1..].chars() {
-                let spec = lookup_short(c).ok_or_else(|| {
-                    UsageError::new(format!("-{c}"), "unknown option (see --help)")
-                })?;
+                let Some(spec) = lookup_short(c) else {
+                    raw.unknown.push(UsageError::new(
+                        format!("-{c}"),
+                        "unknown option (see --help)",
+                    ));
+                    continue;
+                };
                 found.push((spec, format!("-{c}"), None));
             }
         }
@@ -422,6 +432,9 @@ pub fn scan(
         }
     }
     match command_usage {
+        _ if !raw.unknown.is_empty() && raw.command.is_empty() => {
+            return Err(raw.unknown.swap_remove(0));
+        }
         Some(usage) if raw.command.is_empty() => {
             return Err(UsageError::new(
                 "COMMAND",
@@ -459,7 +472,7 @@ pub fn help_text() -> String {
     );
     out.push_str(&options_help(OPTIONS));
     out.push_str(
-        "\nEnvironment: HECD_LOG sets the log filter (env_logger syntax, default info);\n\
+        "\nEnvironment: HECD_LOG sets the log filter (env_logger syntax; default warn for a pure init, info when registering);\n\
          HECD_ETCD_PASSWORD gives the etcd password. Logs go to stderr, prefixed \"hecd-init:\".\n\n\
          Exit status: the app's exit code; 128+N if it was killed by signal N; 126 if COMMAND\n\
          cannot be executed; 127 if it is not found; 2 for a usage error; 1 if hecd-init failed\n\
@@ -509,6 +522,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         match parse(&os(args), |k| env.get(k).map(OsString::from))? {
+            Request::Run(mut raw) if !raw.unknown.is_empty() => Err(raw.unknown.swap_remove(0)),
             Request::Run(raw) => Ok(raw),
             other => panic!("expected Run, got {other:?}"),
         }

@@ -157,6 +157,8 @@ pub struct Extra {
 pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     let Extra { password, log } = extra;
     let mut errors = Errors::default();
+    // Every problem is reported: unknown options first, then every bad value.
+    errors.0.extend(raw.unknown.iter().cloned());
     let dur = |long: &str,
                default: Option<Duration>,
                min: Duration|
@@ -1064,6 +1066,15 @@ mod tests {
                 "--advertise: expected an IP address as HOST (balancers take IP:PORT only"
             )
         );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let errs = build_with(&["--nope", "--ttl", "x", "--check", "y"], &[]).unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert_eq!(errs[0], "--nope: unknown option (see --help)");
+        assert!(errs[1].starts_with("--ttl: "), "{errs:?}");
+        assert!(errs[2].starts_with("--check: "), "{errs:?}");
     }
 
     #[test]

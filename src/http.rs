@@ -51,24 +51,31 @@ pub struct PemFile<'a> {
 impl Tls {
     /// Builds a client configuration from a PEM CA bundle and an optional PEM certificate
     /// chain and key. Errors name the file. TLS 1.2 and 1.3, server certificates always
-    /// verified against the given CA only.
+    /// verified against the given CA only. An error names the option of the file at fault
+    /// (`--etcd-cacert`, `--etcd-cert`, `--etcd-key`) and says what is wrong.
     pub fn from_pem(
         ca: PemFile<'_>,
         client: Option<(PemFile<'_>, PemFile<'_>)>,
-    ) -> Result<Self, String> {
-        let roots = certificates(ca.path, ca.data)?;
+    ) -> Result<Self, (&'static str, String)> {
+        let cacert = |e: String| ("--etcd-cacert", e);
+        let roots = certificates(ca.path, ca.data).map_err(cacert)?;
         // ureq skips certificates it cannot use; check them here so a bad CA file is named.
         let mut store = rustls::RootCertStore::empty();
         for cert in &roots {
             store
                 .add(CertificateDer::from(cert.der()))
-                .map_err(|e| format!("{}: unusable CA certificate ({e})", ca.path))?;
+                .map_err(|e| cacert(format!("{}: unusable CA certificate ({e})", ca.path)))?;
         }
         let client = match client {
             None => None,
             Some((cert, key)) => {
-                let chain = certificates(cert.path, cert.data)?;
-                let bad_key = |e: String| format!("{}: no usable private key ({e})", key.path);
+                let chain = certificates(cert.path, cert.data).map_err(|e| ("--etcd-cert", e))?;
+                let bad_key = |e: String| {
+                    (
+                        "--etcd-key",
+                        format!("{}: no usable private key ({e})", key.path),
+                    )
+                };
                 let private = PrivateKey::from_pem(key.data).map_err(|e| bad_key(e.to_string()))?;
                 // The pair must fit: let rustls say so now rather than at the first handshake.
                 let der =
@@ -78,10 +85,15 @@ impl Tls {
                     .map(|c| CertificateDer::from(c.der()).into_owned());
                 rustls::ClientConfig::builder_with_provider(provider())
                     .with_safe_default_protocol_versions()
-                    .map_err(|e| format!("TLS set-up: {e}"))?
+                    .map_err(|e| ("--etcd-cacert", format!("TLS set-up: {e}")))?
                     .with_root_certificates(store)
                     .with_client_auth_cert(ders.collect(), der)
-                    .map_err(|e| format!("{}: does not fit the key ({e})", cert.path))?;
+                    .map_err(|e| {
+                        (
+                            "--etcd-cert",
+                            format!("{}: does not fit the key ({e})", cert.path),
+                        )
+                    })?;
                 Some(ClientCert::new_with_certs(&chain, private))
             }
         };

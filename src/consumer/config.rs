@@ -149,6 +149,7 @@ pub fn parse(
         Err(e) => return Err(vec![e]),
     };
     let mut errors = Errors::default();
+    errors.0.extend(raw.unknown.iter().cloned());
     let required = |long: &str| {
         raw.get(long).ok_or_else(|| {
             UsageError::new(

@@ -54,6 +54,13 @@ pub fn tls(
     key: Option<&str>,
 ) -> Result<Option<Tls>, UsageError> {
     if !endpoints.iter().any(|e| e.tls) && cacert.is_none() {
+        // Not used with http:// endpoints, but every file an option names is read before
+        // anything starts: a typo shows now, not when the endpoints move to https://.
+        for (option, path) in [("--etcd-cert", cert), ("--etcd-key", key)] {
+            if let Some(p) = path {
+                read(option, p)?;
+            }
+        }
         return Ok(None);
     }
     let ca_path = match cacert {
@@ -82,7 +89,7 @@ pub fn tls(
     };
     Tls::from_pem(ca, client)
         .map(Some)
-        .map_err(|e| UsageError::new("--etcd-cacert", e))
+        .map_err(|(option, e)| UsageError::new(option, e))
 }
 
 /// Overwrites the etcd password where this process's `/proc/<pid>/environ` shows it: all of
@@ -118,4 +125,54 @@ pub fn password_file(path: &str) -> Result<String, UsageError> {
 
 fn read(option: &str, path: &str) -> Result<Vec<u8>, UsageError> {
     std::fs::read(path).map_err(|e| UsageError::new(option, format!("cannot read {path}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http() -> Vec<Endpoint> {
+        vec![Endpoint {
+            tls: false,
+            host: "e".into(),
+            port: 2379,
+        }]
+    }
+
+    #[test]
+    fn every_named_file_is_read_and_errors_name_their_option() {
+        // http:// endpoints use no TLS, but a missing client file is still an error now.
+        let e = tls(
+            &http(),
+            None,
+            Some("/nonexistent/c.pem"),
+            Some("/nonexistent/k.pem"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--etcd-cert: cannot read /nonexistent/c.pem"),
+            "{e}"
+        );
+        let dir = std::env::temp_dir().join(format!("hecd-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("c.pem");
+        std::fs::write(&cert, "x").unwrap();
+        let cert = cert.to_str().unwrap();
+        let e = tls(&http(), None, Some(cert), Some("/nonexistent/k.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--etcd-key: cannot read"), "{e}");
+        // A CA that parses with a key that does not: the key's option is named.
+        let ca = "/etc/ssl/certs/ca-certificates.crt";
+        if std::path::Path::new(ca).exists() {
+            let mut https = http();
+            https[0].tls = true;
+            let e = tls(&https, Some(ca), Some(ca), Some(cert))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("--etcd-key: "), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
