@@ -524,6 +524,8 @@ fn issue_16_the_documented_etcd_roles_are_enough_and_no_more() {
             "roles",
             "--advertise",
             "127.0.0.1",
+            "--route",
+            "roles.example.com",
             "--drain",
             "10",
         ],
@@ -538,6 +540,11 @@ fn issue_16_the_documented_etcd_roles_are_enough_and_no_more() {
     });
     assert!(ok, "hecd-app could not register; stderr:\n{}", h.stderr());
     lb.expect_servers(&["roles"], Duration::from_secs(10));
+    assert_eq!(
+        get(&etcd, "/hecd/routes/app/servers/roles").as_deref(),
+        Some("roles.example.com"),
+        "the route declaration was not written with the documented roles"
+    );
     // Confirmed drain with these roles: hecd-init reads the balancer's announcement and its
     // confirmation, so the 10 s drain ends as soon as hecd-lb confirms.
     h.signal(libc::SIGTERM);
@@ -552,6 +559,7 @@ fn issue_16_the_documented_etcd_roles_are_enough_and_no_more() {
     for (user, key) in [
         ("hecd-app:app-pass", "/other/x"),
         ("hecd-app:app-pass", "/hecd/lbs/forged"),
+        ("hecd-app:app-pass", "/hecd/routes/app/other/forged"),
         ("hecd-lb:lb-pass", "/app/servers/forged"),
     ] {
         let out = etcd.etcdctl(&["--user", user, "put", key, "1.2.3.4:5"]);
