@@ -33,13 +33,13 @@ pub const OPTIONS: &[OptSpec] = &[
         "dir",
         "DIR",
         "required",
-        "working directory: haproxy.cfg, admin.sock, servers.state, haproxy.pid",
+        "working directory: haproxy.cfg, routes.map, admin.sock, servers.state, haproxy.pid",
     ),
     opt(
         "prefix",
         "PATH",
         "/app/servers",
-        "key prefix; each PREFIX/NAME = HOST:PORT is a server",
+        "the default service's key prefix (what no route matches); each PREFIX/NAME = HOST:PORT is a server",
     ),
     opt(
         "check-inter",
@@ -51,7 +51,7 @@ pub const OPTIONS: &[OptSpec] = &[
         "stats",
         "ADDR:PORT",
         "none",
-        "serve HAProxy's stats page at http://ADDR:PORT/admin-status",
+        "serve HAProxy's stats page at http://ADDR:PORT/admin-status and Prometheus metrics at /metrics",
     ),
     opt(
         "drain-timeout",
@@ -69,7 +69,7 @@ pub const OPTIONS: &[OptSpec] = &[
         "lb-prefix",
         "PATH",
         "/hecd",
-        "announce under PATH/lbs/ID; confirm drains under PATH/drained/NAME/ID",
+        "read routes under PATH/routes/; announce under PATH/lbs/ID; confirm drains under PATH/drained/PREFIX/NAME/ID",
     ),
     opt(
         "haproxy",
@@ -259,13 +259,16 @@ pub fn version_text() -> String {
 /// `--help` output, generated from [`OPTIONS`].
 pub fn help_text() -> String {
     let mut out = format!(
-        "hecd-haproxy {}: keeps an HAProxy backend equal to the servers registered in etcd\n\n\
+        "hecd-haproxy {}: keeps HAProxy's backends equal to the servers registered in etcd\n\n\
          Usage: hecd-haproxy --etcd URL[,URL...] --listen ADDR:PORT --dir DIR [OPTIONS]\n\n\
          Starts HAProxy (master-worker) with a config in DIR, reads every PREFIX/NAME = HOST:PORT\n\
-         key, then follows them with an etcd watch and applies each change through HAProxy's\n\
-         runtime API, without reloads: a new key adds a health-checked server, a deleted key\n\
-         drains its server and removes it once idle (or after --drain-timeout). etcd down or\n\
-         answering garbage: the last known servers stay. Bad keys are logged and skipped.\n\n\
+         key and every route declaration under LB_PREFIX/routes/ (hecd-init --route), then\n\
+         follows them with etcd watches and applies each change through HAProxy's runtime API,\n\
+         without reloads: a new key adds a health-checked server, a deleted key drains its\n\
+         server and removes it once idle (or after --drain-timeout). Each service (a prefix) has\n\
+         a backend of its own; requests go by Host and the longest path prefix, and what no\n\
+         route matches goes to --prefix. etcd down or answering garbage: the last known servers\n\
+         stay. Bad keys and declarations are logged and skipped.\n\n\
          Options (every long option may also be set as its environment variable; a flag wins;\n\
          durations: 10s, 500ms, 1.5 (seconds), 2m):\n",
         env!("CARGO_PKG_VERSION")
@@ -274,7 +277,8 @@ pub fn help_text() -> String {
     out.push_str(
         "\nEnvironment: HECD_LOG sets the log filter (env_logger syntax, default info);\n\
          HECD_ETCD_PASSWORD gives the etcd password. Logs go to stderr, prefixed \"hecd-haproxy:\".\n\n\
-         Signals: SIGTERM or SIGINT stops HAProxy gracefully (open connections finish; a second\n\
+         Signals: SIGTERM or SIGINT withdraws this balancer's announcement, then stops HAProxy\n\
+         gracefully (open connections finish; a second
          one stops it at once); SIGHUP rewrites the config and reloads HAProxy.\n\n\
          Exit status: 0 after a stop signal; 2 for a usage error; 1 if HAProxy cannot be set up\n\
          or started; HAProxy's own status (128+N for signal N) if it ends by itself.\n",
