@@ -432,7 +432,8 @@ pub fn scan(
         }
     }
     match command_usage {
-        _ if !raw.unknown.is_empty() && raw.command.is_empty() => {
+        // hecd-init's missing COMMAND after an unknown option is that option's fault.
+        Some(_) if !raw.unknown.is_empty() && raw.command.is_empty() => {
             return Err(raw.unknown.swap_remove(0));
         }
         Some(usage) if raw.command.is_empty() => {

@@ -71,13 +71,16 @@ fn run(args: &[OsString], scrub_args: impl FnOnce(Vec<(usize, std::ops::Range<us
             return status::USAGE;
         }
     };
-    let plan = match config.registration.clone().map(registrar::plan).transpose() {
-        Ok(plan) => plan,
-        Err(e) => {
-            say(&e.to_string());
-            return status::USAGE;
-        }
-    };
+    // Every file the options name is read now, and every problem reported before exiting.
+    let mut problems = Vec::new();
+    let plan = config
+        .registration
+        .clone()
+        .map(registrar::plan)
+        .transpose()
+        .map_err(|e| problems.extend(e))
+        .ok()
+        .flatten();
     let identity = match &config.user {
         None => None,
         Some((spec, source)) => match user::resolve(spec, source) {
@@ -89,11 +92,17 @@ fn run(args: &[OsString], scrub_args: impl FnOnce(Vec<(usize, std::ops::Range<us
                 Some(resolved.identity)
             }
             Err(e) => {
-                say(&e.to_string());
-                return status::USAGE;
+                problems.push(e);
+                None
             }
         },
     };
+    if !problems.is_empty() {
+        for e in problems {
+            say(&e.to_string());
+        }
+        return status::USAGE;
+    }
     // Everything is read: overwrite the passwords where /proc/<pid>/environ and /cmdline show
     // them, before any thread starts. The app's environment is built from what is left.
     registrar::plan::scrub_credentials();

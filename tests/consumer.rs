@@ -316,7 +316,6 @@ fn issue_10_bad_options_exit_2_with_one_line() {
             ],
             "hecd-haproxy: --listen: expected ADDR:PORT",
         ),
-        (vec!["--nope"], "hecd-haproxy: --nope: unknown option"),
         (
             vec![
                 "--etcd",
@@ -341,6 +340,52 @@ fn issue_10_bad_options_exit_2_with_one_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
+    // Every problem is reported: an unknown option does not hide a bad value.
+    let out = Command::new(common::hecd_haproxy())
+        .args([
+            "--nope",
+            "--etcd",
+            "http://e:2379",
+            "--listen",
+            "80",
+            "--dir",
+            "/tmp/x",
+        ])
+        .env_remove("HECD_ETCD")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("hecd-haproxy: --nope: unknown option"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("hecd-haproxy: --listen: expected"),
+        "{err}"
+    );
+    // A config HAProxy refuses is reported with HAProxy's reason (haproxy -c without -q).
+    let tmp = TempDir::new("lb-bad-listen");
+    let out = Command::new(common::hecd_haproxy())
+        .args([
+            "--etcd",
+            "http://127.0.0.1:9",
+            "--listen",
+            "nosuchhost.invalid:80",
+            "--dir",
+        ])
+        .arg(&tmp.0)
+        .env_remove("HECD_ETCD")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("-c rejects") && err.contains("invalid address: 'nosuchhost.invalid'"),
+        "{err}"
+    );
     let help = Command::new(common::hecd_haproxy())
         .arg("--help")
         .output()

@@ -53,23 +53,24 @@ fn run(args: &[OsString], scrub_args: impl FnOnce(Vec<(usize, std::ops::Range<us
         }
     };
     let mut config = config;
-    let access = &mut config.access;
-    let checked = plan::tls(
+    let access = &config.access;
+    let tls = match plan::access(
         &config.endpoints,
         access.cacert.as_deref(),
         access.cert.as_deref(),
         access.key.as_deref(),
-    )
-    .and_then(|tls| {
-        if let (Some(path), Some(creds)) = (&access.password_file, &mut access.credentials) {
-            creds.password = Some(plan::password_file(path)?);
+        access.password_file.as_deref(),
+    ) {
+        Ok((tls, password)) => {
+            if let (Some(p), Some(creds)) = (password, &mut config.access.credentials) {
+                creds.password = Some(p);
+            }
+            tls
         }
-        Ok(tls)
-    });
-    let tls = match checked {
-        Ok(tls) => tls,
-        Err(e) => {
-            say(&e.to_string());
+        Err(errors) => {
+            for e in errors {
+                say(&e.to_string());
+            }
             return consumer::status::USAGE;
         }
     };

@@ -462,11 +462,16 @@ fn check_config(haproxy: &Path, config: &Path) -> Result<(), String> {
         return Ok(());
     }
     let text = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .take(5)
-        .collect();
+    // HAProxy's reason is in its [ALERT] lines; its [NOTICE] lines only say which HAProxy.
+    let alerts: Vec<&str> = text.lines().filter(|l| l.contains("[ALERT]")).collect();
+    let lines: Vec<&str> = if alerts.is_empty() {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(5)
+            .collect()
+    } else {
+        alerts.into_iter().take(3).collect()
+    };
     Err(format!(
         "{} -c rejects {}: {}",
         haproxy.display(),

@@ -20,23 +20,24 @@ const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// CA bundle used for `https://` endpoints when `--etcd-cacert` is not given.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// Reads the TLS files and picks the Docker API.
-pub fn plan(registration: Registration) -> Result<Plan, UsageError> {
+/// Reads the TLS files and the password file and picks the Docker API. Every file is read,
+/// so every problem is reported, not only the first.
+pub fn plan(registration: Registration) -> Result<Plan, Vec<UsageError>> {
     let docker = registration.docker.clone().or_else(|| {
         std::path::Path::new(DOCKER_SOCKET)
             .exists()
             .then(|| DockerApi::Unix(DOCKER_SOCKET.to_owned()))
     });
-    let tls = tls(
+    let mut registration = registration;
+    let (tls, password) = access(
         &registration.endpoints,
         registration.cacert.as_deref(),
         registration.cert.as_deref(),
         registration.key.as_deref(),
+        registration.password_file.as_deref(),
     )?;
-    let mut registration = registration;
-    if let (Some(path), Some(creds)) = (&registration.password_file, &mut registration.credentials)
-    {
-        creds.password = Some(password_file(path)?);
+    if let (Some(p), Some(creds)) = (password, &mut registration.credentials) {
+        creds.password = Some(p);
     }
     Ok(Plan {
         registration,
@@ -45,51 +46,77 @@ pub fn plan(registration: Registration) -> Result<Plan, UsageError> {
     })
 }
 
+/// The TLS settings and the password from `--etcd-password-file`, both programs' way: every
+/// file is read (and a problem with each reported) before either is used.
+pub fn access(
+    endpoints: &[Endpoint],
+    cacert: Option<&str>,
+    cert: Option<&str>,
+    key: Option<&str>,
+    password_path: Option<&str>,
+) -> Result<(Option<Tls>, Option<String>), Vec<UsageError>> {
+    let tls = tls(endpoints, cacert, cert, key);
+    let password = password_path.map(password_file).transpose();
+    match (tls, password) {
+        (Ok(t), Ok(p)) => Ok((t, p)),
+        (t, p) => Err(t.err().into_iter().flatten().chain(p.err()).collect()),
+    }
+}
+
 /// The TLS settings for `endpoints`: `None` when no endpoint is `https://` and no CA is given.
-/// The files are read and parsed here, so a bad one is a usage error naming its option.
+/// Every file named is read (a client certificate and key even then: a typo shows now, not
+/// when the endpoints move to `https://`) and parsed, so a bad one is a usage error naming its
+/// option; every unreadable file is reported.
 pub fn tls(
     endpoints: &[Endpoint],
     cacert: Option<&str>,
     cert: Option<&str>,
     key: Option<&str>,
-) -> Result<Option<Tls>, UsageError> {
-    if !endpoints.iter().any(|e| e.tls) && cacert.is_none() {
-        // Not used with http:// endpoints, but every file an option names is read before
-        // anything starts: a typo shows now, not when the endpoints move to https://.
-        for (option, path) in [("--etcd-cert", cert), ("--etcd-key", key)] {
-            if let Some(p) = path {
-                read(option, p)?;
-            }
-        }
-        return Ok(None);
-    }
+) -> Result<Option<Tls>, Vec<UsageError>> {
+    let uses_tls = endpoints.iter().any(|e| e.tls) || cacert.is_some();
+    let mut errors = Vec::new();
     let ca_path = match cacert {
-        Some(p) => p.to_owned(),
-        None if std::path::Path::new(SYSTEM_CA_BUNDLE).exists() => SYSTEM_CA_BUNDLE.to_owned(),
+        Some(p) => Some(p.to_owned()),
+        None if !uses_tls => None,
+        None if std::path::Path::new(SYSTEM_CA_BUNDLE).exists() => {
+            Some(SYSTEM_CA_BUNDLE.to_owned())
+        }
         None => {
-            return Err(UsageError::new(
+            errors.push(UsageError::new(
                 "--etcd-cacert",
                 format!(
                     "https:// endpoints need a CA bundle: give --etcd-cacert FILE ({SYSTEM_CA_BUNDLE} does not exist)"
                 ),
             ));
+            None
         }
     };
-    let ca = read("--etcd-cacert", &ca_path)?;
-    let client = match (cert, key) {
-        (Some(c), Some(k)) => Some(((c, read("--etcd-cert", c)?), (k, read("--etcd-key", k)?))),
+    let mut load = |option: &str, path: Option<&str>| {
+        path.and_then(|p| read(option, p).map_err(|e| errors.push(e)).ok())
+    };
+    let ca = load("--etcd-cacert", ca_path.as_deref());
+    let cert_data = load("--etcd-cert", cert);
+    let key_data = load("--etcd-key", key);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let (Some(ca_path), Some(ca)) = (ca_path, ca) else {
+        return Ok(None);
+    };
+    let client = match (cert, cert_data, key, key_data) {
+        (Some(cp), Some(c), Some(kp), Some(k)) => Some((cp, c, kp, k)),
         _ => None,
     };
     let client = client
         .as_ref()
-        .map(|((cp, c), (kp, k))| (PemFile { path: cp, data: c }, PemFile { path: kp, data: k }));
+        .map(|(cp, c, kp, k)| (PemFile { path: cp, data: c }, PemFile { path: kp, data: k }));
     let ca = PemFile {
         path: &ca_path,
         data: &ca,
     };
     Tls::from_pem(ca, client)
         .map(Some)
-        .map_err(|(option, e)| UsageError::new(option, e))
+        .map_err(|(option, e)| vec![UsageError::new(option, e)])
 }
 
 /// Overwrites the etcd password where this process's `/proc/<pid>/environ` shows it: all of
@@ -141,37 +168,51 @@ mod tests {
 
     #[test]
     fn every_named_file_is_read_and_errors_name_their_option() {
-        // http:// endpoints use no TLS, but a missing client file is still an error now.
+        // http:// endpoints use no TLS, but missing client files are still errors now, each
+        // reported under its option.
         let e = tls(
             &http(),
             None,
             Some("/nonexistent/c.pem"),
             Some("/nonexistent/k.pem"),
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
         assert!(
-            e.starts_with("--etcd-cert: cannot read /nonexistent/c.pem"),
-            "{e}"
+            e[0].to_string()
+                .starts_with("--etcd-cert: cannot read /nonexistent/c.pem")
+        );
+        assert!(
+            e[1].to_string()
+                .starts_with("--etcd-key: cannot read /nonexistent/k.pem")
+        );
+        // A bad file does not stop the check of the others.
+        let e = access(
+            &http(),
+            Some("/nonexistent/ca"),
+            None,
+            None,
+            Some("/nonexistent/pw"),
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].to_string().starts_with("--etcd-cacert: "), "{e:?}");
+        assert!(
+            e[1].to_string().starts_with("--etcd-password-file: "),
+            "{e:?}"
         );
         let dir = std::env::temp_dir().join(format!("hecd-plan-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cert = dir.join("c.pem");
         std::fs::write(&cert, "x").unwrap();
         let cert = cert.to_str().unwrap();
-        let e = tls(&http(), None, Some(cert), Some("/nonexistent/k.pem"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("--etcd-key: cannot read"), "{e}");
         // A CA that parses with a key that does not: the key's option is named.
         let ca = "/etc/ssl/certs/ca-certificates.crt";
         if std::path::Path::new(ca).exists() {
             let mut https = http();
             https[0].tls = true;
-            let e = tls(&https, Some(ca), Some(ca), Some(cert))
-                .unwrap_err()
-                .to_string();
-            assert!(e.starts_with("--etcd-key: "), "{e}");
+            let e = tls(&https, Some(ca), Some(ca), Some(cert)).unwrap_err();
+            assert!(e[0].to_string().starts_with("--etcd-key: "), "{e:?}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
