@@ -1,6 +1,7 @@
-//! The option table, the command-line scanner with its `HECD_*` environment fallback, and the
-//! `--help`/`--version` text generated from that table. It only finds which option got which
-//! text from where; turning text into typed values and defaults is `config`'s job.
+//! The command-line scanner both programs use: option tables (`OptSpec`; hecd-init's lives in
+//! `config`, hecd-haproxy's in `consumer::config`), the scan with its `HECD_*` environment
+//! fallback, and the option list of `--help` generated from a table. It only finds which option
+//! got which text from where; turning text into typed values is each program's config's job.
 //!
 //! Options end at `--` or at the first word that is not an option: everything from there on is
 //! the app's command line, so `hecd-init my-server --port 80` leaves `--port 80` to the app.
@@ -47,162 +48,6 @@ pub const fn opt(
         repeat: false,
     }
 }
-
-/// Every option hecd-init accepts, in `--help` order.
-pub const OPTIONS: &[OptSpec] = &[
-    opt(
-        "etcd",
-        "URL[,URL...]",
-        "none: pure init",
-        "etcd client endpoints, http:// or https://; tried in turn",
-    ),
-    opt(
-        "etcd-api",
-        "auto|v3|v2",
-        "auto",
-        "etcd API: v3 JSON gateway, v2 keys API, or ask /version",
-    ),
-    opt(
-        "prefix",
-        "PATH",
-        "/app/servers",
-        "key prefix; the key is PREFIX/NAME",
-    ),
-    opt(
-        "name",
-        "NAME",
-        "container name, else hostname",
-        "last key segment",
-    ),
-    opt(
-        "port",
-        "PORT",
-        "the TCP port the app listens on",
-        "the app's port inside the container, which the check probes",
-    ),
-    opt(
-        "advertise",
-        "[HOST][:PORT]",
-        "discovered",
-        "advertise this host, port or both; IPv6 as [fd00::5]:8080",
-    ),
-    opt(
-        "mode",
-        "auto|container|published",
-        "auto",
-        "advertise the container's IP and port, or the host IP and published port",
-    ),
-    opt(
-        "host-ip",
-        "IP",
-        "binding HostIp, else Swarm node address, else gateway",
-        "host address to pair with a published port",
-    ),
-    opt(
-        "docker",
-        "URL",
-        "unix:///var/run/docker.sock if present",
-        "Docker Engine API (unix:// or tcp://)",
-    ),
-    opt(
-        "ttl",
-        "DURATION",
-        "10s",
-        "lease TTL (whole seconds); refreshed at least every TTL/3",
-    ),
-    opt(
-        "check",
-        "tcp|http:PATH|none",
-        "tcp",
-        "readiness and liveness check against the app's port",
-    ),
-    opt("check-interval", "DURATION", "2s", "time between checks"),
-    OptSpec {
-        long: "route",
-        short: None,
-        value: Some("HOST[/PATH]"),
-        default: "none",
-        help: "requests for this host (and path prefix) go to this instance's service (its --prefix) on balancers that route; repeatable, comma-separated in the variable",
-        env: true,
-        repeat: true,
-    },
-    opt(
-        "lb-prefix",
-        "PATH",
-        "/hecd",
-        "where load balancers announce themselves and confirm drains (confirmed drain)",
-    ),
-    opt(
-        "drain",
-        "DURATION",
-        "2s when registering, else 0",
-        "after deregistering on a stop signal, wait this long at most before passing it on (less once every announced load balancer confirmed)",
-    ),
-    opt(
-        "stop-timeout",
-        "DURATION",
-        "none",
-        "SIGKILL the app's process group this long after passing a stop signal on",
-    ),
-    OptSpec {
-        long: "single-child",
-        short: None,
-        value: None,
-        default: "off",
-        help: "dumb-init's -c: the app stays in hecd-init's session and group, signals go to it alone, job-control signals go on as themselves",
-        env: true,
-        repeat: false,
-    },
-    OptSpec {
-        long: "rewrite",
-        short: None,
-        value: Some("FROM:TO"),
-        default: "none",
-        help: "pass signal FROM on as TO (TERM:QUIT, 15:3; TO=0 drops it; TSTP/TTIN/TTOU go on as STOP unless rewritten or --single-child); repeatable, comma-separated in the variable",
-        env: true,
-        repeat: true,
-    },
-    opt(
-        "user",
-        "USER[:GROUP]",
-        "none: the app runs as hecd-init does",
-        "run the app (only the app) as this user: a name from /etc/passwd or a uid; GROUP a name or gid",
-    ),
-    OptSpec {
-        long: "no-new-privileges",
-        short: None,
-        value: None,
-        default: "off",
-        help: "set the app's no-new-privileges bit: setuid binaries and file capabilities give it nothing",
-        env: true,
-        repeat: false,
-    },
-    opt(
-        "etcd-cacert",
-        "FILE",
-        "/etc/ssl/certs/ca-certificates.crt for https://",
-        "CA bundle to verify etcd's certificate",
-    ),
-    opt("etcd-cert", "FILE", "none", "client certificate for etcd"),
-    opt("etcd-key", "FILE", "none", "client key for etcd"),
-    opt(
-        "etcd-user",
-        "USER[:PASSWORD]",
-        "none",
-        "etcd user; the password may come from HECD_ETCD_PASSWORD or --etcd-password-file",
-    ),
-    opt(
-        "etcd-password-file",
-        "FILE",
-        "none",
-        "read the etcd password from FILE (Docker/Swarm secrets: /run/secrets/NAME); one trailing newline is dropped",
-    ),
-    verbose(
-        "hecd-init's debug lines (twice: trace); HECD_LOG takes an env_logger filter (default: warn for a pure init, info when registering)",
-    ),
-    HELP,
-    VERSION,
-];
 
 /// `-h`, `--help`, in every program's table.
 pub const HELP: OptSpec = OptSpec {
@@ -264,12 +109,30 @@ pub struct RawArgs {
     pub command: Vec<OsString>,
     /// Unknown options: reported with every other problem the validation finds.
     pub unknown: Vec<UsageError>,
+    /// The option table scanned against, for [`RawArgs::or_default`].
+    options: &'static [OptSpec],
 }
 
 impl RawArgs {
     /// The value that counts for a single-valued option: a flag's last value, else the variable.
     pub fn get(&self, long: &str) -> Option<&Given> {
         self.values.get(long).and_then(|v| v.last())
+    }
+
+    /// The value that counts, or the table's default as if given: the one place an option's
+    /// default is written is its row in the table (which `--help` and the README show), so
+    /// the two cannot disagree. Only for options whose default is a value.
+    pub fn or_default(&self, long: &str) -> Given {
+        self.get(long).cloned().unwrap_or_else(|| Given {
+            value: self
+                .options
+                .iter()
+                .find(|o| o.long == long)
+                .map_or("", |o| o.default)
+                .to_owned(),
+            source: format!("--{long}"),
+            at: None,
+        })
     }
 
     /// Every value of a repeatable option, in order.
@@ -305,20 +168,6 @@ fn utf8(arg: &OsStr, source: &str) -> Result<String, UsageError> {
         .ok_or_else(|| UsageError::new(source, "expected UTF-8 text"))
 }
 
-/// Scans hecd-init's `args` (without the program name), falling back to `env` for options not
-/// given as flags. `env` is a parameter so tests need not touch the process environment.
-pub fn parse(
-    args: &[OsString],
-    env: impl Fn(&str) -> Option<OsString>,
-) -> Result<Request, UsageError> {
-    scan(
-        OPTIONS,
-        Some("usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...]"),
-        args,
-        env,
-    )
-}
-
 /// Scans `args` against the option table `options`. With `command_usage`, the program takes a
 /// COMMAND after its options (missing: an error quoting that usage line); without, every
 /// word must be an option.
@@ -330,7 +179,10 @@ pub fn scan(
 ) -> Result<Request, UsageError> {
     let lookup_long = |name: &str| options.iter().find(|o| o.long == name);
     let lookup_short = |c: char| options.iter().find(|o| o.short == Some(c));
-    let mut raw = RawArgs::default();
+    let mut raw = RawArgs {
+        options,
+        ..RawArgs::default()
+    };
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -453,40 +305,6 @@ pub fn scan(
     Ok(Request::Run(raw))
 }
 
-/// `--version` output.
-pub fn version_text() -> String {
-    format!("hecd-init {}\n", env!("CARGO_PKG_VERSION"))
-}
-
-/// `--help` output, generated from [`OPTIONS`].
-pub fn help_text() -> String {
-    let mut out = format!(
-        "hecd-init {}: PID 1 for containers that register themselves in etcd\n\n\
-         Usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...]\n\n\
-         Starts COMMAND at once and supervises it like tini or dumb-init (signals, zombies, exit\n\
-         status). With --etcd it also puts HOST:PORT under PREFIX/NAME in etcd, with a lease kept\n\
-         alive while the app is healthy, and on SIGTERM deletes the key, drains, then passes the\n\
-         signal on. Without --etcd it is a pure init.\n\n\
-         Options (every long option may also be set as its environment variable; a flag wins;\n\
-         durations: 10s, 500ms, 1.5 (seconds), 2m):\n",
-        env!("CARGO_PKG_VERSION")
-    );
-    out.push_str(&options_help(OPTIONS));
-    out.push_str(
-        "\nEnvironment: HECD_LOG sets the log filter (env_logger syntax; default warn for a pure init, info when registering);\n\
-         HECD_ETCD_PASSWORD gives the etcd password. Logs go to stderr, prefixed \"hecd-init:\".\n\n\
-         Exit status: the app's exit code; 128+N if it was killed by signal N; 126 if COMMAND\n\
-         cannot be executed; 127 if it is not found; 2 for a usage error; 1 if hecd-init failed\n\
-         before starting COMMAND.\n\n\
-         Example Dockerfile:\n\
-         \x20 COPY --from=hecd-init /hecd-init /hecd-init\n\
-         \x20 ENV HECD_ETCD=http://etcd:2379\n\
-         \x20 ENTRYPOINT [\"/hecd-init\", \"--\"]\n\
-         \x20 CMD [\"my-server\", \"--listen\", \":8080\"]\n",
-    );
-    out
-}
-
 /// The options part of a `--help` text: each option, its description, variable and default.
 pub fn options_help(options: &[OptSpec]) -> String {
     let mut out = String::new();
@@ -512,6 +330,7 @@ pub fn options_help(options: &[OptSpec]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{OPTIONS, help_text, parse};
 
     fn os(args: &[&str]) -> Vec<OsString> {
         args.iter().map(OsString::from).collect()

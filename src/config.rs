@@ -1,20 +1,229 @@
-//! Turns the scanned command line into a validated [`Config`]. The only place defaults live.
-//! Pure: no I/O, no clock, no environment (the scanner already read `HECD_*`), so every option
-//! is unit-tested with its exact message. Errors are collected, not stopped at the first.
+//! hecd-init's options: the table (for `--help`, the scanner and the README test, and the one
+//! place each default is written), and the validated [`Config`] built from what the scanner
+//! found. What hecd-init shares with hecd-haproxy (etcd access, prefixes, durations) is in
+//! `options`. Pure: no I/O, no clock, no environment (the scanner already read `HECD_*`), so
+//! every option is unit-tested with its exact message. Errors are collected, not stopped at the
+//! first.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use crate::cli::{Given, RawArgs};
+use crate::cli::{self, Given, HELP, OptSpec, RawArgs, Request, VERSION, opt, verbose};
 use crate::contract::{self, Route};
 use crate::error::UsageError;
+pub use crate::options::{Credentials, Endpoint, EtcdApi};
+use crate::options::{
+    Errors, checked_log_filter, choice, etcd_access, expected, lb_prefix, parse_bool,
+    parse_duration, parse_duration_at_least, parse_endpoints, parse_port, parse_prefix,
+    split_host_port, valid_host, verbosity,
+};
 use crate::signal::Rewrites;
 use crate::user::{self, UserSpec};
 
-/// Longest duration any option accepts; longer values are typos, and this keeps deadline
-/// arithmetic far from overflow.
-const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Every option hecd-init accepts, in `--help` order.
+pub const OPTIONS: &[OptSpec] = &[
+    opt(
+        "etcd",
+        "URL[,URL...]",
+        "none: pure init",
+        "etcd client endpoints, http:// or https://; tried in turn",
+    ),
+    opt(
+        "etcd-api",
+        "auto|v3|v2",
+        "auto",
+        "etcd API: v3 JSON gateway, v2 keys API, or ask /version",
+    ),
+    opt(
+        "prefix",
+        "PATH",
+        contract::DEFAULT_PREFIX,
+        "key prefix; the key is PREFIX/NAME",
+    ),
+    opt(
+        "name",
+        "NAME",
+        "container name, else hostname",
+        "last key segment",
+    ),
+    opt(
+        "port",
+        "PORT",
+        "the TCP port the app listens on",
+        "the app's port inside the container, which the check probes",
+    ),
+    opt(
+        "advertise",
+        "[HOST][:PORT]",
+        "discovered",
+        "advertise this host, port or both; IPv6 as [fd00::5]:8080",
+    ),
+    opt(
+        "mode",
+        "auto|container|published",
+        "auto",
+        "advertise the container's IP and port, or the host IP and published port",
+    ),
+    opt(
+        "host-ip",
+        "IP",
+        "binding HostIp, else Swarm node address, else gateway",
+        "host address to pair with a published port",
+    ),
+    opt(
+        "docker",
+        "URL",
+        "unix:///var/run/docker.sock if present",
+        "Docker Engine API (unix:// or tcp://)",
+    ),
+    opt(
+        "ttl",
+        "DURATION",
+        "10s",
+        "lease TTL (whole seconds); refreshed at least every TTL/3",
+    ),
+    opt(
+        "check",
+        "tcp|http:PATH|none",
+        "tcp",
+        "readiness and liveness check against the app's port",
+    ),
+    opt("check-interval", "DURATION", "2s", "time between checks"),
+    OptSpec {
+        long: "route",
+        short: None,
+        value: Some("HOST[/PATH]"),
+        default: "none",
+        help: "requests for this host (and path prefix) go to this instance's service (its --prefix) on balancers that route; repeatable, comma-separated in the variable",
+        env: true,
+        repeat: true,
+    },
+    opt(
+        "lb-prefix",
+        "PATH",
+        contract::DEFAULT_LB_PREFIX,
+        "where load balancers announce themselves and confirm drains (confirmed drain)",
+    ),
+    opt(
+        "drain",
+        "DURATION",
+        "2s when registering, else 0",
+        "after deregistering on a stop signal, wait this long at most before passing it on (less once every announced load balancer confirmed)",
+    ),
+    opt(
+        "stop-timeout",
+        "DURATION",
+        "none",
+        "SIGKILL the app's process group this long after passing a stop signal on",
+    ),
+    OptSpec {
+        long: "single-child",
+        short: None,
+        value: None,
+        default: "off",
+        help: "dumb-init's -c: the app stays in hecd-init's session and group, signals go to it alone, job-control signals go on as themselves",
+        env: true,
+        repeat: false,
+    },
+    OptSpec {
+        long: "rewrite",
+        short: None,
+        value: Some("FROM:TO"),
+        default: "none",
+        help: "pass signal FROM on as TO (TERM:QUIT, 15:3; TO=0 drops it; TSTP/TTIN/TTOU go on as STOP unless rewritten or --single-child); repeatable, comma-separated in the variable",
+        env: true,
+        repeat: true,
+    },
+    opt(
+        "user",
+        "USER[:GROUP]",
+        "none: the app runs as hecd-init does",
+        "run the app (only the app) as this user: a name from /etc/passwd or a uid; GROUP a name or gid",
+    ),
+    OptSpec {
+        long: "no-new-privileges",
+        short: None,
+        value: None,
+        default: "off",
+        help: "set the app's no-new-privileges bit: setuid binaries and file capabilities give it nothing",
+        env: true,
+        repeat: false,
+    },
+    opt(
+        "etcd-cacert",
+        "FILE",
+        "/etc/ssl/certs/ca-certificates.crt for https://",
+        "CA bundle to verify etcd's certificate",
+    ),
+    opt("etcd-cert", "FILE", "none", "client certificate for etcd"),
+    opt("etcd-key", "FILE", "none", "client key for etcd"),
+    opt(
+        "etcd-user",
+        "USER[:PASSWORD]",
+        "none",
+        "etcd user; the password may come from HECD_ETCD_PASSWORD or --etcd-password-file",
+    ),
+    opt(
+        "etcd-password-file",
+        "FILE",
+        "none",
+        "read the etcd password from FILE (Docker/Swarm secrets: /run/secrets/NAME); one trailing newline is dropped",
+    ),
+    verbose(
+        "hecd-init's debug lines (twice: trace); HECD_LOG takes an env_logger filter (default: warn for a pure init, info when registering)",
+    ),
+    HELP,
+    VERSION,
+];
+
+/// Scans hecd-init's `args` (without the program name), falling back to `env` for options not
+/// given as flags. `env` is a parameter so tests need not touch the process environment.
+pub fn parse(
+    args: &[OsString],
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<Request, UsageError> {
+    cli::scan(
+        OPTIONS,
+        Some("usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...]"),
+        args,
+        env,
+    )
+}
+
+/// `--version` output.
+pub fn version_text() -> String {
+    format!("hecd-init {}\n", env!("CARGO_PKG_VERSION"))
+}
+
+/// `--help` output, generated from [`OPTIONS`].
+pub fn help_text() -> String {
+    let mut out = format!(
+        "hecd-init {}: PID 1 for containers that register themselves in etcd\n\n\
+         Usage: hecd-init [OPTIONS] [--] COMMAND [ARGS...]\n\n\
+         Starts COMMAND at once and supervises it like tini or dumb-init (signals, zombies, exit\n\
+         status). With --etcd it also puts HOST:PORT under PREFIX/NAME in etcd, with a lease kept\n\
+         alive while the app is healthy, and on SIGTERM deletes the key, drains, then passes the\n\
+         signal on. Without --etcd it is a pure init.\n\n\
+         Options (every long option may also be set as its environment variable; a flag wins;\n\
+         durations: 10s, 500ms, 1.5 (seconds), 2m):\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    out.push_str(&cli::options_help(OPTIONS));
+    out.push_str(
+        "\nEnvironment: HECD_LOG sets the log filter (env_logger syntax; default warn for a pure init, info when registering);\n\
+         HECD_ETCD_PASSWORD gives the etcd password. Logs go to stderr, prefixed \"hecd-init:\".\n\n\
+         Exit status: the app's exit code; 128+N if it was killed by signal N; 126 if COMMAND\n\
+         cannot be executed; 127 if it is not found; 2 for a usage error; 1 if hecd-init failed\n\
+         before starting COMMAND.\n\n\
+         Example Dockerfile:\n\
+         \x20 COPY --from=hecd-init /hecd-init /hecd-init\n\
+         \x20 ENV HECD_ETCD=http://etcd:2379\n\
+         \x20 ENTRYPOINT [\"/hecd-init\", \"--\"]\n\
+         \x20 CMD [\"my-server\", \"--listen\", \":8080\"]\n",
+    );
+    out
+}
 
 /// Everything hecd-init needs to run.
 #[derive(Clone, Debug)]
@@ -43,14 +252,6 @@ pub struct Config {
     pub no_new_privileges: bool,
 }
 
-/// Which etcd API to speak.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EtcdApi {
-    Auto,
-    V3,
-    V2,
-}
-
 /// Which address to advertise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -77,15 +278,6 @@ impl std::fmt::Display for Check {
     }
 }
 
-/// One etcd client endpoint, e.g. `http://10.0.0.1:2379`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub tls: bool,
-    /// Host as written (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-}
-
 /// `--advertise`: either part may be left to discovery.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Advertise {
@@ -98,24 +290,6 @@ pub struct Advertise {
 pub enum DockerApi {
     Unix(String),
     Tcp { host: String, port: u16 },
-}
-
-/// `--etcd-user`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub user: String,
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for Credentials {
-    // Never print the password, even in debug logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Credentials {{ user: {:?}, password: <redacted> }}",
-            self.user
-        )
-    }
 }
 
 /// Settings of registration in etcd (present only with `--etcd`).
@@ -179,12 +353,8 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
             ("v3", EtcdApi::V3),
             ("v2", EtcdApi::V2),
         ],
-        EtcdApi::Auto,
     ));
-    let prefix = errors.take(
-        raw.get("prefix")
-            .map_or(Ok("/app/servers".into()), parse_prefix),
-    );
+    let prefix = errors.take(parse_prefix(&raw.or_default("prefix")));
     let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
     let name = errors.take(raw.get("name").map(parse_name).transpose());
     let port = errors.take(raw.get("port").map(|g| parse_port(&g.value, g)).transpose());
@@ -200,22 +370,15 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
             ("container", Mode::Container),
             ("published", Mode::Published),
         ],
-        Mode::Auto,
     ));
     let host_ip = errors.take(raw.get("host-ip").map(parse_ip).transpose());
     let docker = errors.take(raw.get("docker").map(parse_docker).transpose());
-    let ttl = errors.take(
-        raw.get("ttl")
-            .map_or(Ok(Duration::from_secs(10)), parse_ttl),
-    );
-    let check_kind = errors.take(raw.get("check").map_or(Ok(Check::Tcp), parse_check));
-    let check_interval = errors
-        .take(dur(
-            "check-interval",
-            Some(Duration::from_secs(2)),
-            Duration::from_millis(1),
-        ))
-        .flatten();
+    let ttl = errors.take(parse_ttl(&raw.or_default("ttl")));
+    let check_kind = errors.take(parse_check(&raw.or_default("check")));
+    let check_interval = errors.take(parse_duration_at_least(
+        &raw.or_default("check-interval"),
+        Duration::from_millis(1),
+    ));
     let drain = errors.take(dur("drain", None, Duration::ZERO));
     let stop_timeout = errors.take(dur("stop-timeout", None, Duration::from_millis(1)));
     let single_child = errors.take(flag(&raw, "single-child"));
@@ -262,21 +425,26 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
-    // Every value below was checked above; a None here means the option was absent.
+    // Every value below was checked above: those with a default are all there.
+    let (Some(api), Some(prefix), Some(mode), Some(ttl), Some(check), Some(check_interval)) =
+        (api, prefix, mode, ttl, check_kind, check_interval)
+    else {
+        unreachable!("a value with a default is either there or an error above");
+    };
     let registering = endpoints.is_some();
     let registration = endpoints.map(|endpoints| Registration {
         endpoints,
-        api: api.unwrap_or(EtcdApi::Auto),
-        prefix: prefix.clone().unwrap_or_default(),
+        api,
+        prefix,
         name: name.flatten(),
         port: port.flatten(),
         advertise: advertise.clone().unwrap_or_default(),
-        mode: mode.unwrap_or(Mode::Auto),
+        mode,
         host_ip: host_ip.flatten(),
         docker: docker.clone().flatten(),
-        ttl: ttl.unwrap_or(Duration::from_secs(10)),
-        check: check_kind.clone().unwrap_or(Check::Tcp),
-        check_interval: check_interval.unwrap_or(Duration::from_secs(2)),
+        ttl,
+        check,
+        check_interval,
         cacert: access.cacert.clone(),
         cert: access.cert.clone(),
         key: access.key.clone(),
@@ -315,182 +483,8 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     })
 }
 
-/// The etcd access options both programs take: TLS files and credentials.
-#[derive(Clone, Debug, Default)]
-pub struct EtcdAccess {
-    pub cacert: Option<String>,
-    pub cert: Option<String>,
-    pub key: Option<String>,
-    pub credentials: Option<Credentials>,
-    pub password_file: Option<String>,
-}
-
-/// Reads `--etcd-cacert`, `--etcd-cert`, `--etcd-key`, `--etcd-user` (with `password`, from
-/// `HECD_ETCD_PASSWORD`) and `--etcd-password-file`, checking how they go together.
-pub(crate) fn etcd_access(
-    raw: &RawArgs,
-    password: Option<String>,
-    errors: &mut Errors,
-) -> EtcdAccess {
-    let user = raw.get("etcd-user");
-    let credentials = errors
-        .take(user.map(|g| parse_user(g, password)).transpose())
-        .flatten();
-    let password_file = raw.get("etcd-password-file");
-    if let Some(g) = password_file {
-        if user.is_none() {
-            errors.take(Err::<(), _>(UsageError::new(
-                &g.source,
-                "needs --etcd-user USER (the file holds only the password)",
-            )));
-        } else if user.is_some_and(|u| u.value.contains(':')) {
-            errors.take(Err::<(), _>(UsageError::new(
-                &g.source,
-                "--etcd-user USER:PASSWORD already gives a password; give USER alone",
-            )));
-        }
-    }
-    let file = |long: &str| raw.get(long).map(|g| g.value.clone());
-    let (cacert, cert, key) = (file("etcd-cacert"), file("etcd-cert"), file("etcd-key"));
-    if cert.is_some() != key.is_some() {
-        let source = raw
-            .get("etcd-cert")
-            .or(raw.get("etcd-key"))
-            .map_or("--etcd-cert", |g| g.source.as_str());
-        errors.take(Err::<(), _>(UsageError::new(
-            source,
-            "expected --etcd-cert and --etcd-key together",
-        )));
-    }
-    EtcdAccess {
-        cacert,
-        cert,
-        key,
-        credentials,
-        password_file: password_file.map(|g| g.value.clone()),
-    }
-}
-
-/// `HECD_LOG`, checked; empty counts as unset.
-pub(crate) fn checked_log_filter(log: Option<String>, errors: &mut Errors) -> Option<String> {
-    let log = log.filter(|l| !l.trim().is_empty());
-    if let Some(filter) = &log
-        && let Err(e) = crate::logging::check_filter(filter)
-    {
-        errors.take(Err::<(), _>(UsageError::new(
-            "HECD_LOG",
-            format!("expected an env_logger filter such as info or hecd_init=debug: {e}"),
-        )));
-    }
-    log
-}
-
-/// `--lb-prefix` (default `/hecd`): a key path that neither contains the server prefix nor
-/// lies within it, so confd templates over the servers see nothing of it.
-pub(crate) fn lb_prefix(raw: &RawArgs, prefix: Option<&str>) -> Result<String, UsageError> {
-    let Some(g) = raw.get("lb-prefix") else {
-        return Ok("/hecd".into());
-    };
-    let lb = parse_prefix(g)?;
-    let within = |a: &str, b: &str| format!("{a}/").starts_with(&format!("{b}/"));
-    match prefix {
-        _ if lb.is_empty() => Err(expected(g, "a key path such as /hecd, not /")),
-        Some(p) if within(&lb, p) || within(p, &lb) => Err(UsageError::new(
-            &g.source,
-            format!(
-                "must lie outside the server prefix {p}/ (and not contain it), got {:?}",
-                g.value
-            ),
-        )),
-        _ => Ok(lb),
-    }
-}
-
-/// Collects every usage error instead of stopping at the first.
-#[derive(Default)]
-pub(crate) struct Errors(pub(crate) Vec<UsageError>);
-
-impl Errors {
-    pub(crate) fn take<T>(&mut self, result: Result<T, UsageError>) -> Option<T> {
-        result.map_err(|e| self.0.push(e)).ok()
-    }
-}
-
-pub(crate) fn expected(g: &Given, form: &str) -> UsageError {
-    UsageError::new(&g.source, format!("expected {form}, got {:?}", g.value))
-}
-
-pub(crate) fn choice<T: Copy>(
-    raw: &RawArgs,
-    long: &str,
-    options: &[(&str, T)],
-    default: T,
-) -> Result<T, UsageError> {
-    let Some(g) = raw.get(long) else {
-        return Ok(default);
-    };
-    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-    options
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(&g.value))
-        .map(|(_, v)| *v)
-        .ok_or_else(|| expected(g, &format!("one of {}", names.join(", "))))
-}
-
 fn flag(raw: &RawArgs, long: &str) -> Result<bool, UsageError> {
     raw.get(long).map_or(Ok(false), parse_bool)
-}
-
-pub(crate) fn verbosity(raw: &RawArgs) -> Result<usize, UsageError> {
-    let given = raw.all("verbose");
-    match given.first() {
-        // From the variable: a boolean, or a count such as HECD_VERBOSE=2.
-        Some(g) if g.source.starts_with("HECD_") => match g.value.parse::<usize>() {
-            Ok(n) => Ok(n),
-            Err(_) => parse_bool(g).map(usize::from),
-        },
-        _ => Ok(given.len()),
-    }
-}
-
-pub(crate) fn parse_bool(g: &Given) -> Result<bool, UsageError> {
-    match g.value.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(expected(g, "true or false (1/0, yes/no, on/off)")),
-    }
-}
-
-/// Parses `10s`, `500ms`, `1.5` (seconds) or `2m`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (t, 1.0)
-    };
-    // Plain decimal only: f64's parser would also take "inf", "NaN" and "1e3".
-    if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        return None;
-    }
-    let secs: f64 = number.parse().ok()?;
-    let d = Duration::try_from_secs_f64(secs * scale).ok()?;
-    (d <= MAX_DURATION).then_some(d)
-}
-
-pub(crate) fn parse_duration_at_least(g: &Given, min: Duration) -> Result<Duration, UsageError> {
-    let form = if min.is_zero() {
-        "a duration such as 2s, 500ms or 0 (at most 24h)"
-    } else {
-        "a positive duration such as 10s, 500ms or 1.5 (at most 24h)"
-    };
-    parse_duration(&g.value)
-        .filter(|d| *d >= min)
-        .ok_or_else(|| expected(g, form))
 }
 
 fn parse_ttl(g: &Given) -> Result<Duration, UsageError> {
@@ -500,99 +494,10 @@ fn parse_ttl(g: &Given) -> Result<Duration, UsageError> {
         .ok_or_else(|| expected(g, "whole seconds of at least 1, such as 10s"))
 }
 
-pub(crate) fn parse_port(text: &str, g: &Given) -> Result<u16, UsageError> {
-    text.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| expected(g, "a port from 1 to 65535"))
-}
-
 fn parse_ip(g: &Given) -> Result<IpAddr, UsageError> {
     let t = g.value.trim_start_matches('[').trim_end_matches(']');
     t.parse()
         .map_err(|_| expected(g, "an IP address such as 192.0.2.10 or fd00::1"))
-}
-
-pub(crate) fn valid_host(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
-}
-
-/// Splits `HOST[:PORT]` where HOST may be `[v6]`; returns (host without brackets, port text).
-pub(crate) fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
-    if let Some(rest) = text.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']')?;
-        v6.parse::<Ipv6Addr>().ok()?;
-        match after {
-            "" => Some((v6, None)),
-            _ => Some((v6, Some(after.strip_prefix(':')?))),
-        }
-    } else {
-        match text.split_once(':') {
-            Some((h, p)) if !p.contains(':') => Some((h, Some(p))),
-            Some(_) => None, // bare IPv6: must be bracketed
-            None => Some((text, None)),
-        }
-    }
-}
-
-pub(crate) fn parse_endpoints(g: &Given) -> Result<Vec<Endpoint>, UsageError> {
-    let form = "http:// or https:// URLs such as http://etcd:2379, comma-separated";
-    let mut out = Vec::new();
-    for part in g.value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || UsageError::new(&g.source, format!("expected {form}, got {part:?}"));
-        let (tls, rest) = if let Some(r) = part.strip_prefix("http://") {
-            (false, r)
-        } else if let Some(r) = part.strip_prefix("https://") {
-            (true, r)
-        } else {
-            return Err(bad());
-        };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        let (host, port) = split_host_port(authority).ok_or_else(bad)?;
-        if !(valid_host(host) || host.parse::<Ipv6Addr>().is_ok()) {
-            return Err(bad());
-        }
-        let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
-            None if tls => 443,
-            None => 80,
-        };
-        out.push(Endpoint {
-            tls,
-            host: host.to_owned(),
-            port,
-        });
-    }
-    if out.is_empty() {
-        return Err(expected(g, form));
-    }
-    Ok(out)
-}
-
-pub(crate) fn parse_prefix(g: &Given) -> Result<String, UsageError> {
-    let v = g.value.trim();
-    if v.chars().any(|c| c.is_whitespace() || c.is_control()) || v.contains("//") {
-        return Err(expected(g, "a key path such as /app/servers"));
-    }
-    let trimmed = v.trim_matches('/');
-    Ok(if trimmed.is_empty() {
-        String::new()
-    } else {
-        format!("/{trimmed}")
-    })
-}
-
-/// `--lb-id`: a key segment (the last of the balancer's keys).
-pub(crate) fn parse_key_segment(g: &Given) -> Result<String, UsageError> {
-    let v = &g.value;
-    if v.is_empty() || v.contains('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(expected(g, "a key segment without '/' or spaces"));
-    }
-    Ok(v.clone())
 }
 
 /// `--name`: what every balancer serves (see [`contract::check_name`]).
@@ -713,25 +618,10 @@ fn parse_check(g: &Given) -> Result<Check, UsageError> {
     }
 }
 
-pub(crate) fn parse_user(g: &Given, password: Option<String>) -> Result<Credentials, UsageError> {
-    let (user, inline) = match g.value.split_once(':') {
-        Some((u, p)) => (u, Some(p.to_owned())),
-        None => (g.value.as_str(), None),
-    };
-    if user.is_empty() {
-        // Do not echo the value: it may hold a password.
-        return Err(UsageError::new(&g.source, "expected USER or USER:PASSWORD"));
-    }
-    Ok(Credentials {
-        user: user.to_owned(),
-        password: inline.or(password),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{self, Request};
+    use crate::cli::Request;
     use std::collections::HashMap;
 
     fn build_with(args: &[&str], env: &[(&str, &str)]) -> Result<Config, Vec<String>> {
@@ -744,7 +634,7 @@ mod tests {
             .map(OsString::from)
             .chain([OsString::from("app")])
             .collect();
-        let Ok(Request::Run(raw)) = cli::parse(&args, |k| env.get(k).map(OsString::from)) else {
+        let Ok(Request::Run(raw)) = parse(&args, |k| env.get(k).map(OsString::from)) else {
             panic!("scan failed for {args:?}");
         };
         let extra = Extra {
@@ -810,7 +700,7 @@ mod tests {
         for round in 0..5_000usize {
             let mut args: Vec<OsString> = Vec::new();
             for _ in 0..(m.next() % 6) {
-                let o = &cli::OPTIONS[(m.next() as usize) % cli::OPTIONS.len()];
+                let o = &OPTIONS[(m.next() as usize) % OPTIONS.len()];
                 let flag = if m.next().is_multiple_of(3) {
                     format!(
                         "--{}={}",
@@ -829,7 +719,7 @@ mod tests {
             let env = |k: &str| {
                 (k == "HECD_TTL" || k == "HECD_REWRITE").then(|| OsString::from(&env_value))
             };
-            if let Ok(Request::Run(raw)) = cli::parse(&args, env) {
+            if let Ok(Request::Run(raw)) = parse(&args, env) {
                 let _ = build(raw, Extra::default());
             }
         }
@@ -1066,6 +956,29 @@ mod tests {
                 "--advertise: expected an IP address as HOST (balancers take IP:PORT only"
             )
         );
+    }
+
+    #[test]
+    fn help_shows_the_defaults_the_code_uses() {
+        // Defaults with a value are read from the table itself (`RawArgs::or_default`); the
+        // ones that are words are checked here.
+        let help = help_text();
+        let cacert = OPTIONS.iter().find(|o| o.long == "etcd-cacert").unwrap();
+        assert!(
+            cacert
+                .default
+                .starts_with(crate::registrar::plan::SYSTEM_CA_BUNDLE)
+        );
+        assert!(help.contains("default warn for a pure init, info when registering"));
+        let c = build_with(&[], &[]).unwrap();
+        assert_eq!(c.log_filter, "warn");
+        let c = build_with(&["--etcd", "http://e:1"], &[]).unwrap();
+        assert_eq!(c.log_filter, "info");
+        let r = c.registration.unwrap();
+        assert_eq!(r.prefix, crate::contract::DEFAULT_PREFIX);
+        assert_eq!(r.lb_prefix, crate::contract::DEFAULT_LB_PREFIX);
+        assert_eq!((r.ttl.as_secs(), r.check_interval.as_secs()), (10, 2));
+        assert_eq!(c.drain, Duration::from_secs(2));
     }
 
     #[test]

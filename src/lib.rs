@@ -19,6 +19,7 @@ pub mod http;
 pub mod json;
 pub mod lifecycle;
 pub mod logging;
+pub mod options;
 pub mod registrar;
 pub mod signal;
 pub mod supervisor;

@@ -48,10 +48,10 @@ fn run(args: &[OsString], scrub_args: impl FnOnce(Vec<(usize, std::ops::Range<us
         say(&format!("cannot make hecd-init not dumpable: {e}"));
         return status::INTERNAL;
     }
-    let raw = match cli::parse(args, |name| std::env::var_os(name)) {
+    let raw = match config::parse(args, |name| std::env::var_os(name)) {
         Ok(cli::Request::Run(raw)) => raw,
-        Ok(cli::Request::Help) => return print_stdout(&cli::help_text()),
-        Ok(cli::Request::Version) => return print_stdout(&cli::version_text()),
+        Ok(cli::Request::Help) => return print_stdout(&config::help_text()),
+        Ok(cli::Request::Version) => return print_stdout(&config::version_text()),
         Err(e) => {
             say(&e.to_string());
             return status::USAGE;

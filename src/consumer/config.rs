@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{self, OptSpec, Request, opt};
-use crate::config::{
+use crate::contract;
+use crate::error::UsageError;
+use crate::haproxy::Frontend;
+use crate::options::{
     Endpoint, Errors, EtcdAccess, checked_log_filter, etcd_access, expected, lb_prefix,
     parse_duration_at_least, parse_endpoints, parse_key_segment, parse_prefix, split_host_port,
     valid_host, verbosity,
 };
-use crate::error::UsageError;
-use crate::haproxy::Frontend;
 
 /// Every option hecd-haproxy accepts, in `--help` order.
 pub const OPTIONS: &[OptSpec] = &[
@@ -38,7 +39,7 @@ pub const OPTIONS: &[OptSpec] = &[
     opt(
         "prefix",
         "PATH",
-        "/app/servers",
+        contract::DEFAULT_PREFIX,
         "the default service's key prefix (what no route matches); each PREFIX/NAME = HOST:PORT is a server",
     ),
     opt(
@@ -68,7 +69,7 @@ pub const OPTIONS: &[OptSpec] = &[
     opt(
         "lb-prefix",
         "PATH",
-        "/hecd",
+        contract::DEFAULT_LB_PREFIX,
         "read routes under PATH/routes/; announce under PATH/lbs/ID; confirm drains under PATH/drained/PREFIX/NAME/ID",
     ),
     opt(
@@ -170,23 +171,16 @@ pub fn parse(
             Ok(PathBuf::from(&g.value))
         }
     }));
-    let prefix = errors.take(
-        raw.get("prefix")
-            .map_or(Ok("/app/servers".into()), parse_prefix),
-    );
-    let check_inter = errors.take(
-        raw.get("check-inter")
-            .map_or(Ok(Duration::from_millis(500)), |g| {
-                parse_duration_at_least(g, Duration::from_millis(10))
-            }),
-    );
+    let prefix = errors.take(parse_prefix(&raw.or_default("prefix")));
+    let check_inter = errors.take(parse_duration_at_least(
+        &raw.or_default("check-inter"),
+        Duration::from_millis(10),
+    ));
     let stats = errors.take(raw.get("stats").map(bind_address).transpose());
-    let drain_timeout = errors.take(
-        raw.get("drain-timeout")
-            .map_or(Ok(Duration::from_secs(30)), |g| {
-                parse_duration_at_least(g, Duration::ZERO)
-            }),
-    );
+    let drain_timeout = errors.take(parse_duration_at_least(
+        &raw.or_default("drain-timeout"),
+        Duration::ZERO,
+    ));
     let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
     let lb_id = errors.take(
         raw.get("lb-id")
@@ -202,8 +196,25 @@ pub fn parse(
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
-    let (Some(endpoints), Some(listen), Some(dir), Some(prefix), Some(lb_prefix), Some(lb_id)) =
-        (endpoints, listen, dir, prefix, lb_prefix, lb_id)
+    let (
+        Some(endpoints),
+        Some(listen),
+        Some(dir),
+        Some(prefix),
+        Some(lb_prefix),
+        Some(lb_id),
+        Some(check_inter),
+        Some(drain_timeout),
+    ) = (
+        endpoints,
+        listen,
+        dir,
+        prefix,
+        lb_prefix,
+        lb_id,
+        check_inter,
+        drain_timeout,
+    )
     else {
         unreachable!("a missing value is an error above");
     };
@@ -220,9 +231,9 @@ pub fn parse(
             listen,
             stats: stats.flatten(),
             dir,
-            check_inter: check_inter.unwrap_or(Duration::from_millis(500)),
+            check_inter,
         },
-        drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(30)),
+        drain_timeout,
         lb_id,
         lb_prefix,
         haproxy,

@@ -18,7 +18,7 @@ pub struct Plan {
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// CA bundle used for `https://` endpoints when `--etcd-cacert` is not given.
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Reads the TLS files and the password file and picks the Docker API. Every file is read,
 /// so every problem is reported, not only the first.
