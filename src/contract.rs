@@ -15,9 +15,8 @@
 //! A name never holds `/`, so the last segment of a routes or drained key is always the name
 //! (or the balancer's id) and what comes before it the service's prefix.
 
+use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
-
-use crate::discovery::Address;
 
 /// The default `--prefix`: the classic recipe's.
 pub const DEFAULT_PREFIX: &str = "/app/servers";
@@ -93,6 +92,24 @@ pub fn safe_name(name: &str) -> String {
         out.push('-');
     }
     out
+}
+
+/// An advertised address: an IP address (IPv6 without brackets) and a port, written as etcd
+/// values are, `10.0.0.5:8080` or `[fd00::5]:8080` ([`parse_address`] reads that form back).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// Parses an advertised address as every balancer takes it: exactly `IPv4:PORT` or

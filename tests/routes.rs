@@ -147,14 +147,25 @@ fn issue_17_three_services_route_by_host_and_path() {
         let answer = get(lb.port, host, "/");
         assert!(answer.is_err(), "{host}: {answer:?}");
     }
-    // Keep-alive: two requests on one connection, both answered by their service.
+    // Keep-alive: requests on one connection are routed one by one, each to its own service.
     let mut s = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\nGET / HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n\
+          GET /docs/a HTTP/1.1\r\nHost: www.example.com\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     let mut out = String::new();
     let _ = s.take(1 << 16).read_to_string(&mut out);
-    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
+    let bodies: Vec<&str> = out
+        .split("HTTP/1.1 200")
+        .skip(1)
+        .filter_map(|r| r.split("\r\n\r\n").nth(1))
+        .map(|b| b.trim().split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(bodies, ["api", "docs", "web"], "{out}");
     // Metrics: HAProxy's Prometheus exporter, a backend per service.
     let metrics = common::http_get_path(&format!("127.0.0.1:{stats}"), "/metrics").unwrap();
     let backends: BTreeSet<&str> = metrics

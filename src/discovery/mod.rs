@@ -16,29 +16,14 @@
 pub mod docker;
 pub mod net;
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::config::{DockerApi, Mode, Registration};
 use crate::http::Http;
 
-/// The advertised address, written as etcd values are: `10.0.0.5:8080`, `[fd00::5]:8080`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Address {
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
+/// The advertised address: the contract's (`crate::contract`).
+pub use crate::contract::Address;
 
 /// What discovery settled on.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -23,7 +23,7 @@ const MAX_ANSWER: u64 = 16 << 20;
 
 /// Where a server is: an IP address and a port; displayed as etcd values are written
 /// (`10.0.0.5:8080`, `[fd00::5]:8080`), parsed by [`crate::contract::parse_address`].
-pub use crate::discovery::Address as Addr;
+pub use crate::contract::Address as Addr;
 
 impl Addr {
     /// Parses an etcd value (see [`crate::contract::parse_address`]).
