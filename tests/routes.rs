@@ -520,3 +520,23 @@ fn issue_17_the_declaration_shares_the_instance_lease() {
     assert_eq!(etcd.get("/hecd/routes/app/api/a1"), None);
     assert_eq!(etcd.get("/app/api/a1"), None);
 }
+
+/// Declarations are hostile input too: a flood of services beyond `--max-services` is skipped
+/// with a warning, the services already followed keep serving, and none is reloaded for it.
+#[test]
+fn issue_17_declarations_beyond_max_services_are_skipped() {
+    let etcd = Etcd::start();
+    let lb = Lb::start(&etcd.url(), &["--max-services", "3"]);
+    let _a = instance(&etcd, "a", "a1", &["a.example.com"], "2");
+    let _b = instance(&etcd, "b", "b1", &["b.example.com"], "2");
+    expect_served(&lb, "a.example.com", "/", &["a:a1"]);
+    expect_served(&lb, "b.example.com", "/", &["b:b1"]);
+    let (master, workers) = lb.workers();
+    // With the default service, three are followed: a fourth is refused.
+    let _c = instance(&etcd, "c", "c1", &["c.example.com"], "2");
+    lb.h.expect_stderr("not following /app/c/: --max-services 3 services are followed already");
+    thread::sleep(Duration::from_millis(500));
+    assert!(get(lb.port, "c.example.com", "/").is_err());
+    expect_served(&lb, "a.example.com", "/", &["a:a1"]);
+    assert_eq!(lb.workers(), (master, workers), "HAProxy was reloaded");
+}

@@ -73,6 +73,12 @@ pub const OPTIONS: &[OptSpec] = &[
         "read routes under PATH/routes/; announce under PATH/lbs/ID; confirm drains under PATH/drained/PREFIX/NAME/ID",
     ),
     opt(
+        "max-services",
+        "N",
+        "1000",
+        "most services followed (the default one included); declarations naming more are skipped",
+    ),
+    opt(
         "haproxy",
         "PATH",
         "haproxy (from PATH)",
@@ -121,6 +127,8 @@ pub struct Config {
     /// `--lb-prefix`, normalised.
     pub lb_prefix: String,
     pub haproxy: PathBuf,
+    /// `--max-services`.
+    pub max_services: usize,
     /// TLS files and credentials.
     pub access: EtcdAccess,
     pub log_filter: String,
@@ -186,6 +194,14 @@ pub fn parse(
         raw.get("lb-id")
             .map_or_else(|| Ok(crate::discovery::hostname()), parse_key_segment),
     );
+    let max_services = errors.take({
+        let g = raw.or_default("max-services");
+        g.value
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| expected(&g, "a number of services from 1 to 100000"))
+    });
     let haproxy = raw
         .get("haproxy")
         .map_or_else(|| PathBuf::from("haproxy"), |g| PathBuf::from(&g.value));
@@ -205,6 +221,7 @@ pub fn parse(
         Some(lb_id),
         Some(check_inter),
         Some(drain_timeout),
+        Some(max_services),
     ) = (
         endpoints,
         listen,
@@ -214,6 +231,7 @@ pub fn parse(
         lb_id,
         check_inter,
         drain_timeout,
+        max_services,
     )
     else {
         unreachable!("a missing value is an error above");
@@ -237,6 +255,7 @@ pub fn parse(
         lb_id,
         lb_prefix,
         haproxy,
+        max_services,
         access,
         log_filter,
         password_spans,

@@ -83,6 +83,11 @@ pub struct Follower {
     pub prefix: String,
     /// `--lb-prefix`: the declarations are under `LB_PREFIX/routes/`.
     pub lb_prefix: String,
+    /// `--max-services`: most services followed at once (the default one included).
+    /// Declarations are written by anything with write access to `LB_PREFIX/routes/`: one that
+    /// names a service beyond this is skipped with a warning, so hostile declarations cannot
+    /// make hecd-haproxy watch, and HAProxy hold backends for, any number of prefixes.
+    pub max_services: usize,
     pub tx: Sender<Input>,
 }
 
@@ -93,6 +98,8 @@ struct Watching {
     services: BTreeMap<String, i64>,
     /// prefix → names with a valid declaration.
     declared: BTreeMap<String, BTreeSet<String>>,
+    /// Services refused for [`MAX_SERVICES`], warned about once.
+    refused: BTreeSet<String>,
 }
 
 /// Why a watch ended without failing.
@@ -171,8 +178,38 @@ impl Follower {
                 declarations.insert((prefix, name), d);
             }
         })?;
-        let mut prefixes: BTreeSet<String> = declarations.keys().map(|(p, _)| p.clone()).collect();
+        // Over the limit: the services declared first (lowest revision) are followed.
+        let mut first: BTreeMap<&str, i64> = BTreeMap::new();
+        for ((p, _), d) in &declarations {
+            let r = first.entry(p.as_str()).or_insert(d.revision);
+            *r = (*r).min(d.revision);
+        }
+        let mut by_age: Vec<(i64, &str)> = first.into_iter().map(|(p, r)| (r, p)).collect();
+        by_age.sort();
+        let mut prefixes: BTreeSet<String> = BTreeSet::new();
         prefixes.insert(self.prefix.clone());
+        let mut refused = BTreeSet::new();
+        for (_, p) in by_age {
+            if prefixes.len() < self.max_services || prefixes.contains(p) {
+                prefixes.insert(p.to_owned());
+            } else {
+                refused.insert(p.to_owned());
+            }
+        }
+        if !refused.is_empty() {
+            log::warn!(
+                "{} services declared beyond --max-services {}; not routed: {}",
+                refused.len(),
+                self.max_services,
+                refused
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            declarations.retain(|(p, _), _| prefixes.contains(p));
+        }
         let mut services = BTreeMap::new();
         for prefix in &prefixes {
             let servers = self.read_service(prefix, revision)?.0;
@@ -186,6 +223,7 @@ impl Follower {
             routes_next: revision + 1,
             services: prefixes.into_iter().map(|p| (p, revision + 1)).collect(),
             declared,
+            refused,
         };
         Ok((
             Update::Snapshot {
@@ -304,6 +342,7 @@ impl Follower {
             let mut sent = true;
             let mut new_services: BTreeSet<String> = BTreeSet::new();
             let lb_prefix = self.lb_prefix.clone();
+            let max_services = self.max_services;
             let tx = self.tx.clone();
             let result =
                 self.client
@@ -334,6 +373,20 @@ impl Follower {
                                             declaration,
                                         } = &change
                                         {
+                                            let new = declaration.is_some()
+                                                && !w.services.contains_key(prefix)
+                                                && !new_services.contains(prefix);
+                                            if new
+                                                && w.services.len() + new_services.len()
+                                                    >= max_services
+                                            {
+                                                if w.refused.insert(prefix.clone()) {
+                                                    log::warn!(
+                                                        "not following {prefix}/: --max-services {max_services} services are followed already"
+                                                    );
+                                                }
+                                                continue;
+                                            }
                                             let names =
                                                 w.declared.entry(prefix.clone()).or_default();
                                             if declaration.is_some() {

@@ -84,6 +84,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         client: client(),
         prefix: config.prefix.clone(),
         lb_prefix: config.lb_prefix.clone(),
+        max_services: config.max_services,
         tx,
     };
     if let Err(e) = std::thread::Builder::new()
