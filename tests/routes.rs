@@ -348,7 +348,7 @@ fn issue_17_new_service_and_stop_under_load_fail_no_request_and_never_reload() {
 fn issue_17_conflicts_and_malformed_declarations_change_nothing() {
     let etcd = Etcd::start();
     let lb = Lb::start(&etcd.url(), &[]);
-    let _a = instance(&etcd, "a", "a1", &["a.example.com"], "2");
+    let mut a = instance(&etcd, "a", "a1", &["a.example.com"], "2");
     expect_served(&lb, "a.example.com", "/", &["a:a1"]);
     let (master, workers) = lb.workers();
     // A later service claims a.example.com too: it keeps its older owner.
@@ -392,6 +392,12 @@ fn issue_17_conflicts_and_malformed_declarations_change_nothing() {
     assert_eq!(b.expect_exit(), 0);
     expect_not_served(&lb, "b.example.com", "/");
     assert_eq!(get(lb.port, "a.example.com", "/").as_deref(), Ok("a:a1"));
+    // A newer claim waits for the older one to leave, then takes the route.
+    let _b2 = instance(&etcd, "b", "b2", &["a.example.com"], "2");
+    expect_served(&lb, "a.example.com", "/", &["a:a1"]);
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.expect_exit(), 0);
+    expect_served(&lb, "a.example.com", "/", &["b:b2"]);
     assert_eq!(lb.workers(), (master, workers), "HAProxy was reloaded");
 }
 
