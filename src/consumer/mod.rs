@@ -122,7 +122,9 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     }
     let mut written = Files::default();
     if balancer.synced {
-        balancer.reconcile(); // no HAProxy yet: this only gives each service its backend
+        // No HAProxy yet: each service gets its backend (the pool sized for them all), and the
+        // config below has the rest.
+        balancer.assign_backends();
         balancer.needs_reload = None;
         let routes = balancer.wanted_routes();
         written.write(&frontend, &balancer.layout(true), Some(&routes));

@@ -230,8 +230,9 @@ impl Balancer {
     }
 
     /// Step 1: a backend for every service that needs one. A used-up pool grows (by a reload:
-    /// the caller renders the config with [`Balancer::layout`]).
-    fn assign_backends(&mut self) {
+    /// the caller renders the config with [`Balancer::layout`]). Also what the start-up does
+    /// before HAProxy runs.
+    pub fn assign_backends(&mut self) {
         let mut free = self.free_backends().into_iter();
         let needing: Vec<String> = self
             .services
@@ -622,6 +623,16 @@ impl Balancer {
     /// servers and the routes map.
     pub fn load(&mut self) -> Result<(), RuntimeError> {
         let mut servers = self.runtime.servers()?;
+        // Servers that were draining and that the new worker does not have (a reload's config
+        // lists only wanted servers) are out of rotation now: confirm them.
+        for (prefix, s) in &self.services {
+            let now = s.backend.as_ref().and_then(|b| servers.get(b));
+            for (name, server) in &s.servers {
+                if server.draining.is_some() && now.is_none_or(|n| !n.contains_key(name)) {
+                    self.drained.push((prefix.clone(), name.clone()));
+                }
+            }
+        }
         for s in self.services.values_mut() {
             s.servers = s
                 .backend
