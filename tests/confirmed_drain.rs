@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -132,4 +134,76 @@ fn issue_12_no_balancer_means_the_fixed_drain() {
         "signalled {took} ms after SIGTERM, want the 2 s drain:\n{err}"
     );
     assert!(!err.contains("drained in"), "{err}");
+}
+
+/// README, "Confirmed drain": a balancer that does not confirm (confd) announced with the
+/// documented etcdctl lines keeps `--drain` as a floor: the instance waits its whole drain even
+/// though hecd-haproxy confirms within milliseconds; once that announcement goes, the drain is
+/// confirmed again.
+#[test]
+fn issue_17_the_documented_floor_keeps_the_full_drain_beside_a_non_confirming_balancer() {
+    let etcd = Etcd::start();
+    let doc = include_str!("../README.md");
+    let block = doc
+        .split_once("<!-- drain-floor")
+        .and_then(|(_, rest)| rest.split_once("```sh\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("the drain-floor block in the README");
+    let floor = Group(
+        Command::new("sh")
+            .args(["-euc", block])
+            .env("ETCDCTL_API", "3")
+            .env("ETCDCTL_ENDPOINTS", etcd.url())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("sh"),
+    );
+    let announced = wait_until(Duration::from_secs(10), || {
+        etcd.call(
+            "/v3/kv/range",
+            Some(serde_json::json!({
+                "key": common::etcd::b64encode(b"/hecd/lbs/confd-"),
+                "range_end": common::etcd::b64encode(b"/hecd/lbs/confd."),
+            })),
+        )
+        .and_then(|v| v.get("count").cloned())
+        .is_some()
+    });
+    assert!(announced, "the documented lines announced nothing");
+    let _lb = lb(&etcd, "lb-a");
+    let mut app = slow_app(&etcd, "a", "2");
+    let (took, err) = stop(&mut app);
+    assert!(
+        (1900..=3500).contains(&took),
+        "signalled {took} ms after SIGTERM, want the whole 2 s drain:\n{err}"
+    );
+    assert!(err.contains("1 of 2 confirmed"), "{err}");
+    // The announcement withdrawn (its keep-alive stopped, the lease revoked): confirmed again.
+    drop(floor);
+    let mut other = slow_app(&etcd, "b", "2");
+    etcd.call(
+        "/v3/kv/deleterange",
+        Some(serde_json::json!({
+            "key": common::etcd::b64encode(b"/hecd/lbs/confd-"),
+            "range_end": common::etcd::b64encode(b"/hecd/lbs/confd."),
+        })),
+    );
+    let (took, err) = stop(&mut other);
+    assert!(took < 1500, "signalled {took} ms after SIGTERM:\n{err}");
+    assert!(err.contains("1 of 1 load balancers confirmed"), "{err}");
+}
+
+/// A process group this test started (the documented shell lines and their `etcdctl lease
+/// keep-alive`), SIGKILLed and reaped when dropped, also when an assertion fails.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this test created.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
 }
