@@ -169,11 +169,36 @@ fn bench_many_services() {
         }
     }
     let churn_s = t.elapsed().as_secs_f64();
-    // Applied: the last service added and removed is gone, s0..s99 still served.
-    let settled = wait_until(Duration::from_secs(10), || {
-        served(lb.port, "s0.example.com") && served(lb.port, "new0.example.com")
+    // Applied: HAProxy has exactly what etcd has again: 100 × 10 + the 10 new services'
+    // servers (every churned instance and service gone), and their 110 routes.
+    let map = lb.dir.join("routes.map");
+    let settled_at = Instant::now();
+    let counts = || {
+        let servers = lb
+            .admin("show servers state")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 5)
+            .count();
+        let routes = lb
+            .admin(&format!("show map {}", map.display()))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("0x"))
+            .count();
+        (servers, routes)
+    };
+    let settled = wait_until(Duration::from_secs(30), || {
+        counts() == (1000 + rounds, 100 + rounds)
     });
-    assert!(settled);
+    assert!(
+        settled,
+        "after the churn HAProxy has {:?}\n{}",
+        counts(),
+        lb.h.stderr()
+    );
+    let settle_ms = settled_at.elapsed().as_millis();
+    assert!(served(lb.port, "s0.example.com") && served(lb.port, "new0.example.com"));
     thread::sleep(Duration::from_secs(1));
     let after = (usage(lb_pid), usage(worker));
     let reloads = lb.h.stderr().matches("reloading HAProxy").count() - reloads_before;
@@ -188,6 +213,9 @@ fn bench_many_services() {
         latencies[latencies.len() - 1]
     );
     println!("| churn: changes written | {n} in {churn_s:.1} s |");
+    println!(
+        "| churn: HAProxy equal to etcd after the last change (1010 servers, 110 routes) | {settle_ms} ms |"
+    );
     println!("| churn: HAProxy reloads | {reloads} (same master and worker after: {same}) |");
     println!(
         "| hecd-haproxy RSS / CPU during churn | {} KiB / {:.1} % of a core |",
