@@ -548,3 +548,34 @@ fn issue_17_declarations_beyond_max_services_are_skipped() {
     expect_served(&lb, "a.example.com", "/", &["a:a1"]);
     assert_eq!(lb.workers(), (master, workers), "HAProxy was reloaded");
 }
+
+/// hecd-haproxy restarted while etcd is down comes up with the services, backends and routes of
+/// its last config and map, and serves them; when etcd answers again it follows it.
+#[test]
+fn issue_17_a_restart_without_etcd_keeps_services_and_routes() {
+    let mut etcd = Etcd::start();
+    let lb = Lb::start(&etcd.url(), &[]);
+    let _a = instance(&etcd, "a", "a1", &["a.example.com"], "2");
+    let _b = instance(&etcd, "b", "b1", &["b.example.com/api"], "2");
+    expect_served(&lb, "a.example.com", "/", &["a:a1"]);
+    expect_served(&lb, "b.example.com", "/api/x", &["b:b1"]);
+    thread::sleep(Duration::from_millis(500)); // the files follow within 200 ms
+    let dir = lb.dir.clone();
+    let tmp = lb._tmp;
+    let mut h = lb.h;
+    h.signal(libc::SIGTERM);
+    assert_eq!(
+        h.wait(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    let url = etcd.url();
+    etcd.kill();
+    let mut lb = Lb::start_in(&url, &dir, &[]);
+    lb._tmp = tmp; // removed after HAProxy
+    lb.h.expect_stderr(
+        "no answer from etcd yet; starting HAProxy with the 2 servers of the last config",
+    );
+    expect_served(&lb, "a.example.com", "/", &["a:a1"]);
+    expect_served(&lb, "b.example.com", "/api/x", &["b:b1"]);
+    assert!(get(lb.port, "b.example.com", "/").is_err());
+}
