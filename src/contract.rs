@@ -301,11 +301,7 @@ pub fn routes_value(routes: &[Route]) -> String {
 
 /// At most 80 characters of `text`, for messages about hostile input.
 fn clip(text: &str) -> String {
-    let mut out: String = text.chars().take(80).collect();
-    if out.len() < text.len() {
-        out.push('…');
-    }
-    out
+    crate::error::clip(text, 80)
 }
 
 #[cfg(test)]

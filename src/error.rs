@@ -51,3 +51,13 @@ impl fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+/// At most `max` characters of `text` (with `…` when cut), for messages that quote what a peer
+/// or a user sent.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}

@@ -189,14 +189,7 @@ fn issue_10_store_failures_never_blank_the_backend() {
     let _b = instance(&etcd, "b");
     let lb = Lb::start(&etcd.url(), &[]);
     lb.expect_servers(&["a", "b"], Duration::from_secs(5));
-    let dir = lb.dir.clone();
-    let tmp = lb._tmp;
-    let mut h = lb.h;
-    h.signal(libc::SIGTERM);
-    assert_eq!(
-        h.wait(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    let (dir, tmp) = lb.stop_keeping_dir();
 
     // Restarted with only a hostile endpoint: HAProxy comes up with the last config's servers.
     let hostile = Hostile::start(all_malformed());
@@ -306,14 +299,7 @@ fn issue_10_bad_options_exit_2_with_one_line() {
             "hecd-haproxy: --etcd: expected http:// or https:// URLs",
         ),
         (
-            vec![
-                "--etcd",
-                "http://e:2379",
-                "--listen",
-                "80",
-                "--dir",
-                "/tmp/x",
-            ],
+            BAD_LISTEN.to_vec(),
             "hecd-haproxy: --listen: expected ADDR:PORT",
         ),
         (
@@ -330,32 +316,14 @@ fn issue_10_bad_options_exit_2_with_one_line() {
             "hecd-haproxy: --etcd-cacert: cannot read /nonexistent",
         ),
     ] {
-        let out = Command::new(common::hecd_haproxy())
-            .args(&args)
-            .env_remove("HECD_ETCD")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let (code, err) = run_lb(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
     // Every problem is reported: an unknown option does not hide a bad value.
-    let out = Command::new(common::hecd_haproxy())
-        .args([
-            "--nope",
-            "--etcd",
-            "http://e:2379",
-            "--listen",
-            "80",
-            "--dir",
-            "/tmp/x",
-        ])
-        .env_remove("HECD_ETCD")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = run_lb(&[&["--nope"][..], &BAD_LISTEN].concat());
+    assert_eq!(code, Some(2), "{err}");
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 2, "{err}");
     assert!(
@@ -368,20 +336,16 @@ fn issue_10_bad_options_exit_2_with_one_line() {
     );
     // A config HAProxy refuses is reported with HAProxy's reason (haproxy -c without -q).
     let tmp = TempDir::new("lb-bad-listen");
-    let out = Command::new(common::hecd_haproxy())
-        .args([
-            "--etcd",
-            "http://127.0.0.1:9",
-            "--listen",
-            "nosuchhost.invalid:80",
-            "--dir",
-        ])
-        .arg(&tmp.0)
-        .env_remove("HECD_ETCD")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let dir = tmp.0.to_string_lossy();
+    let (code, err) = run_lb(&[
+        "--etcd",
+        "http://127.0.0.1:9",
+        "--listen",
+        "nosuchhost.invalid:80",
+        "--dir",
+        &dir,
+    ]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("-c rejects") && err.contains("invalid address: 'nosuchhost.invalid'"),
         "{err}"
@@ -464,4 +428,27 @@ fn issue_10_haproxy_dies_with_a_killed_hecd_haproxy() {
         gone,
         "HAProxy outlived hecd-haproxy: master {master}, workers {workers:?}"
     );
+}
+
+/// A command line whose only fault is `--listen`.
+const BAD_LISTEN: [&str; 6] = [
+    "--etcd",
+    "http://e:2379",
+    "--listen",
+    "80",
+    "--dir",
+    "/tmp/x",
+];
+
+/// Runs hecd-haproxy to its end (a usage or set-up error): its exit status and stderr.
+fn run_lb(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(common::hecd_haproxy())
+        .args(args)
+        .env_remove("HECD_ETCD")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

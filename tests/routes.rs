@@ -10,13 +10,12 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::lb::Lb;
+use common::lb::{Lb, Load, Request};
 use common::{Hecd, example, hecd_init, listening_port, start_command, wait_until};
 
 /// An instance of the service `/app/SERVICE` named `name`, answering `SERVICE:NAME`, declaring
@@ -196,71 +195,24 @@ fn issue_17_three_services_route_by_host_and_path() {
     assert!(!lb.h.stderr().contains("reloading"), "{}", lb.h.stderr());
 }
 
-/// Requests at `rate` a second, each on a fresh connection, to the hosts in turn; every answer
-/// must come from the service its host belongs to (`host → service`).
-struct HostLoad {
-    stop: Arc<AtomicBool>,
-    failed: Arc<Mutex<Vec<String>>>,
-    thread: Option<thread::JoinHandle<u32>>,
-}
-
-impl HostLoad {
-    fn start(port: u16, hosts: &[(&str, &str)], rate: u32) -> HostLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let hosts: Vec<(String, String)> = hosts
-            .iter()
-            .map(|(h, s)| (h.to_string(), s.to_string()))
-            .collect();
-        let (s, f) = (stop.clone(), failed.clone());
-        let thread = thread::spawn(move || {
-            let started = Instant::now();
-            let mut sent = 0u32;
-            let mut requests = Vec::new();
-            while !s.load(Ordering::SeqCst) {
-                let (host, service) = hosts[sent as usize % hosts.len()].clone();
-                let f = f.clone();
-                requests.push(thread::spawn(move || {
-                    let at = started.elapsed().as_millis();
-                    match get(port, &host, "/") {
-                        Ok(body) if body.starts_with(&format!("{service}:")) => {}
-                        other => f
-                            .lock()
-                            .unwrap()
-                            .push(format!("{at} ms, {host}: {other:?}")),
-                    }
-                }));
-                sent += 1;
-                let next = Duration::from_secs_f64(f64::from(sent) / f64::from(rate));
-                if let Some(wait) = next.checked_sub(started.elapsed()) {
-                    thread::sleep(wait);
-                }
-                requests.retain(|r| !r.is_finished());
+/// Requests at `rate` a second, each on a fresh connection, to the hosts in turn; an answer
+/// from another service than its host's (`host → service`) is a failure.
+fn host_load(port: u16, hosts: &[(&str, &str)], rate: u32) -> Load {
+    let requests = hosts
+        .iter()
+        .map(|(host, service)| {
+            let (host, service) = (host.to_string(), service.to_string());
+            Request {
+                label: host.clone(),
+                send: Arc::new(move || match get(port, &host, "/") {
+                    Ok(body) if body.starts_with(&format!("{service}:")) => Ok(body),
+                    Ok(body) => Err(format!("answered by {body}")),
+                    Err(e) => Err(e),
+                }),
             }
-            for r in requests {
-                let _ = r.join();
-            }
-            sent
-        });
-        HostLoad {
-            stop,
-            failed,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> (u32, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        let sent = self.thread.take().map_or(0, |t| t.join().unwrap());
-        let failed = self.failed.lock().unwrap().clone();
-        (sent, failed)
-    }
-}
-
-impl Drop for HostLoad {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
+        })
+        .collect();
+    Load::start_with(requests, rate)
 }
 
 #[test]
@@ -279,7 +231,7 @@ fn issue_17_new_service_and_stop_under_load_fail_no_request_and_never_reload() {
     expect_served(&lb, "a.example.com", "/", &["a:one", "a:two"]);
     expect_served(&lb, "b.example.com", "/", &["b:one", "b:two"]);
     let (master, workers) = lb.workers();
-    let load = HostLoad::start(
+    let load = host_load(
         lb.port,
         &[("a.example.com", "a"), ("b.example.com", "b")],
         40,
@@ -334,7 +286,7 @@ fn issue_17_new_service_and_stop_under_load_fail_no_request_and_never_reload() {
     assert_eq!(a[0].expect_exit(), 0);
     a[0].expect_stderr("(1 of 1 load balancers confirmed)");
     thread::sleep(Duration::from_secs(1));
-    let (sent, failed) = load.finish();
+    let (sent, failed, _) = load.finish();
     eprintln!("{sent} requests, {} failed", failed.len());
     assert!(failed.is_empty(), "{failed:?}\n{}", lb.h.stderr());
     assert!(sent > 60, "{sent}");
@@ -560,14 +512,7 @@ fn issue_17_a_restart_without_etcd_keeps_services_and_routes() {
     expect_served(&lb, "a.example.com", "/", &["a:a1"]);
     expect_served(&lb, "b.example.com", "/api/x", &["b:b1"]);
     thread::sleep(Duration::from_millis(500)); // the files follow within 200 ms
-    let dir = lb.dir.clone();
-    let tmp = lb._tmp;
-    let mut h = lb.h;
-    h.signal(libc::SIGTERM);
-    assert_eq!(
-        h.wait(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    let (dir, tmp) = lb.stop_keeping_dir();
     let url = etcd.url();
     etcd.kill();
     let mut lb = Lb::start_in(&url, &dir, &[]);

@@ -33,7 +33,7 @@ pub fn parse(status: u16, body: &str, missing_ok: bool) -> Result<(), Fault> {
             Some(v) if v.get("node").is_some() => Ok(()),
             _ => Err(Fault::Malformed(format!(
                 "v2 answer without a node: {}",
-                body.chars().take(200).collect::<String>()
+                crate::error::clip(body, 200)
             ))),
         };
     }

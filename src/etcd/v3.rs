@@ -409,11 +409,7 @@ fn int_field(v: &Value, name: &str) -> Option<i64> {
 
 /// At most 200 characters of a body, for error messages.
 fn clip(body: &str) -> String {
-    let mut s: String = body.chars().take(200).collect();
-    if s.len() < body.len() {
-        s.push('…');
-    }
-    s
+    crate::error::clip(body, 200)
 }
 
 /// Standard base64 with padding (RFC 4648), as the gateway expects for bytes fields.

@@ -79,6 +79,22 @@ impl Lb {
         panic!("HAProxy could not bind a free port in 5 tries");
     }
 
+    /// Stops hecd-haproxy with SIGTERM (it must exit 0) and hands back its directory, with the
+    /// temporary directory that owns it, to start another one there.
+    pub fn stop_keeping_dir(self) -> (PathBuf, Option<TempDir>) {
+        let Lb {
+            mut h, dir, _tmp, ..
+        } = self;
+        h.signal(libc::SIGTERM);
+        assert_eq!(
+            h.wait(Duration::from_secs(10)).and_then(|s| s.code()),
+            Some(0),
+            "hecd-haproxy did not stop cleanly:\n{}",
+            h.stderr()
+        );
+        (dir, _tmp)
+    }
+
     /// One runtime API command on HAProxy's admin socket.
     pub fn admin(&self, command: &str) -> Option<String> {
         let mut s = UnixStream::connect(self.dir.join("admin.sock")).ok()?;
@@ -142,6 +158,13 @@ impl Lb {
     }
 }
 
+/// One kind of request a [`Load`] sends: `send` returns the answering server's name, or why it
+/// failed; `label` names it in failures.
+pub struct Request {
+    pub label: String,
+    pub send: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
+}
+
 /// Requests at `rate` a second through the load balancers `ports` (in turn), each on a fresh
 /// connection and a thread of its own (so slow answers overlap), until stopped.
 pub struct Load {
@@ -159,33 +182,49 @@ impl Load {
 
     /// [`Load::start`] to `HOST:PORT` addresses (a balancer on a test host).
     pub fn start_to(addrs: &[String], rate: u32) -> Load {
+        let requests: Vec<Request> = addrs
+            .iter()
+            .map(|addr| {
+                let addr = addr.clone();
+                Request {
+                    label: addr.clone(),
+                    send: Arc::new(move || super::http_get(&addr)),
+                }
+            })
+            .collect();
+        Load::start_with(requests, rate)
+    }
+
+    /// Requests at `rate` a second, taking `requests` in turn: each `send` returns the name of
+    /// the server that answered, or why the request failed.
+    pub fn start_with(requests: Vec<Request>, rate: u32) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(Mutex::new(Vec::new()));
         let answered = Arc::new(Mutex::new(BTreeMap::new()));
         let (s, f, a) = (stop.clone(), failed.clone(), answered.clone());
-        let addrs = addrs.to_vec();
         let thread = thread::spawn(move || {
             let started = Instant::now();
             let mut sent = 0u32;
-            let mut requests = Vec::new();
+            let mut in_flight = Vec::new();
             while !s.load(Ordering::SeqCst) {
-                let addr = addrs[sent as usize % addrs.len()].clone();
+                let request = &requests[sent as usize % requests.len()];
+                let (label, send) = (request.label.clone(), request.send.clone());
                 let (f, a) = (f.clone(), a.clone());
-                requests.push(thread::spawn(move || match super::http_get(&addr) {
+                in_flight.push(thread::spawn(move || match send() {
                     Ok(name) => *a.lock().unwrap().entry(name.trim().to_owned()).or_default() += 1,
-                    Err(e) => f
-                        .lock()
-                        .unwrap()
-                        .push(format!("{} ms, {addr}: {e}", started.elapsed().as_millis())),
+                    Err(e) => f.lock().unwrap().push(format!(
+                        "{} ms, {label}: {e}",
+                        started.elapsed().as_millis()
+                    )),
                 }));
                 sent += 1;
                 let next = Duration::from_secs_f64(f64::from(sent) / f64::from(rate));
                 if let Some(wait) = next.checked_sub(started.elapsed()) {
                     thread::sleep(wait);
                 }
-                requests.retain(|r| !r.is_finished());
+                in_flight.retain(|r| !r.is_finished());
             }
-            for r in requests {
+            for r in in_flight {
                 let _ = r.join();
             }
             sent
