@@ -173,8 +173,14 @@ fn issue_17_the_documented_floor_keeps_the_full_drain_beside_a_non_confirming_ba
         .is_some()
     });
     assert!(announced, "the documented lines announced nothing");
-    let _lb = lb(&etcd, "lb-a");
+    let balancer = lb(&etcd, "lb-a");
     let mut app = slow_app(&etcd, "a", "2");
+    // Both balancers announced, the server in HAProxy: then the stop.
+    balancer.expect_servers(&["a"], Duration::from_secs(5));
+    let up = wait_until(Duration::from_secs(10), || {
+        etcd.get("/hecd/lbs/lb-a").is_some()
+    });
+    assert!(up, "lb-a never announced:\n{}", balancer.h.stderr());
     let (took, err) = stop(&mut app);
     assert!(
         (1900..=3500).contains(&took),
@@ -184,6 +190,7 @@ fn issue_17_the_documented_floor_keeps_the_full_drain_beside_a_non_confirming_ba
     // The announcement withdrawn (its keep-alive stopped, the lease revoked): confirmed again.
     drop(floor);
     let mut other = slow_app(&etcd, "b", "2");
+    balancer.expect_servers(&["b"], Duration::from_secs(5));
     etcd.call(
         "/v3/kv/deleterange",
         Some(serde_json::json!({
