@@ -21,7 +21,20 @@ use common::{Hecd, example, hecd_init, listening_port, start_command, wait_until
 /// An instance of the service `/app/SERVICE` named `name`, answering `SERVICE:NAME`, declaring
 /// `routes`; returns once its key is in etcd.
 fn instance(etcd: &Etcd, service: &str, name: &str, routes: &[&str], drain: &str) -> Hecd {
+    instance_with(etcd, service, name, routes, drain, &[])
+}
+
+/// [`instance`] with more hecd-init options (`extra`, before `--`).
+fn instance_with(
+    etcd: &Etcd,
+    service: &str,
+    name: &str,
+    routes: &[&str],
+    drain: &str,
+    extra: &[&str],
+) -> Hecd {
     let mut cmd = Command::new(hecd_init());
+    cmd.args(extra);
     cmd.args([
         "--etcd",
         &etcd.url(),
@@ -47,7 +60,9 @@ fn instance(etcd: &Etcd, service: &str, name: &str, routes: &[&str], drain: &str
     listening_port(&h.expect_line("listening"));
     h.app_pid();
     let key = format!("/app/{service}/{name}");
-    let up = wait_until(Duration::from_secs(10), || etcd.get(&key).is_some());
+    let up = wait_until(Duration::from_secs(10), || {
+        etcd.get(&key).is_some() || etcd_as_root(etcd, &key).is_some()
+    });
     assert!(up, "{key} not registered:\n{}", h.stderr());
     h
 }
@@ -523,4 +538,69 @@ fn issue_17_a_restart_without_etcd_keeps_services_and_routes() {
     expect_served(&lb, "a.example.com", "/", &["a:a1"]);
     expect_served(&lb, "b.example.com", "/api/x", &["b:b1"]);
     assert!(get(lb.port, "b.example.com", "/").is_err());
+}
+
+/// `key`'s value read as etcd's root user (for clusters with auth on), if present.
+fn etcd_as_root(etcd: &Etcd, key: &str) -> Option<String> {
+    let out = etcd.etcdctl(&["--user", "root:rootpw", "get", "--print-value-only", key]);
+    let value = out.trim();
+    (!value.is_empty() && !value.contains("Error")).then(|| value.to_owned())
+}
+
+/// A declaration naming a service the balancer may not read (etcd refuses: no permission) is
+/// skipped with a warning; every other service is followed and served as usual.
+#[test]
+fn issue_17_a_service_the_balancer_cannot_read_does_not_stop_the_others() {
+    let etcd = Etcd::start();
+    etcd.enable_auth("rootpw");
+    for args in [
+        &["role", "add", "lb"][..],
+        &[
+            "role",
+            "grant-permission",
+            "--prefix=true",
+            "lb",
+            "readwrite",
+            "/hecd/",
+        ],
+        &[
+            "role",
+            "grant-permission",
+            "--prefix=true",
+            "lb",
+            "read",
+            "/app/servers/",
+        ],
+        &[
+            "role",
+            "grant-permission",
+            "--prefix=true",
+            "lb",
+            "read",
+            "/app/a/",
+        ],
+        &["user", "add", "lb:lbpw"],
+        &["user", "grant-role", "lb", "lb"],
+    ] {
+        let mut all = vec!["--user", "root:rootpw"];
+        all.extend_from_slice(args);
+        let out = etcd.etcdctl(&all);
+        assert!(!out.contains("Error"), "etcdctl {args:?}: {out}");
+    }
+    let lb = Lb::start_env(
+        &etcd.url(),
+        &["--etcd-user", "lb"],
+        &[("HECD_ETCD_PASSWORD", "lbpw")],
+    );
+    let root = ["--etcd-user", "root:rootpw"];
+    let _a1 = instance_with(&etcd, "a", "a1", &["a.example.com"], "2", &root);
+    let _b1 = instance_with(&etcd, "b", "b1", &["b.example.com"], "2", &root);
+    expect_served(&lb, "a.example.com", "/", &["a:a1"]);
+    lb.h.expect_stderr("cannot read /app/b/");
+    assert!(get(lb.port, "b.example.com", "/").is_err());
+    let (master, workers) = lb.workers();
+    // The watch goes on for everything else.
+    let _a2 = instance_with(&etcd, "a", "a2", &["a.example.com"], "2", &root);
+    expect_served(&lb, "a.example.com", "/", &["a:a1", "a:a2"]);
+    assert_eq!(lb.workers(), (master, workers), "HAProxy was reloaded");
 }

@@ -168,16 +168,18 @@ impl Follower {
         let routes = contract::routes_dir(&self.lb_prefix);
         let mut declarations = BTreeMap::new();
         let lb_prefix = self.lb_prefix.clone();
-        let revision = self.read_range(routes.as_bytes(), 0, |kv| {
-            if let Some(Change::Route {
-                prefix,
-                name,
-                declaration: Some(d),
-            }) = route_change(&lb_prefix, &kv.key, Some(&kv))
-            {
-                declarations.insert((prefix, name), d);
-            }
-        })?;
+        let revision = self
+            .read_range(routes.as_bytes(), 0, |kv| {
+                if let Some(Change::Route {
+                    prefix,
+                    name,
+                    declaration: Some(d),
+                }) = route_change(&lb_prefix, &kv.key, Some(&kv))
+                {
+                    declarations.insert((prefix, name), d);
+                }
+            })
+            .map_err(|e| e.to_string())?;
         // Over the limit: the services declared first (lowest revision) are followed.
         let mut first: BTreeMap<&str, i64> = BTreeMap::new();
         for ((p, _), d) in &declarations {
@@ -212,9 +214,21 @@ impl Follower {
         }
         let mut services = BTreeMap::new();
         for prefix in &prefixes {
-            let servers = self.read_service(prefix, revision)?.0;
-            services.insert(prefix.clone(), servers);
+            match self.read_service(prefix, revision) {
+                Ok((servers, _)) => {
+                    services.insert(prefix.clone(), servers);
+                }
+                Err(e @ EtcdError::Failed { .. }) if *prefix != self.prefix => {
+                    // etcd answered but refused (no read permission, say): that service is
+                    // not routed; the others are followed as usual.
+                    log::warn!("cannot read {prefix}/: {e}; its routes are not served");
+                    refused.insert(prefix.clone());
+                }
+                Err(e) => return Err(e.to_string()),
+            }
         }
+        prefixes.retain(|p| !refused.contains(p));
+        declarations.retain(|(p, _), _| prefixes.contains(p));
         let mut declared: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (p, n) in declarations.keys() {
             declared.entry(p.clone()).or_default().insert(n.clone());
@@ -239,7 +253,7 @@ impl Follower {
         &mut self,
         prefix: &str,
         revision: i64,
-    ) -> Result<(BTreeMap<String, Addr>, i64), String> {
+    ) -> Result<(BTreeMap<String, Addr>, i64), EtcdError> {
         let mut servers = BTreeMap::new();
         let key = format!("{prefix}/");
         let revision = self.read_range(key.as_bytes(), revision, |kv| {
@@ -262,7 +276,7 @@ impl Follower {
         key: &[u8],
         mut revision: i64,
         mut each: impl FnMut(Kv),
-    ) -> Result<i64, String> {
+    ) -> Result<i64, EtcdError> {
         let end = v3::prefix_end(key);
         let mut from = key.to_vec();
         let mut limit = PAGE;
@@ -296,8 +310,7 @@ impl Follower {
                     // One key over the limit on its own: learn its name and skip it.
                     let page = self
                         .client
-                        .range(&from, &end, revision, 1, true, deadline)
-                        .map_err(|e| e.to_string())?;
+                        .range(&from, &end, revision, 1, true, deadline)?;
                     let Some(kv) = page.kvs.into_iter().next() else {
                         return Ok(revision);
                     };
@@ -309,7 +322,7 @@ impl Follower {
                     from.push(0);
                     limit = PAGE;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -373,6 +386,9 @@ impl Follower {
                                             declaration,
                                         } = &change
                                         {
+                                            if w.refused.contains(prefix) {
+                                                continue;
+                                            }
                                             let new = declaration.is_some()
                                                 && !w.services.contains_key(prefix)
                                                 && !new_services.contains(prefix);
@@ -436,7 +452,25 @@ impl Follower {
             }
             let ended_early = opened.elapsed() < WATCH_LIFE / 2;
             for prefix in &new_services {
-                let (servers, revision) = self.read_service(prefix, 0)?;
+                let (servers, revision) = match self.read_service(prefix, 0) {
+                    Ok(read) => read,
+                    Err(e @ EtcdError::Failed { .. }) => {
+                        // etcd refused (no read permission, say): not routed, not asked again
+                        // until the next full read; the declarations already passed on go.
+                        log::warn!("cannot read {prefix}/: {e}; its routes are not served");
+                        w.refused.insert(prefix.clone());
+                        w.declared.remove(prefix);
+                        if self
+                            .tx
+                            .send(Input::Etcd(Update::Unfollow(prefix.clone())))
+                            .is_err()
+                        {
+                            return Ok(Ended::Shutdown);
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
                 log::info!(
                     "following {prefix}/: a route declaration names it; {} servers",
                     servers.len()
