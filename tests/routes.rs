@@ -620,3 +620,136 @@ fn issue_17_a_service_the_balancer_cannot_read_does_not_stop_the_others() {
     expect_served(&lb, "a.example.com", "/", &["a:a1", "a:a2"]);
     assert_eq!(lb.workers(), (master, workers), "HAProxy was reloaded");
 }
+
+/// An etcd look-alike that answers reads like etcd and sends `watch` (one line per message)
+/// on every watch stream; counts the watch streams opened.
+struct FakeEtcd {
+    port: u16,
+    watches: Arc<Mutex<u32>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeEtcd {
+    fn start(watch: &'static [&'static str]) -> FakeEtcd {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let watches = Arc::new(Mutex::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (w, s) = (watches.clone(), stop.clone());
+        thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((mut c, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let w = w.clone();
+                thread::spawn(move || {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // The head and as much body as its Content-Length says.
+                    loop {
+                        let Ok(n) = c.read(&mut buf) else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request);
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let length = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= length {
+                                break;
+                            }
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request);
+                    let path = text.split_whitespace().nth(1).unwrap_or("");
+                    let header =
+                        r#"{"cluster_id":"1","member_id":"2","revision":"5","raft_term":"2"}"#;
+                    let body = match path {
+                        "/version" => r#"{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}"#.to_owned(),
+                        "/v3/lease/grant" => format!(r#"{{"header":{header},"ID":"7","TTL":"5"}}"#),
+                        "/v3/lease/keepalive" => {
+                            format!(r#"{{"result":{{"header":{header},"ID":"7","TTL":"5"}}}}"#)
+                        }
+                        "/v3/watch" => {
+                            *w.lock().unwrap() += 1;
+                            let mut out = String::from(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+                            );
+                            for line in watch {
+                                out.push_str(line);
+                                out.push('\n');
+                            }
+                            let _ = c.write_all(out.as_bytes());
+                            return;
+                        }
+                        _ => format!(r#"{{"header":{header}}}"#),
+                    };
+                    let _ = write!(
+                        c,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        FakeEtcd {
+            port,
+            watches,
+            stop,
+        }
+    }
+}
+
+impl Drop for FakeEtcd {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A watch stream is peer input too: messages for a watch never asked for, or with a
+/// `watch_id` that is not a number, end that stream with a warning; hecd-haproxy keeps
+/// HAProxy serving, retries with backoff, and never panics.
+#[test]
+fn issue_17_a_hostile_watch_stream_is_an_error_not_a_crash() {
+    for (watch, want) in [
+        (
+            &[
+                r#"{"result":{"header":{"revision":"5"},"created":true}}"#,
+                r#"{"result":{"header":{"revision":"5"},"watch_id":"1","created":true}}"#,
+                r#"{"result":{"header":{"revision":"6"},"watch_id":"99","events":[]}}"#,
+            ][..],
+            "a message for watch 99, which was never asked for",
+        ),
+        (
+            &[r#"{"result":{"header":{"revision":"5"},"watch_id":"x","created":true}}"#][..],
+            "watch_id is not a number",
+        ),
+    ] {
+        let fake = FakeEtcd::start(watch);
+        let mut lb = Lb::start(&format!("http://127.0.0.1:{}", fake.port), &[]);
+        lb.h.expect_stderr(want);
+        let retried = wait_until(Duration::from_secs(10), || {
+            *fake.watches.lock().unwrap() >= 2
+        });
+        assert!(retried, "no second watch:\n{}", lb.h.stderr());
+        assert!(
+            lb.h.wait(Duration::ZERO).is_none(),
+            "hecd-haproxy ended:\n{}",
+            lb.h.stderr()
+        );
+        assert!(lb.admin("show info").is_some(), "HAProxy is gone");
+        assert!(!lb.h.stderr().contains("panicked"), "{}", lb.h.stderr());
+    }
+}

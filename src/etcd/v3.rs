@@ -202,7 +202,12 @@ pub fn parse_watch_tagged(line: &str) -> Result<(i64, WatchMessage), Fault> {
     let result = v.get("result").ok_or_else(|| {
         Fault::Malformed(format!("watch message without a result: {}", clip(line)))
     })?;
-    let id = int_field(result, "watch_id").unwrap_or(0);
+    // etcd leaves the id out for watch 0; anything there must be a number.
+    let id = match result.get("watch_id") {
+        None => 0,
+        Some(v) => json::int64(v)
+            .ok_or_else(|| Fault::Malformed(format!("watch_id is not a number: {}", clip(line))))?,
+    };
     parse_watch_result(result).map(|message| (id, message))
 }
 
@@ -508,6 +513,21 @@ mod tests {
                 ..
             })
         ));
+        // Several watches on one stream: each message says which (etcd omits 0).
+        let tagged = |line: &str| parse_watch_tagged(line).map(|(id, _)| id);
+        assert_eq!(tagged(r#"{"result":{"created":true}}"#), Ok(0));
+        assert_eq!(
+            tagged(r#"{"result":{"watch_id":"2","created":true}}"#),
+            Ok(2)
+        );
+        assert_eq!(tagged(r#"{"result":{"watch_id":-1,"events":[]}}"#), Ok(-1));
+        for bad in [
+            r#"{"result":{"watch_id":"x","created":true}}"#,
+            r#"{"result":{"watch_id":[1],"created":true}}"#,
+            r#"{"result":{"watch_id":"99999999999999999999","created":true}}"#,
+        ] {
+            assert!(tagged(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
