@@ -121,16 +121,34 @@ impl Lb {
             .collect()
     }
 
-    /// Waits until HAProxy has exactly `names`.
+    /// Waits until HAProxy has exactly `names`, none of them still in the maintenance a server
+    /// is added in (hecd-haproxy's `add server` is followed by `enable health` and `enable
+    /// server`: between them the server is listed but takes no request, and a load started
+    /// right then would see a 503).
     pub fn expect_servers(&self, names: &[&str], within: Duration) {
-        let want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        want.sort();
         let ok = wait_until(within, || {
-            self.servers().keys().cloned().collect::<Vec<_>>() == want
+            let state = self.admin("show servers state servers").unwrap_or_default();
+            let mut listed = Vec::new();
+            let mut enabled = true;
+            for l in state.lines().skip(2) {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (Some(name), Some(admin)) = (f.get(3), f.get(6)) else {
+                    continue;
+                };
+                listed.push(name.to_string());
+                // srv_admin_state bit 0x01: forced maintenance.
+                enabled &= admin.parse::<u32>().is_ok_and(|a| a & 1 == 0);
+            }
+            listed.sort();
+            listed == want && enabled
         });
         assert!(
             ok,
-            "HAProxy has {:?}, want {want:?}\n{}",
+            "HAProxy has {:?}, want {want:?}\n{:?}\n{}",
             self.servers(),
+            self.admin("show servers state servers"),
             self.h.stderr()
         );
     }
