@@ -95,11 +95,41 @@ pub fn safe_name(name: &str) -> String {
 }
 
 /// An advertised address: an IP address (IPv6 without brackets) and a port, written as etcd
-/// values are, `10.0.0.5:8080` or `[fd00::5]:8080` ([`parse_address`] reads that form back).
+/// values are, `10.0.0.5:8080` or `[fd00::5]:8080` ([`Address::parse`] reads that form back).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Address {
     pub host: String,
     pub port: u16,
+}
+
+impl Address {
+    /// Parses an advertised address as every balancer takes it: exactly `IPv4:PORT` or
+    /// `[IPv6]:PORT`, nothing else (no host names: HAProxy's runtime API moves a server only to an
+    /// IP address; no spaces, keywords or scheme).
+    pub fn parse(value: &str) -> Result<Address, String> {
+        let bad = || format!("value {value:?} is not IP:PORT (IPv6 as [ADDR]:PORT)");
+        let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+            let (v6, port) = rest.split_once("]:").ok_or_else(bad)?;
+            v6.parse::<Ipv6Addr>().map_err(|_| bad())?;
+            (v6, port)
+        } else {
+            let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+            host.parse::<Ipv4Addr>().map_err(|_| bad())?;
+            (host, port)
+        };
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.len() > 5 {
+            return Err(bad());
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(bad)?;
+        Ok(Address {
+            host: host.to_owned(),
+            port,
+        })
+    }
 }
 
 impl fmt::Display for Address {
@@ -110,34 +140,6 @@ impl fmt::Display for Address {
             write!(f, "{}:{}", self.host, self.port)
         }
     }
-}
-
-/// Parses an advertised address as every balancer takes it: exactly `IPv4:PORT` or
-/// `[IPv6]:PORT`, nothing else (no host names: HAProxy's runtime API moves a server only to an
-/// IP address; no spaces, keywords or scheme).
-pub fn parse_address(value: &str) -> Result<Address, String> {
-    let bad = || format!("value {value:?} is not IP:PORT (IPv6 as [ADDR]:PORT)");
-    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let (v6, port) = rest.split_once("]:").ok_or_else(bad)?;
-        v6.parse::<Ipv6Addr>().map_err(|_| bad())?;
-        (v6, port)
-    } else {
-        let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
-        host.parse::<Ipv4Addr>().map_err(|_| bad())?;
-        (host, port)
-    };
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.len() > 5 {
-        return Err(bad());
-    }
-    let port = port
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(bad)?;
-    Ok(Address {
-        host: host.to_owned(),
-        port,
-    })
 }
 
 /// `PREFIX/NAME`.
@@ -343,11 +345,11 @@ mod tests {
     #[test]
     fn addresses_are_exactly_ip_port() {
         assert_eq!(
-            parse_address("10.0.0.5:8080").unwrap().to_string(),
+            Address::parse("10.0.0.5:8080").unwrap().to_string(),
             "10.0.0.5:8080"
         );
         assert_eq!(
-            parse_address("[fd00::5]:80").unwrap().to_string(),
+            Address::parse("[fd00::5]:80").unwrap().to_string(),
             "[fd00::5]:80"
         );
         for bad in [
@@ -357,7 +359,7 @@ mod tests {
             "fd00::5:80",
             "[x]:80",
         ] {
-            assert!(parse_address(bad).is_err(), "{bad}");
+            assert!(Address::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -24,6 +24,20 @@ fn instance(etcd: &Etcd, service: &str, name: &str, routes: &[&str], drain: &str
     instance_with(etcd, service, name, routes, drain, &[])
 }
 
+/// [`instance`] for each of `names`, one after the other.
+fn instances(
+    etcd: &Etcd,
+    service: &str,
+    names: &[&str],
+    routes: &[&str],
+    drain: &str,
+) -> Vec<Hecd> {
+    names
+        .iter()
+        .map(|n| instance(etcd, service, n, routes, drain))
+        .collect()
+}
+
 /// [`instance`] with more hecd-init options (`extra`, before `--`).
 fn instance_with(
     etcd: &Etcd,
@@ -141,18 +155,9 @@ fn issue_17_three_services_route_by_host_and_path() {
     let stats = common::etcd::free_port();
     let lb = Lb::start(&etcd.url(), &["--stats", &format!("127.0.0.1:{stats}")]);
     let (master, workers) = lb.workers();
-    let _api: Vec<Hecd> = ["a1", "a2"]
-        .iter()
-        .map(|n| instance(&etcd, "api", n, &["api.example.com"], "2"))
-        .collect();
-    let _web: Vec<Hecd> = ["w1", "w2"]
-        .iter()
-        .map(|n| instance(&etcd, "web", n, &["www.example.com"], "2"))
-        .collect();
-    let _docs: Vec<Hecd> = ["d1", "d2"]
-        .iter()
-        .map(|n| instance(&etcd, "docs", n, &["www.example.com/docs"], "2"))
-        .collect();
+    let _api = instances(&etcd, "api", &["a1", "a2"], &["api.example.com"], "2");
+    let _web = instances(&etcd, "web", &["w1", "w2"], &["www.example.com"], "2");
+    let _docs = instances(&etcd, "docs", &["d1", "d2"], &["www.example.com/docs"], "2");
     expect_served(&lb, "api.example.com", "/", &["api:a1", "api:a2"]);
     expect_served(&lb, "www.example.com", "/", &["web:w1", "web:w2"]);
     expect_served(
@@ -250,14 +255,8 @@ fn issue_17_new_service_and_stop_under_load_fail_no_request_and_never_reload() {
     let etcd = Etcd::start();
     let lb = Lb::start(&etcd.url(), &[]);
     // Two services whose instances have the same names: confirmations must not mix them up.
-    let mut a: Vec<Hecd> = ["one", "two"]
-        .iter()
-        .map(|n| instance(&etcd, "a", n, &["a.example.com"], "10"))
-        .collect();
-    let _b: Vec<Hecd> = ["one", "two"]
-        .iter()
-        .map(|n| instance(&etcd, "b", n, &["b.example.com"], "10"))
-        .collect();
+    let mut a = instances(&etcd, "a", &["one", "two"], &["a.example.com"], "10");
+    let _b = instances(&etcd, "b", &["one", "two"], &["b.example.com"], "10");
     expect_served(&lb, "a.example.com", "/", &["a:one", "a:two"]);
     expect_served(&lb, "b.example.com", "/", &["b:one", "b:two"]);
     let (master, workers) = lb.workers();

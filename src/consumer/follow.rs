@@ -102,6 +102,48 @@ struct Watching {
     refused: BTreeSet<String>,
 }
 
+impl Watching {
+    /// Takes a declaration's change into account; false when it is not passed on (its service
+    /// was refused, or would be one over `max`). A declaration naming a service not followed
+    /// yet adds it to `new`.
+    fn admit(&mut self, change: &Change, new: &mut BTreeSet<String>, max: usize) -> bool {
+        let Change::Route {
+            prefix,
+            name,
+            declaration,
+        } = change
+        else {
+            return true;
+        };
+        if self.refused.contains(prefix) {
+            return false;
+        }
+        let unfollowed = !self.services.contains_key(prefix);
+        if declaration.is_some()
+            && unfollowed
+            && !new.contains(prefix)
+            && self.services.len() + new.len() >= max
+        {
+            if self.refused.insert(prefix.clone()) {
+                log::warn!(
+                    "not following {prefix}/: --max-services {max} services are followed already"
+                );
+            }
+            return false;
+        }
+        let names = self.declared.entry(prefix.clone()).or_default();
+        if declaration.is_some() {
+            names.insert(name.clone());
+            if unfollowed {
+                new.insert(prefix.clone());
+            }
+        } else {
+            names.remove(name);
+        }
+        true
+    }
+}
+
 /// Why a watch ended without failing.
 enum Ended {
     /// Read everything again (compacted, canceled).
@@ -135,7 +177,7 @@ impl Follower {
                     } else {
                         log::info!("read {what}");
                     }
-                    if self.tx.send(Input::Etcd(update)).is_err() {
+                    if !self.tell(update) {
                         return;
                     }
                     backoff.reset();
@@ -160,6 +202,11 @@ impl Follower {
             }
             std::thread::sleep(backoff.next_delay());
         }
+    }
+
+    /// Sends `update` to the main loop; false when the main loop is gone.
+    fn tell(&self, update: Update) -> bool {
+        self.tx.send(Input::Etcd(update)).is_ok()
     }
 
     /// Reads every declaration, then the servers of the default service and of every service
@@ -377,44 +424,12 @@ impl Follower {
                                     };
                                     if index == 0 {
                                         w.routes_next = w.routes_next.max(rev + 1);
-                                        let Some(change) = route_change(&lb_prefix, key, kv) else {
-                                            continue;
-                                        };
-                                        if let Change::Route {
-                                            prefix,
-                                            name,
-                                            declaration,
-                                        } = &change
+                                        let change = route_change(&lb_prefix, key, kv);
+                                        if let Some(change) = change
+                                            .filter(|c| w.admit(c, &mut new_services, max_services))
                                         {
-                                            if w.refused.contains(prefix) {
-                                                continue;
-                                            }
-                                            let new = declaration.is_some()
-                                                && !w.services.contains_key(prefix)
-                                                && !new_services.contains(prefix);
-                                            if new
-                                                && w.services.len() + new_services.len()
-                                                    >= max_services
-                                            {
-                                                if w.refused.insert(prefix.clone()) {
-                                                    log::warn!(
-                                                        "not following {prefix}/: --max-services {max_services} services are followed already"
-                                                    );
-                                                }
-                                                continue;
-                                            }
-                                            let names =
-                                                w.declared.entry(prefix.clone()).or_default();
-                                            if declaration.is_some() {
-                                                names.insert(name.clone());
-                                                if !w.services.contains_key(prefix) {
-                                                    new_services.insert(prefix.clone());
-                                                }
-                                            } else {
-                                                names.remove(name);
-                                            }
+                                            changes.push(change);
                                         }
-                                        changes.push(change);
                                     } else {
                                         let prefix = &prefixes[index - 1];
                                         if let Some(next) = w.services.get_mut(prefix) {
@@ -460,11 +475,7 @@ impl Follower {
                         log::warn!("cannot read {prefix}/: {e}; its routes are not served");
                         w.refused.insert(prefix.clone());
                         w.declared.remove(prefix);
-                        if self
-                            .tx
-                            .send(Input::Etcd(Update::Unfollow(prefix.clone())))
-                            .is_err()
-                        {
+                        if !self.tell(Update::Unfollow(prefix.clone())) {
                             return Ok(Ended::Shutdown);
                         }
                         continue;
@@ -475,11 +486,7 @@ impl Follower {
                     "following {prefix}/: a route declaration names it; {} servers",
                     servers.len()
                 );
-                if self
-                    .tx
-                    .send(Input::Etcd(Update::Service(prefix.clone(), servers)))
-                    .is_err()
-                {
+                if !self.tell(Update::Service(prefix.clone(), servers)) {
                     return Ok(Ended::Shutdown);
                 }
                 w.services.insert(prefix.clone(), revision + 1);
@@ -494,7 +501,7 @@ impl Follower {
                 log::info!("no longer following {prefix}/: no route declaration names it");
                 w.services.remove(&prefix);
                 w.declared.remove(&prefix);
-                if self.tx.send(Input::Etcd(Update::Unfollow(prefix))).is_err() {
+                if !self.tell(Update::Unfollow(prefix)) {
                     return Ok(Ended::Shutdown);
                 }
             }

@@ -135,11 +135,11 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         log::warn!(
             "no answer from etcd yet; starting HAProxy with the {servers} servers of the last config"
         );
-        balancer.adopt(backends.clone());
+        balancer.adopt(&backends);
         let keep_map = frontend.map_path().exists();
         written.write(
             &frontend,
-            &backends_or_layout(backends, &balancer),
+            &backends_or_layout(&backends, &balancer),
             (!keep_map).then(Default::default).as_ref(),
         );
     }
@@ -310,23 +310,19 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     }
 }
 
-/// A start without etcd: the backends of the last config file, or, without one, the empty
-/// layout.
+/// A start without etcd: every backend of the layout, those the last config file had with
+/// its servers.
 fn backends_or_layout(
-    backends: Vec<crate::haproxy::BackendConfig>,
+    backends: &[crate::haproxy::BackendConfig],
     balancer: &Balancer,
 ) -> Vec<crate::haproxy::BackendConfig> {
-    if backends.is_empty() {
-        balancer.layout(false)
-    } else {
-        let mut all = balancer.layout(false);
-        for b in &mut all {
-            if let Some(old) = backends.iter().find(|o| o.name == b.name) {
-                b.clone_from(old);
-            }
+    let mut all = balancer.layout(false);
+    for b in &mut all {
+        if let Some(old) = backends.iter().find(|o| o.name == b.name) {
+            b.clone_from(old);
         }
-        all
     }
+    all
 }
 
 /// Tells the announcer to withdraw this balancer and waits for it (bounded).

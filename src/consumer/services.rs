@@ -77,8 +77,6 @@ pub struct Balancer {
     pub needs_reload: Option<String>,
     /// The first snapshot arrived.
     pub synced: bool,
-    /// Runtime changes applied, for the log and the benchmarks.
-    pub applied: u64,
     /// `(prefix, name)` of servers whose key went and that HAProxy no longer has (drained and
     /// deleted, or never there): what this balancer confirms (confirmed drain).
     pub drained: Vec<(String, String)>,
@@ -114,7 +112,6 @@ impl Balancer {
             routes: BTreeMap::new(),
             needs_reload: None,
             synced: false,
-            applied: 0,
             drained: Vec::new(),
             conflicts: BTreeSet::new(),
         }
@@ -216,6 +213,11 @@ impl Balancer {
         });
     }
 
+    /// The names of the pool's backends: `pool-1` .. `pool-N`.
+    fn pool_backends(&self) -> impl Iterator<Item = String> + use<> {
+        (1..=self.pool).map(|i| format!("{POOL_PREFIX}{i}"))
+    }
+
     /// The pool backends no service holds.
     fn free_backends(&self) -> Vec<String> {
         let held: BTreeSet<&str> = self
@@ -223,8 +225,7 @@ impl Balancer {
             .values()
             .filter_map(|s| s.backend.as_deref())
             .collect();
-        (1..=self.pool)
-            .map(|i| format!("{POOL_PREFIX}{i}"))
+        self.pool_backends()
             .filter(|b| !held.contains(b.as_str()))
             .collect()
     }
@@ -343,7 +344,6 @@ impl Balancer {
                                 draining: None,
                             },
                         );
-                        self.applied += 1;
                         changed = true;
                     }
                     Err(e) => failures.push((format!("server {name} of {prefix}"), e)),
@@ -415,7 +415,6 @@ impl Balancer {
                 Ok(()) => {
                     log::info!("route {key} → {backend}");
                     self.routes.insert(key.clone(), backend.clone());
-                    self.applied += 1;
                     changed = true;
                 }
                 Err(e) => self.failed(&format!("route {key}"), e),
@@ -432,7 +431,6 @@ impl Balancer {
                 Ok(()) | Err(RuntimeError::Missing(_)) => {
                     log::info!("route {key} removed");
                     self.routes.remove(&key);
-                    self.applied += 1;
                     changed = true;
                 }
                 Err(e) => self.failed(&format!("route {key}"), e),
@@ -462,7 +460,6 @@ impl Balancer {
                             server.addr
                         );
                         server.draining = Some(now);
-                        self.applied += 1;
                         changed = true;
                     }
                     Err(RuntimeError::Missing(_)) => gone.push((prefix.clone(), name.clone())),
@@ -575,8 +572,7 @@ impl Balancer {
                 by_backend.insert(b, (prefix, s));
             }
         }
-        let names = std::iter::once(DEFAULT_BACKEND.to_owned())
-            .chain((1..=self.pool).map(|i| format!("{POOL_PREFIX}{i}")));
+        let names = std::iter::once(DEFAULT_BACKEND.to_owned()).chain(self.pool_backends());
         names
             .map(|name| {
                 let Some((prefix, s)) = by_backend.get(name.as_str()) else {
@@ -605,16 +601,16 @@ impl Balancer {
 
     /// Takes the backends of a config file written before (a start without etcd): their
     /// services and pool size, as what is wanted until etcd answers.
-    pub fn adopt(&mut self, backends: Vec<BackendConfig>) {
+    pub fn adopt(&mut self, backends: &[BackendConfig]) {
         let pool = backends
             .iter()
             .filter(|b| b.name.starts_with(POOL_PREFIX))
             .count();
         self.pool = self.pool.max(pool);
         for b in backends {
-            let Some(prefix) = b.service else { continue };
-            let s = self.services.entry(prefix).or_default();
-            s.backend = Some(b.name);
+            let Some(prefix) = &b.service else { continue };
+            let s = self.services.entry(prefix.clone()).or_default();
+            s.backend = Some(b.name.clone());
             s.followed = true;
         }
     }

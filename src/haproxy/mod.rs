@@ -22,15 +22,10 @@ pub const POOL_PREFIX: &str = "pool-";
 const MAX_ANSWER: u64 = 16 << 20;
 
 /// Where a server is: an IP address and a port; displayed as etcd values are written
-/// (`10.0.0.5:8080`, `[fd00::5]:8080`), parsed by [`crate::contract::parse_address`].
+/// (`10.0.0.5:8080`, `[fd00::5]:8080`), parsed by [`crate::contract::Address::parse`].
 pub use crate::contract::Address as Addr;
 
 impl Addr {
-    /// Parses an etcd value (see [`crate::contract::parse_address`]).
-    pub fn parse(value: &str) -> Result<Addr, String> {
-        crate::contract::parse_address(value)
-    }
-
     /// The address as HAProxy's config and `add server` take it: `ip:port`, IPv6 unbracketed
     /// (`fd00::5:8080`, which HAProxy splits at the last colon).
     pub fn haproxy(&self) -> String {
