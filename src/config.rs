@@ -27,7 +27,7 @@ pub const OPTIONS: &[OptSpec] = &[
         "etcd",
         "URL[,URL...]",
         "none: pure init",
-        "etcd client endpoints, http:// or https://; tried in turn",
+        "etcd client endpoints, http:// or https://; tried in an order drawn from --name (else the hostname)",
     ),
     opt(
         "etcd-api",

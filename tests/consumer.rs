@@ -216,8 +216,9 @@ fn issue_10_store_failures_never_blank_the_backend() {
     drop(lb);
 
     // With the real etcd and the hostile one: etcd down → the set stays; back → it follows.
-    let urls = format!("{},{}", etcd.url(), hostile.url());
-    let lb = Lb::start_in(&urls, &dir, &[]);
+    // The real one first: the balancer's id picks the endpoint it starts with.
+    let urls = common::endpoints_for("lb-mixed", &etcd.url(), &[&hostile.url()]);
+    let lb = Lb::start_in(&urls, &dir, &["--lb-id", "lb-mixed"]);
     lb.expect_servers(&["a", "b"], Duration::from_secs(5));
     etcd.kill();
     thread::sleep(Duration::from_secs(2));

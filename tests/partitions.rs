@@ -15,6 +15,9 @@ use common::{Hecd, TempDir, example, hecd_haproxy, hecd_init, key, start_command
 /// The lease TTL of the apps here (etcd's minimum).
 const TTL: u64 = 2;
 
+/// The balancer's `--lb-id`, which (like an app's `--name`) picks the member it starts on.
+const LB_ID: &str = "lb-netns";
+
 /// hecd-init on `host` registering the `privileges` example (serving on :8080) as `host`.
 fn start_app(net: &Net, host: &str, endpoints: &str) -> Hecd {
     start_named(net, host, host, 8080, endpoints)
@@ -51,7 +54,7 @@ fn start_lb(net: &Net, endpoints: &str) -> Lb {
         .arg(format!("{}:8080", net.ip("lb")))
         .arg("--dir")
         .arg(&tmp.0)
-        .args(["--check-inter", "200ms", "--lb-id", "lb-netns"]);
+        .args(["--check-inter", "200ms", "--lb-id", LB_ID]);
     let lb = Lb {
         h: start_command(cmd),
         dir: tmp.0.clone(),
@@ -87,7 +90,7 @@ struct Serving {
 fn serving(apps: &[&str]) -> Option<Serving> {
     let mut net = Net::new(&["e1", "e2", "e3", "lb", "a1", "a2"])?;
     let cluster = Cluster::start(&mut net, ["e1", "e2", "e3"]);
-    let lb = start_lb(&net, &cluster.endpoints_from("e1"));
+    let lb = start_lb(&net, &cluster.endpoints_for(LB_ID, "e1"));
     let started = apps
         .iter()
         .enumerate()
@@ -95,7 +98,7 @@ fn serving(apps: &[&str]) -> Option<Serving> {
             start_app(
                 &net,
                 app,
-                &cluster.endpoints_from(["e1", "e2", "e3"][i % 3]),
+                &cluster.endpoints_for(app, ["e1", "e2", "e3"][i % 3]),
             )
         })
         .collect();
@@ -125,12 +128,13 @@ fn issue_18_balancer_is_never_blind_with_a_leaderless_member_first() {
     };
     let cluster = Cluster::start(&mut net, ["e1", "e2", "e3"]);
     let healthy = cluster.endpoints_without("e1");
-    let mut a1 = start_app(&net, "a1", &cluster.endpoints_from("e2"));
+    let mut a1 = start_app(&net, "a1", &cluster.endpoints_for("a1", "e2"));
     let mut apps = Vec::new();
     let mut names = vec!["a1".to_owned()];
     for round in 0..rounds() {
         // The balancer's watch sits on e1, its first endpoint.
-        let lb = start_lb(&net, &cluster.endpoints_from("e1"));
+        let lb = start_lb(&net, &cluster.endpoints_for(LB_ID, "e1"));
+        lb.h.expect_stderr(&format!("{}: using the etcd v3 API", cluster.url("e1")));
         let want: Vec<&str> = names.iter().map(String::as_str).collect();
         lb.expect_servers(&want, Duration::from_secs(15));
 
@@ -184,10 +188,8 @@ fn issue_18_balancer_is_never_blind_with_a_leaderless_member_first() {
         }
         net.heal("e1", "e2");
         net.heal("e1", "e3");
-        let url = cluster.endpoints_from("e1");
-        let first = url.split(',').next().unwrap_or_default().to_owned();
         let rejoined = wait_until(Duration::from_secs(20), || {
-            cluster.get_at(&first, &key(&name)).is_some()
+            cluster.get_at(cluster.url("e1"), &key(&name)).is_some()
         });
         assert!(rejoined, "e1 did not rejoin its cluster");
     }
@@ -200,8 +202,8 @@ fn issue_18_an_instance_whose_first_endpoint_lost_its_leader_keeps_its_key() {
     };
     let cluster = Cluster::start(&mut net, ["e1", "e2", "e3"]);
     let healthy = cluster.endpoints_without("e1");
-    let lb = start_lb(&net, &cluster.endpoints_from("e2"));
-    let mut a1 = start_app(&net, "a1", &cluster.endpoints_from("e1"));
+    let lb = start_lb(&net, &cluster.endpoints_for(LB_ID, "e2"));
+    let mut a1 = start_app(&net, "a1", &cluster.endpoints_for("a1", "e1"));
     lb.expect_servers(&["a1"], Duration::from_secs(15));
     let present = || cluster.get_at(&healthy, &key("a1")).is_some();
     net.cut("e1", "e2");
@@ -270,7 +272,7 @@ fn issue_18_balancer_cut_from_etcd_keeps_serving_and_catches_up() {
     let Some(s) = serving(&["a1"]) else {
         return;
     };
-    let all = s.cluster.endpoints_from("e1");
+    let all = s.cluster.endpoints_for("a2", "e1");
 
     for e in ["e1", "e2", "e3"] {
         s.net.cut("lb", e);

@@ -49,7 +49,7 @@ impl Announcer {
     pub fn run(mut self) {
         let key = contract::lb_key(&self.lb_prefix, &self.lb_id);
         let keepalive = Duration::from_secs(ANNOUNCE_TTL) / 3;
-        let seed = u64::from(std::process::id()).rotate_left(17);
+        let seed = crate::etcd::jitter_seed(&self.lb_id).rotate_left(17);
         let mut backoff = Backoff::new(Duration::from_millis(200), keepalive, seed);
         let mut lease: Option<Lease> = None;
         let mut confirm_lease: Option<(Lease, Instant)> = None;

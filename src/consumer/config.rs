@@ -22,7 +22,7 @@ pub const OPTIONS: &[OptSpec] = &[
         "etcd",
         "URL[,URL...]",
         "required",
-        "etcd v3 client endpoints, http:// or https://; tried in turn",
+        "etcd v3 client endpoints, http:// or https://; tried in an order drawn from --lb-id",
     ),
     opt(
         "listen",

@@ -6,7 +6,7 @@
 //!
 //! etcd unreachable or answering garbage: nothing is sent (the backend keeps what it has), the
 //! outage is logged once with the endpoints and causes, and reads are retried with capped
-//! backoff and jitter, through the endpoints in turn.
+//! backoff and jitter, through the endpoints in the order `--lb-id` gives.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::Sender;
@@ -88,6 +88,8 @@ pub struct Follower {
     /// names a service beyond this is skipped with a warning, so hostile declarations cannot
     /// make hecd-haproxy watch, and HAProxy hold backends for, any number of prefixes.
     pub max_services: usize,
+    /// Seeds the retry jitter ([`crate::etcd::jitter_seed`] of `--lb-id`).
+    pub seed: u64,
     pub tx: Sender<Input>,
 }
 
@@ -155,8 +157,11 @@ enum Ended {
 impl Follower {
     /// Runs until the main loop is gone.
     pub fn run(mut self) {
-        let seed = u64::from(std::process::id()) ^ Instant::now().elapsed().as_nanos() as u64;
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), seed);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+            self.seed,
+        );
         let mut outage: Option<Instant> = None;
         loop {
             let failure = match self.read_everything() {

@@ -78,6 +78,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             &config.endpoints,
             crate::config::EtcdApi::Auto,
             config.access.credentials.clone(),
+            &config.lb_id,
         )
     };
     let follower = Follower {
@@ -85,6 +86,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         prefix: config.prefix.clone(),
         lb_prefix: config.lb_prefix.clone(),
         max_services: config.max_services,
+        seed: crate::etcd::jitter_seed(&config.lb_id),
         tx,
     };
     if let Err(e) = std::thread::Builder::new()

@@ -1,5 +1,7 @@
-//! The etcd client the registrar uses: endpoints tried in turn (starting from the last one
-//! that answered), the API chosen (`--etcd-api`, or `/version` for auto), v3 auth tokens
+//! The etcd client the registrar uses: endpoints tried in turn, in an order drawn from the
+//! instance's identity (so a fleet spreads over the members), starting with the last one that
+//! answered,
+//! the API chosen (`--etcd-api`, or `/version` for auto), v3 auth tokens
 //! fetched and renewed, and the three operations registration needs — register, keep alive,
 //! deregister — each bounded by a deadline. Capped exponential backoff with jitter lives here
 //! too. Blocking I/O: only the registrar thread calls it.
@@ -105,8 +107,68 @@ pub fn api_from_version(body: &str) -> Result<Api, Fault> {
     }
 }
 
+/// A stable 64-bit hash of an identity: FNV-1a, then splitmix64's finaliser so that names
+/// differing only in their last character land far apart. Not std's hasher, which is seeded
+/// anew in every process: the same name must give the same member after a restart.
+pub fn identity_hash(identity: &str) -> u64 {
+    mix(fnv1a(identity.as_bytes()))
+}
+
+/// 64-bit FNV-1a.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// splitmix64's finaliser: every input bit moves about half the output bits.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The order in which an instance or balancer named `identity` tries the `count` endpoints of
+/// its `--etcd` list (indices into it): a shuffle drawn from `identity_hash(identity)`. A fleet
+/// given the same list spreads over the members instead of piling onto the first; the
+/// instances of a member that fails spread over the others instead of all moving to the next
+/// one; and a restart lands where it was.
+pub fn endpoint_order(identity: &str, count: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..count).collect();
+    let mut state = identity_hash(identity);
+    // Fisher–Yates, with splitmix64's stream as the source.
+    for i in (1..count).rev() {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let bound = u64::try_from(i + 1).unwrap_or(u64::MAX);
+        let j = usize::try_from(mix(state) % bound).unwrap_or(0);
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The endpoint (index in the list of `count`) that `identity` talks to first.
+pub fn first_endpoint(identity: &str, count: usize) -> usize {
+    endpoint_order(identity, count)
+        .first()
+        .copied()
+        .unwrap_or(0)
+}
+
+/// A jitter seed of this process: its identity, pid and the wall clock's nanoseconds, mixed.
+/// Containers all run as pid 1 and may start in the same millisecond; their names differ.
+pub fn jitter_seed(identity: &str) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    mix(identity_hash(identity) ^ nanos ^ u64::from(std::process::id()).rotate_left(32))
+}
+
 /// Capped exponential backoff with jitter: each delay is drawn from the upper half of an
-/// exponentially growing window, so many instances restarting together spread out.
+/// exponentially growing window, so many instances restarting together spread out. Once at
+/// the cap, an instance retries every `cap/2` to `cap`, at a phase of its own: when etcd comes
+/// back, a fleet's first retries are spread over one `cap`, never bunched in one instant.
 #[derive(Debug)]
 pub struct Backoff {
     base: Duration,
@@ -121,7 +183,7 @@ impl Backoff {
             base,
             cap,
             attempt: 0,
-            seed: seed | 1,
+            seed: mix(seed) | 1,
         }
     }
 
@@ -185,15 +247,21 @@ enum Attempt<T> {
 }
 
 impl Client {
+    /// A client for `endpoints`, tried in the order [`endpoint_order`] gives `identity` (the
+    /// instance's `--name` or hostname, the balancer's `--lb-id`).
     pub fn new(
         http: Http,
         endpoints: &[Endpoint],
         api: EtcdApi,
         credentials: Option<Credentials>,
+        identity: &str,
     ) -> Self {
         Self {
             http,
-            endpoints: endpoints.iter().map(base_url).collect(),
+            endpoints: endpoint_order(identity, endpoints.len())
+                .into_iter()
+                .map(|i| base_url(&endpoints[i]))
+                .collect(),
             current: 0,
             wanted: api,
             api: match api {
@@ -763,6 +831,91 @@ mod tests {
         assert!(delays[9] >= Duration::from_secs(1), "{delays:?}");
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn first_endpoints_spread_a_fleet_and_stay_put() {
+        for members in [2, 3, 5] {
+            let mut on = vec![0usize; members];
+            for i in 0..1000 {
+                on[first_endpoint(&format!("web-{i}"), members)] += 1;
+            }
+            let mean = 1000 / members;
+            // A fair split: each member within 20 % of its share.
+            assert!(
+                on.iter().all(|n| n.abs_diff(mean) * 5 <= mean),
+                "{members} members: {on:?}"
+            );
+        }
+        // A failed member's instances spread over the others: of those that start on the
+        // first of three, about half go on to each of the other two.
+        let mut next = [0usize; 3];
+        for i in 0..3000 {
+            let order = endpoint_order(&format!("web-{i}"), 3);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2], "a permutation");
+            if order[0] == 0 {
+                next[order[1]] += 1;
+            }
+        }
+        assert_eq!(next[0], 0);
+        assert!(
+            next[1].abs_diff(next[2]) * 5 <= next[1] + next[2],
+            "{next:?}"
+        );
+        // The same name, the same member, in any process (no per-process seed).
+        assert_eq!(first_endpoint("web-7", 3), first_endpoint("web-7", 3));
+        // FNV-1a's published test vectors, and the finaliser fixed by a known value.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(identity_hash("web-7"), 3_749_664_545_934_666_742);
+        assert_eq!(first_endpoint("anything", 1), 0);
+        assert_eq!(first_endpoint("anything", 0), 0);
+    }
+
+    #[test]
+    fn jitter_seeds_of_same_moment_processes_differ_by_name() {
+        assert_ne!(jitter_seed("web-1"), jitter_seed("web-2"));
+        // Seeds one apart still give unrelated delays.
+        let first =
+            |seed| Backoff::new(Duration::from_secs(1), Duration::from_secs(1), seed).next_delay();
+        let delays: std::collections::BTreeSet<Duration> = (1..=20).map(first).collect();
+        assert!(delays.len() >= 15, "{delays:?}");
+    }
+
+    #[test]
+    fn a_fleet_retrying_through_an_outage_comes_back_spread_out() {
+        // 1000 instances (seeds as jitter_seed gives them) fail from t = 0 and retry with the
+        // registrar's backoff (200 ms doubling to a 3.3 s cap: --ttl 10) until etcd is back at
+        // t = 10 s; their first tries after that are spread over one cap, never at once.
+        let cap = Duration::from_millis(3333);
+        let back = Duration::from_secs(10);
+        let mut first = Vec::new();
+        for i in 0..1000 {
+            let mut b = Backoff::new(
+                Duration::from_millis(200),
+                cap,
+                jitter_seed(&format!("i{i}")),
+            );
+            let mut t = Duration::ZERO;
+            while t < back {
+                t += b.next_delay();
+            }
+            first.push(t - back);
+        }
+        assert!(first.iter().all(|d| *d <= cap), "all within one cap");
+        let mut per_100ms = std::collections::BTreeMap::<u128, usize>::new();
+        for d in &first {
+            *per_100ms.entry(d.as_millis() / 100).or_default() += 1;
+        }
+        // Uniform over about 2.5 s would put 40 in each 100 ms.
+        let busiest = per_100ms.values().max().copied().unwrap_or(0);
+        assert!(
+            busiest <= 80,
+            "{busiest} in the busiest 100 ms: {per_100ms:?}"
+        );
     }
 
     #[test]

@@ -119,11 +119,13 @@ pub fn start(plan: Plan, app_pid: i32, drain: Duration) -> io::Result<Handle> {
         wake: Arc::new(write),
     };
     let reg = &plan.registration;
+    let identity = identity(reg);
     let client = Client::new(
         Http::new(plan.tls.as_ref()),
         &reg.endpoints,
         reg.api,
         reg.credentials.clone(),
+        &identity,
     );
     let shared = Arc::new(Mutex::new(Shared {
         stopping: false,
@@ -157,6 +159,13 @@ pub fn start(plan: Plan, app_pid: i32, drain: Duration) -> io::Result<Handle> {
         news: news_rx,
         wake: read,
     })
+}
+
+/// What picks this instance's first etcd endpoint and seeds its jitter: `--name`, else the
+/// hostname (Docker's container id; a name found later through Docker comes too late for the
+/// client, which exists before discovery).
+fn identity(reg: &crate::config::Registration) -> String {
+    reg.name.clone().unwrap_or_else(crate::discovery::hostname)
 }
 
 /// Sends news and pokes the supervisor. Dropping one (a thread ended, even by a panic) pokes
@@ -268,11 +277,8 @@ impl Registrar {
     ) -> Self {
         let reg = plan.registration;
         let now = Instant::now();
-        // Jitter only needs instances started together to differ: pid and wall-clock nanos.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let seed = (u64::from(std::process::id()) << 32) ^ u64::from(nanos);
+        // Jitter only needs instances started together to differ.
+        let seed = crate::etcd::jitter_seed(&identity(&reg));
         let cap = (reg.ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(5));
         Self {
             client,

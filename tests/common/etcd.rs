@@ -243,6 +243,24 @@ impl Etcd {
         self.signal(libc::SIGKILL);
     }
 
+    /// The member's pid while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Kills the member and deletes its data: it starts again as a new, empty cluster.
+    pub fn wipe(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.data_dir()).expect("wipe data dir");
+    }
+
+    /// Starts a stopped member again without waiting for it: the members of a cluster must
+    /// all be started before any of them can elect a leader and become healthy.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "etcd {} is running", self.name);
+        self.spawn();
+    }
+
     /// Starts the member again, with its data, or with an empty data dir (`wipe`).
     pub fn restart(&mut self, wipe: bool) {
         self.stop();

@@ -542,3 +542,14 @@ pub fn now_ms() -> u128 {
         .map(|d| d.as_millis())
         .unwrap_or(0)
 }
+
+/// `urls` (comma-joined) arranged so that a program whose identity (hecd-init's `--name`,
+/// hecd-haproxy's `--lb-id`) is `identity` talks to `first` first: by the documented rule it
+/// tries the list in the order `hecd_init::etcd::endpoint_order(identity, count)`, so `first`
+/// goes where that order starts.
+pub fn endpoints_for(identity: &str, first: &str, others: &[&str]) -> String {
+    let mut urls: Vec<&str> = others.iter().copied().filter(|u| *u != first).collect();
+    let at = hecd_init::etcd::first_endpoint(identity, urls.len() + 1);
+    urls.insert(at, first);
+    urls.join(",")
+}

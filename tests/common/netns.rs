@@ -243,12 +243,17 @@ impl Cluster {
         cluster
     }
 
-    /// All client URLs, comma-separated, starting with the member on `first`.
-    pub fn endpoints_from(&self, first: &str) -> String {
-        let i = self.hosts.iter().position(|h| h == first).expect("member");
-        let mut urls = self.urls.clone();
-        urls.rotate_left(i);
-        urls.join(",")
+    /// The client URL of the member on `host`.
+    pub fn url(&self, host: &str) -> &str {
+        let i = self.hosts.iter().position(|h| h == host).expect("member");
+        &self.urls[i]
+    }
+
+    /// All client URLs, comma-separated, so that the program named `identity` (`--name`,
+    /// `--lb-id`) starts with the member on `first`.
+    pub fn endpoints_for(&self, identity: &str, first: &str) -> String {
+        let others: Vec<&str> = self.urls.iter().map(String::as_str).collect();
+        super::endpoints_for(identity, self.url(first), &others)
     }
 
     /// Client URLs of every member but `cut`.
