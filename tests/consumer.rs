@@ -123,6 +123,72 @@ fn issue_10_changes_under_load_fail_no_request_and_never_reload() {
     assert!(lb.config_servers()[2].starts_with("server e 127.0.0.1:"));
 }
 
+/// Issue 25: HAProxy's master killed by a real-time signal (40), then its worker SIGKILLed
+/// (which ends the master): each time hecd-haproxy starts HAProxy again with the same servers
+/// and says why; the fifth death within a minute makes it exit 1 with one line.
+#[test]
+fn issue_25_haproxy_is_started_again_whatever_ends_it() {
+    let etcd = Etcd::start();
+    let _a = instance(&etcd, "a");
+    let _b = instance(&etcd, "b");
+    let mut lb = Lb::start(&etcd.url(), &[]);
+    lb.expect_servers(&["a", "b"], Duration::from_secs(5));
+    // Started (a death while it starts is a failed start-up: exit 1).
+    lb.h.expect_stderr("HAProxy master pid");
+    let serves = |lb: &Lb| {
+        let mut seen: Vec<String> = (0..6).filter_map(|_| get(lb.port).ok()).collect();
+        seen.sort();
+        seen.dedup();
+        seen == ["a", "b"]
+    };
+    assert!(serves(&lb));
+    let mut deaths = 0;
+    let mut kill = |lb: &Lb, whom: &str, sig: i32| {
+        let (master, workers) = lb.workers();
+        let victim = if whom == "master" { master } else { workers[0] };
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(victim, sig) };
+        deaths += 1;
+        let started = Instant::now();
+        let back = wait_until(Duration::from_secs(10), || {
+            lb.h.stderr().matches("serves again").count() == deaths && serves(lb)
+        });
+        assert!(
+            back,
+            "not serving again after {whom} got {sig}:\n{}",
+            lb.h.stderr()
+        );
+        eprintln!(
+            "{whom} killed by {sig}: serving again {} ms later",
+            started.elapsed().as_millis()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        lb.expect_servers(&["a", "b"], Duration::from_secs(2));
+    };
+    kill(&lb, "master", 40);
+    // (Signal 40 is SIGRTMIN+6 with musl and glibc; qemu-user renumbers real-time signals.)
+    lb.h.expect_stderr("HAProxy's master was killed by SIG");
+    lb.h.expect_stderr("; starting it again (1 of 5 within 60 s)");
+    kill(&lb, "worker", libc::SIGKILL);
+    lb.h.expect_stderr("starting it again (2 of 5");
+    kill(&lb, "master", libc::SIGSEGV);
+    kill(&lb, "master", libc::SIGKILL);
+    assert_eq!(deaths, 4);
+    // The fifth within the minute: hecd-haproxy gives up, so its orchestrator starts it anew.
+    let (master, _) = lb.workers();
+    // SAFETY: as above.
+    unsafe { libc::kill(master, libc::SIGKILL) };
+    let status = lb.h.wait(Duration::from_secs(10)).and_then(|s| s.code());
+    let log = lb.h.stderr_final();
+    assert_eq!(status, Some(1), "{log}");
+    assert!(log.contains("5 times within 60 s; giving up"), "{log}");
+    assert!(!common::alive(master));
+}
+
 fn send(pid: i32, sig: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),

@@ -9,7 +9,8 @@
 //! HAProxy: it takes updates and signals from one channel, reconciles (`services`), finishes
 //! drains, rewrites the config, map and server-state files after each change, and reaps
 //! children. HAProxy is reloaded (SIGUSR2 to the master) only when the runtime API refused a
-//! change, when the pool of prepared backends is used up, or on SIGHUP.
+//! change, when the pool of prepared backends is used up, or on SIGHUP. A master that ends by
+//! itself is started again ([`crate::haproxy::process`]), up to five times a minute.
 
 pub mod announce;
 pub mod config;
@@ -17,15 +18,13 @@ pub mod follow;
 pub mod services;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
 
 use crate::etcd::Client;
+use crate::haproxy::process::{DEATH_WINDOW, Deaths, MAX_DEATHS, Process, Verdict};
 use crate::haproxy::{Frontend, Runtime, parse_config, render_map};
 use crate::http::Http;
 use config::Config;
@@ -149,7 +148,12 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         log::error!("{e}");
         return status::SETUP;
     }
-    if let Err(e) = check_config(&config.haproxy, &frontend.config_path()) {
+    let mut haproxy = Process::new(
+        &config.haproxy,
+        &frontend.config_path(),
+        &frontend.socket_path(),
+    );
+    if let Err(e) = haproxy.check() {
         log::error!("{e}");
         return status::SETUP;
     }
@@ -157,7 +161,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     if !frontend.state_path().exists() {
         let _ = write_atomic(&frontend.state_path(), "1\n");
     }
-    let master = match start_haproxy(&config.haproxy, &frontend) {
+    let master = match haproxy.start(&balancer.runtime) {
         Ok(pid) => pid,
         Err(e) => {
             log::error!("{e}");
@@ -173,11 +177,6 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             .filter(|s| s.backend.is_some())
             .count()
     );
-    if let Err(e) = wait_for_socket(&balancer.runtime, master) {
-        log::error!("{e}");
-        let _ = nix::sys::signal::kill(Pid::from_raw(master), Signal::SIGTERM);
-        return status::SETUP;
-    }
     if let Err(e) = balancer.load() {
         log::warn!("cannot read HAProxy's servers back: {e}");
     }
@@ -188,126 +187,220 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     {
         log::error!("cannot start the announcement thread: {e}; no drain confirmations");
     }
+    let mut main = Main {
+        frontend,
+        balancer,
+        haproxy,
+        written,
+        announce: announce_tx,
+        stopping: None,
+        reloads: 0,
+        dirty_since: None,
+        deaths: Deaths::default(),
+    };
+    main.run(&rx, early)
+}
 
-    // The stop signal passed on, and when: the master ignores signals until its own loop
-    // runs (right after start-up), so it is sent again each second until HAProxy ends.
-    let mut stopping: Option<(Signal, Instant)> = None;
-    let mut reloads = 0u64;
-    // Since when the files lag behind HAProxy.
-    let mut dirty_since: Option<Instant> = None;
-    let mut pending: Vec<Input> = early;
-    loop {
-        let wait = if balancer.draining() || stopping.is_some() || dirty_since.is_some() {
-            DRAIN_POLL
-        } else {
-            Duration::from_secs(1)
-        };
-        let input = match pending.pop() {
-            Some(i) => Some(i),
-            None => match rx.recv_timeout(wait) {
-                Ok(i) => Some(i),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    log::error!("the etcd and signal threads are gone");
-                    return status::SETUP;
-                }
-            },
-        };
-        let mut reload = None;
-        match input {
-            Some(Input::Etcd(update)) if stopping.is_none() => {
-                balancer.update(update);
-                // Take every update already queued before touching HAProxy.
-                while let Ok(next) = rx.try_recv() {
-                    match next {
-                        Input::Etcd(u) => balancer.update(u),
-                        other => {
-                            pending.push(other);
-                            break;
+/// The main loop's state: it alone talks to HAProxy.
+struct Main {
+    frontend: Frontend,
+    balancer: Balancer,
+    haproxy: Process,
+    written: Files,
+    announce: mpsc::Sender<announce::Message>,
+    /// The stop signal passed on, and when: the master ignores signals until its own loop
+    /// runs (right after start-up), so it is sent again each second until HAProxy ends.
+    stopping: Option<(Signal, Instant)>,
+    reloads: u64,
+    /// Since when the files lag behind HAProxy.
+    dirty_since: Option<Instant>,
+    deaths: Deaths,
+}
+
+impl Main {
+    /// Takes inputs until a stop or a failure; returns the exit status.
+    fn run(&mut self, rx: &mpsc::Receiver<Input>, mut pending: Vec<Input>) -> u8 {
+        loop {
+            let busy =
+                self.balancer.draining() || self.stopping.is_some() || self.dirty_since.is_some();
+            let wait = if busy {
+                DRAIN_POLL
+            } else {
+                Duration::from_secs(1)
+            };
+            let input = match pending.pop() {
+                Some(i) => Some(i),
+                None => match rx.recv_timeout(wait) {
+                    Ok(i) => Some(i),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        log::error!("the etcd and signal threads are gone");
+                        return status::SETUP;
+                    }
+                },
+            };
+            let mut reload = None;
+            match input {
+                Some(Input::Etcd(update)) if self.stopping.is_none() => {
+                    self.balancer.update(update);
+                    // Take every update already queued before touching HAProxy.
+                    while let Ok(next) = rx.try_recv() {
+                        match next {
+                            Input::Etcd(u) => self.balancer.update(u),
+                            other => {
+                                pending.push(other);
+                                break;
+                            }
                         }
                     }
                 }
+                Some(Input::Etcd(_)) => {}
+                Some(Input::Signal(sig @ (Signal::SIGTERM | Signal::SIGINT))) => self.stop(sig),
+                Some(Input::Signal(Signal::SIGHUP)) => reload = Some("SIGHUP".to_owned()),
+                // SIGCHLD, or a quiet second: a master that ended is seen either way.
+                Some(Input::Signal(_)) | None => {}
             }
-            Some(Input::Etcd(_)) => {}
-            Some(Input::Signal(Signal::SIGCHLD)) => {
-                if let Some(code) = reap(master) {
-                    if stopping.is_some() {
-                        log::info!("HAProxy stopped");
-                        return status::OK;
-                    }
-                    log::error!("HAProxy's master ended by itself (status {code})");
-                    return code;
+            if let Some(status) = self.watch_master() {
+                return status;
+            }
+            if let Some((to, sent)) = &mut self.stopping {
+                if sent.elapsed() >= Duration::from_secs(1) {
+                    self.haproxy.signal(*to as i32);
+                    *sent = Instant::now();
+                }
+                continue;
+            }
+            self.apply(reload);
+        }
+    }
+
+    /// On a stop signal: the first withdraws the announcement, then stops HAProxy softly
+    /// (workers finish their connections); a second stops it at once.
+    fn stop(&mut self, sig: Signal) {
+        let (to, how) = if self.stopping.is_some() {
+            (Signal::SIGTERM, "now")
+        } else {
+            withdraw(&self.announce);
+            (Signal::SIGUSR1, "gracefully")
+        };
+        log::info!("{sig}: stopping HAProxy {how}");
+        self.stopping = Some((to, Instant::now()));
+        self.haproxy.signal(to as i32);
+    }
+
+    /// Reaps; when the master has ended: after a stop, the exit status; else HAProxy is
+    /// started again from what etcd wants, or, the fifth time within a minute, hecd-haproxy
+    /// gives up (status 1) so that its orchestrator starts it anew.
+    fn watch_master(&mut self) -> Option<u8> {
+        let ended = self.haproxy.reap()?;
+        if self.stopping.is_some() {
+            log::info!("HAProxy stopped");
+            return Some(status::OK);
+        }
+        let mut why = crate::supervisor::reap::describe(ended);
+        loop {
+            let window = DEATH_WINDOW.as_secs();
+            match self.deaths.record(Instant::now()) {
+                Verdict::GiveUp => {
+                    log::error!(
+                        "HAProxy's master {why}: {MAX_DEATHS} times within {window} s; giving up"
+                    );
+                    return Some(status::SETUP);
+                }
+                Verdict::Restart(n) => log::error!(
+                    "HAProxy's master {why}; starting it again ({n} of {MAX_DEATHS} within {window} s)"
+                ),
+            }
+            match self.restart() {
+                Ok(pid) => {
+                    log::info!("HAProxy master pid {pid} serves again");
+                    return None;
+                }
+                Err(e) => {
+                    // A start that failed counts as another death.
+                    why = format!("did not start again ({e})");
+                    std::thread::sleep(Duration::from_millis(200));
                 }
             }
-            Some(Input::Signal(sig @ (Signal::SIGTERM | Signal::SIGINT))) => {
-                // First: withdraw the announcement, then a soft stop (workers finish their
-                // connections); second: at once.
-                let (to, how) = if stopping.is_some() {
-                    (Signal::SIGTERM, "now")
-                } else {
-                    withdraw(&announce_tx);
-                    (Signal::SIGUSR1, "gracefully")
-                };
-                log::info!("{sig}: stopping HAProxy {how}");
-                stopping = Some((to, Instant::now()));
-                let _ = nix::sys::signal::kill(Pid::from_raw(master), to);
-            }
-            Some(Input::Signal(Signal::SIGHUP)) => reload = Some("SIGHUP".to_owned()),
-            Some(Input::Signal(_)) | None => {}
         }
-        if let Some((to, sent)) = &mut stopping {
-            if sent.elapsed() >= Duration::from_secs(1) {
-                let _ = nix::sys::signal::kill(Pid::from_raw(master), *to);
-                *sent = Instant::now();
-            }
-            continue;
+    }
+
+    /// Writes the files from what etcd wants (when known), checks them and starts HAProxy;
+    /// then reads back what it has.
+    fn restart(&mut self) -> Result<i32, String> {
+        self.write_wanted();
+        if let Some(e) = self.written.error.take() {
+            return Err(e);
         }
-        let mut changed = balancer.reconcile();
-        changed |= balancer.finish_drains();
-        for (prefix, name) in balancer.drained.drain(..) {
-            let _ = announce_tx.send(announce::Message::Drained(prefix, name));
+        self.haproxy.check()?;
+        let pid = self.haproxy.start(&self.balancer.runtime)?;
+        if let Err(e) = self.balancer.load() {
+            log::warn!("cannot read HAProxy's servers back: {e}");
         }
-        if let Some(why) = balancer.needs_reload.take() {
+        self.dirty_since = None;
+        Ok(pid)
+    }
+
+    /// The config and map for a reload or a restart: what etcd wants, once it has answered.
+    fn write_wanted(&mut self) {
+        let b = &mut self.balancer;
+        let layout = b.layout(b.synced);
+        let routes = if b.synced {
+            b.wanted_routes()
+        } else {
+            b.routes.clone()
+        };
+        self.written.write(&self.frontend, &layout, Some(&routes));
+    }
+
+    /// Makes HAProxy equal to what is wanted: through the runtime API, or by a reload when it
+    /// refused or one was asked for; the files follow within FILE_DELAY.
+    fn apply(&mut self, mut reload: Option<String>) {
+        let mut changed = self.balancer.reconcile();
+        changed |= self.balancer.finish_drains();
+        for (prefix, name) in self.balancer.drained.drain(..) {
+            let _ = self.announce.send(announce::Message::Drained(prefix, name));
+        }
+        if let Some(why) = self.balancer.needs_reload.take() {
             reload = Some(why);
         }
         if let Some(why) = reload {
-            reloads += 1;
-            log::warn!("reloading HAProxy ({reloads} so far): {why}");
-            // The config is what etcd wants, when it is known.
-            let layout = balancer.layout(balancer.synced);
-            let routes = if balancer.synced {
-                balancer.wanted_routes()
-            } else {
-                balancer.routes.clone()
-            };
-            written.write(&frontend, &layout, Some(&routes));
-            let checked = match written.error.take() {
-                Some(e) => Err(e),
-                None => check_config(&config.haproxy, &frontend.config_path()),
-            };
-            match checked {
-                Ok(()) => {
-                    save_state(&balancer.runtime, &frontend);
-                    let _ = nix::sys::signal::kill(Pid::from_raw(master), Signal::SIGUSR2);
-                    if let Err(e) = wait_for_reload(&mut balancer) {
-                        log::warn!("after the reload: {e}");
-                    }
-                }
-                Err(e) => log::error!("not reloading: {e}"),
-            }
-            continue;
+            self.reload(&why);
+            return;
         }
         // The files follow HAProxy within FILE_DELAY: a burst of changes is one write.
-        if changed && dirty_since.is_none() {
-            dirty_since = Some(Instant::now());
+        if changed && self.dirty_since.is_none() {
+            self.dirty_since = Some(Instant::now());
         }
-        if dirty_since.is_some_and(|t| t.elapsed() >= FILE_DELAY) {
-            written.write(&frontend, &balancer.layout(false), Some(&balancer.routes));
-            if let Some(e) = written.error.take() {
+        if self.dirty_since.is_some_and(|t| t.elapsed() >= FILE_DELAY) {
+            let layout = self.balancer.layout(false);
+            self.written
+                .write(&self.frontend, &layout, Some(&self.balancer.routes));
+            if let Some(e) = self.written.error.take() {
                 log::error!("{e}");
             }
-            save_state(&balancer.runtime, &frontend);
-            dirty_since = None;
+            save_state(&self.balancer.runtime, &self.frontend);
+            self.dirty_since = None;
+        }
+    }
+
+    fn reload(&mut self, why: &str) {
+        self.reloads += 1;
+        log::warn!("reloading HAProxy ({} so far): {why}", self.reloads);
+        self.write_wanted();
+        let checked = match self.written.error.take() {
+            Some(e) => Err(e),
+            None => self.haproxy.check(),
+        };
+        match checked {
+            Ok(()) => {
+                save_state(&self.balancer.runtime, &self.frontend);
+                self.haproxy.signal(libc::SIGUSR2);
+                if let Err(e) = wait_for_reload(&mut self.balancer) {
+                    log::warn!("after the reload: {e}");
+                }
+            }
+            Err(e) => log::error!("not reloading: {e}"),
         }
     }
 }
@@ -399,23 +492,6 @@ fn spawn_signal_thread(tx: mpsc::Sender<Input>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reaps every child that ended; returns the master's exit status if it was one of them.
-fn reap(master: i32) -> Option<u8> {
-    let mut master_status = None;
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == master => {
-                master_status = Some(u8::try_from(code).unwrap_or(1));
-            }
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == master => {
-                master_status = Some(128u8.saturating_add(sig as u8));
-            }
-            Ok(WaitStatus::StillAlive) | Err(_) => return master_status,
-            Ok(_) => {}
-        }
-    }
-}
-
 fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)
@@ -432,96 +508,6 @@ fn save_state(runtime: &Runtime, frontend: &Frontend) {
             }
         }
         Err(e) => log::warn!("cannot save the server states: {e}"),
-    }
-}
-
-/// The variables that carry etcd credentials. HAProxy never gets them: its admin socket's
-/// `show env`, a Lua script or a `${VAR}` in a config would hand them to whoever reads those.
-pub const SECRET_VARIABLES: &[&str] = &[
-    "HECD_ETCD_PASSWORD",
-    "HECD_ETCD_USER",
-    "HECD_ETCD_PASSWORD_FILE",
-];
-
-/// `command` with the etcd credential variables removed from its environment.
-fn without_secrets(mut command: Command) -> Command {
-    for name in SECRET_VARIABLES {
-        command.env_remove(name);
-    }
-    command
-}
-
-/// `haproxy -c`: the config must be valid before HAProxy gets it.
-fn check_config(haproxy: &Path, config: &Path) -> Result<(), String> {
-    let out = without_secrets(Command::new(haproxy))
-        .args(["-c", "-f"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", haproxy.display()))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let text = String::from_utf8_lossy(&out.stderr);
-    // HAProxy's reason is in its [ALERT] lines; its [NOTICE] lines only say which HAProxy.
-    let alerts: Vec<&str> = text.lines().filter(|l| l.contains("[ALERT]")).collect();
-    let lines: Vec<&str> = if alerts.is_empty() {
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .take(5)
-            .collect()
-    } else {
-        alerts.into_iter().take(3).collect()
-    };
-    Err(format!(
-        "{} -c rejects {}: {}",
-        haproxy.display(),
-        config.display(),
-        lines.join(" / ")
-    ))
-}
-
-/// Starts the HAProxy master (`-W`, in the foreground, its own process group so a terminal's
-/// Ctrl-C reaches hecd-haproxy, which passes it on; SIGTERM when hecd-haproxy dies). Its
-/// stdout and stderr are ours.
-fn start_haproxy(haproxy: &Path, frontend: &Frontend) -> Result<i32, String> {
-    use std::os::unix::process::CommandExt;
-    let _ = std::fs::remove_file(frontend.socket_path());
-    let mut command = without_secrets(Command::new(haproxy));
-    command
-        .arg("-W")
-        .arg("-f")
-        .arg(frontend.config_path())
-        .stdin(Stdio::null())
-        .process_group(0);
-    // SIGKILLed (or crashed), hecd-haproxy takes HAProxy with it: SIGTERM to the master, which
-    // stops its workers; nothing is left serving a backend that no one keeps up to date.
-    crate::sys::die_with_parent(&mut command, libc::SIGTERM);
-    let child = command
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", haproxy.display()))?;
-    // Reaped by `reap` on SIGCHLD, not through `Child`.
-    i32::try_from(child.id()).map_err(|_| "HAProxy's pid is out of range".to_owned())
-}
-
-/// Waits (bounded) until the worker answers on the admin socket.
-fn wait_for_socket(runtime: &Runtime, master: i32) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match runtime.command("show info") {
-            Ok(answer) if answer.contains("Pid:") => return Ok(()),
-            _ if Instant::now() > deadline => {
-                return Err(format!(
-                    "HAProxy (master pid {master}) did not open its admin socket within 10 s"
-                ));
-            }
-            _ => {
-                if let Some(code) = reap(master) {
-                    return Err(format!("HAProxy exited at start (status {code})"));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
     }
 }
 

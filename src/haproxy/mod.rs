@@ -4,6 +4,8 @@
 //! the parsers of the runtime API's answers. Nothing read from etcd reaches HAProxy without
 //! passing the checks of [`crate::contract`].
 
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
