@@ -353,16 +353,30 @@ fn io_error(e: io::Error) -> HttpError {
 }
 
 impl Http {
+    /// A client with the same settings and an agent (and connection pool) of its own, so
+    /// that [`Http::shutdown`] ends only what runs on it. Not for [`Http::unix`] clients.
+    pub fn detached(&self) -> Http {
+        Self {
+            agent: self.agent.config().new_agent(),
+        }
+    }
+
+    /// Closes every connection of this client and its clones, interrupting a read in
+    /// progress on another thread (it fails at once); later requests fail.
+    pub fn shutdown(&self) {
+        self.agent.clone().shutdown();
+    }
+
     /// Sends a POST whose answer is a stream: the head must arrive within `timeout`, the
-    /// stream then lasts at most `life` (a read blocks no longer than that), after which reads
-    /// fail with [`HttpError::Timeout`]: the caller opens a new one.
+    /// stream then lasts at most `life` (a read blocks no longer than that; `None`: as long as
+    /// the server keeps it open), after which reads fail with [`HttpError::Timeout`].
     pub fn stream(
         &self,
         url: &str,
         headers: &[(&str, &str)],
         body: &str,
         timeout: Duration,
-        life: Duration,
+        life: Option<Duration>,
     ) -> Result<Stream, HttpError> {
         let mut builder = Request::builder().method("POST").uri(url);
         for (name, value) in headers {
@@ -387,7 +401,7 @@ impl Http {
             .timeout_send_request(Some(timeout))
             .timeout_send_body(Some(timeout))
             .timeout_recv_response(Some(timeout))
-            .timeout_recv_body(Some(life))
+            .timeout_recv_body(life)
             .build();
         let response = self.agent.run(request)?;
         let status = response.status().as_u16();

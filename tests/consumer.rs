@@ -10,7 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::etcd::Etcd;
+use common::etcd::{Etcd, metric_sum};
 use common::hostile::{Hostile, all_malformed};
 use common::lb::{Lb, Load};
 use common::{Hecd, TempDir, start_command, start_registered, wait_until};
@@ -187,6 +187,58 @@ fn issue_25_haproxy_is_started_again_whatever_ends_it() {
     assert_eq!(status, Some(1), "{log}");
     assert!(log.contains("5 times within 60 s; giving up"), "{log}");
     assert!(!common::alive(master));
+}
+
+/// Issue 25: while nothing changes, nothing is re-created: over 10 s with 20 declared services
+/// followed, etcd starts no watch stream and keeps the same watchers, and the balancer's only
+/// regular request is its one-a-second leader probe. A change after that is still served.
+#[test]
+fn issue_25_no_watch_is_re_created_while_nothing_changes() {
+    let etcd = Etcd::start();
+    for i in 0..20 {
+        etcd.put(&format!("/app/svc{i}/one"), "127.0.0.1:9");
+        etcd.put(
+            &format!("/hecd/routes/app/svc{i}/one"),
+            &format!("svc{i}.example.com"),
+        );
+    }
+    let lb = Lb::start(&etcd.url(), &[]);
+    let routed = wait_until(Duration::from_secs(10), || {
+        lb.admin(&format!("show map {}", lb.dir.join("routes.map").display()))
+            .is_some_and(|m| m.lines().filter(|l| l.contains("pool-")).count() == 20)
+    });
+    assert!(routed, "{}", lb.h.stderr());
+    thread::sleep(Duration::from_secs(2));
+    let watch = "grpc_server_started_total{grpc_method=\"Watch\"";
+    let status = "grpc_server_started_total{grpc_method=\"Status\"";
+    let before = common::etcd::metrics_on(etcd.port);
+    thread::sleep(Duration::from_secs(10));
+    let after = common::etcd::metrics_on(etcd.port);
+    let delta = |m: &str| metric_sum(&after, m) - metric_sum(&before, m);
+    eprintln!(
+        "over 10 s: {} watch streams started, {} status probes, watchers {} → {}",
+        delta(watch),
+        delta(status),
+        metric_sum(&before, "etcd_debugging_mvcc_watcher_total"),
+        metric_sum(&after, "etcd_debugging_mvcc_watcher_total")
+    );
+    assert_eq!(
+        delta(watch),
+        0.0,
+        "watch streams re-created while nothing changed"
+    );
+    assert_eq!(
+        metric_sum(&before, "etcd_debugging_mvcc_watcher_total"),
+        metric_sum(&after, "etcd_debugging_mvcc_watcher_total")
+    );
+    assert!((5.0..=15.0).contains(&delta(status)), "{}", delta(status));
+    // Still following: a new server of a service is served.
+    etcd.put("/app/svc3/two", "127.0.0.1:10");
+    let added = wait_until(Duration::from_secs(5), || {
+        lb.admin("show servers state")
+            .is_some_and(|s| s.contains(" two 127.0.0.1 "))
+    });
+    assert!(added, "{}", lb.h.stderr());
 }
 
 fn send(pid: i32, sig: i32) {

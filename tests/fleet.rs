@@ -13,8 +13,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -22,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::etcd::{Etcd, b64encode, call_on};
+use common::etcd::{Etcd, b64encode, call_on, metric_sum, metrics_on};
 use common::{TempDir, all_pids, hecd_init, stat, wait_until};
 
 /// Where the fleet registers.
@@ -246,33 +244,16 @@ fn cpu_ticks(pid: i32) -> u64 {
     stat(pid).map_or(0, |s| s.utime + s.stime)
 }
 
-/// A GET of `path` on 127.0.0.1:`port`, the body as text.
-fn get_text(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_owned())
-}
-
 /// (every gRPC request started, LeaseGrants started) on a member, from its /metrics: the JSON
 /// gateway hecd-init talks to goes through etcd's gRPC server, so each call counts once.
 fn requests(port: u16) -> Option<(f64, f64)> {
-    let text = get_text(port, "/metrics")?;
-    let mut all = 0.0;
-    let mut grants = 0.0;
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("grpc_server_started_total{"))
-    {
-        let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
-        all += v;
-        if line.contains("grpc_method=\"LeaseGrant\"") {
-            grants += v;
-        }
-    }
-    Some((all, grants))
+    let text = metrics_on(port);
+    let all = metric_sum(&text, "grpc_server_started_total{");
+    let grants = metric_sum(
+        &text,
+        "grpc_server_started_total{grpc_method=\"LeaseGrant\"",
+    );
+    (!text.is_empty()).then_some((all, grants))
 }
 
 fn requests_of(members: &[Etcd]) -> (f64, f64) {

@@ -63,17 +63,11 @@ pub enum Change {
 /// Keys per range page. A page over the HTTP body limit (1 MiB) is read again in halves.
 const PAGE: u32 = 256;
 
-/// A watch stream is replaced after this long, without losing events: the new watch starts
-/// from the next revision. It bounds how long a member can hold the watch while it sees no
-/// changes: a member cut off from the rest of its cluster keeps the stream open and silent
-/// until it notices it has no leader (one to two election timeouts) and then, since every
-/// stream is opened requiring a leader, etcd cancels it about three election timeouts later.
-/// Opening the next stream on it fails at once ("no leader"), so with a one-second life a
-/// cut-off member costs at most its own election timeout plus a second (issue 18). It costs
-/// one watch request a second, and a hung member that keeps the connection open is left
-/// within that second too.
-const WATCH_LIFE: Duration = Duration::from_secs(1);
-
+/// The watch stream is not renewed on a timer: it lives as long as etcd keeps it open, so
+/// while nothing changes nothing is re-created, whatever the number of services (a renewal
+/// re-creates every watch, and each new watch from a past revision costs etcd a catch-up).
+/// A new service ends it (the next stream carries one watch more); a member that stops
+/// serving is noticed by the probe ([`super::probe`]).
 /// Deadline of each etcd call (range page, opening a watch).
 const CALL: Duration = Duration::from_secs(5);
 
@@ -90,21 +84,121 @@ pub struct Follower {
     pub max_services: usize,
     /// Seeds the retry jitter ([`crate::etcd::jitter_seed`] of `--lb-id`).
     pub seed: u64,
+    /// Keeps an eye on the member the watch stream is on.
+    pub probe: super::probe::Probe,
     pub tx: Sender<Input>,
 }
 
 /// Where the watches are: each followed prefix with the revision its watch goes on from.
+#[derive(Debug, Default)]
 struct Watching {
+    /// `--prefix` (always followed), `--lb-prefix` and `--max-services`.
+    default: String,
+    lb_prefix: String,
+    max_services: usize,
+    /// The prefixes of the open stream's service watches, in order (watch 0 is the
+    /// declarations'; watch `i` is `stream[i - 1]`'s).
+    stream: Vec<String>,
     routes_next: i64,
     /// prefix → next revision.
     services: BTreeMap<String, i64>,
     /// prefix → names with a valid declaration.
     declared: BTreeMap<String, BTreeSet<String>>,
-    /// Services refused for [`MAX_SERVICES`], warned about once.
+    /// Services refused for `--max-services`, warned about once.
     refused: BTreeSet<String>,
 }
 
+/// What one message of the watch stream means ([`Watching::take`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Taken {
+    /// To pass on to the main loop, in order.
+    changes: Vec<Change>,
+    /// Services that no declaration names any more: no longer followed.
+    unfollowed: Vec<String>,
+    /// Services a declaration names that are not followed yet: the stream must end, so they
+    /// are read and watched.
+    new_services: BTreeSet<String>,
+    /// etcd ended a watch (compacted, canceled): read everything again.
+    reread: Option<String>,
+}
+
 impl Watching {
+    /// The stream to open: the declarations and every followed service, each from the
+    /// revision it goes on from, as owned `(key, end, start revision)`.
+    fn specs(&mut self, routes_key: &[u8]) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
+        self.stream = self.services.keys().cloned().collect();
+        let mut specs = vec![(
+            routes_key.to_vec(),
+            v3::prefix_end(routes_key),
+            self.routes_next,
+        )];
+        for p in &self.stream {
+            let k = format!("{p}/").into_bytes();
+            let e = v3::prefix_end(&k);
+            specs.push((k, e, self.services[p]));
+        }
+        specs
+    }
+
+    /// Takes one message of watch `index` of the open stream into account: the revisions each
+    /// watch goes on from, the declarations and the services followed. Touches nothing but
+    /// itself: the caller sends the changes and reads new services.
+    fn take(&mut self, index: usize, message: WatchMessage) -> Taken {
+        let mut taken = Taken::default();
+        let events = match message {
+            WatchMessage::Created => return taken,
+            WatchMessage::Canceled {
+                compact_revision,
+                reason,
+            } => {
+                taken.reread = Some(match compact_revision {
+                    Some(r) => format!("a watched revision was compacted (oldest left: {r})"),
+                    None => format!("etcd canceled a watch ({reason})"),
+                });
+                return taken;
+            }
+            WatchMessage::Events(events) => events,
+        };
+        for event in events {
+            let (key, rev, kv) = match &event {
+                Event::Put(kv) => (&kv.key, kv.mod_revision, Some(kv)),
+                Event::Delete(k, rev) => (k, *rev, None),
+            };
+            if index == 0 {
+                self.routes_next = self.routes_next.max(rev + 1);
+                let max = self.max_services;
+                if let Some(change) = route_change(&self.lb_prefix, key, kv)
+                    .filter(|c| self.admit(c, &mut taken.new_services, max))
+                {
+                    taken.changes.push(change);
+                }
+            } else if let Some(prefix) = self.stream.get(index - 1) {
+                // A service no longer followed still has its watch on this stream: skip it.
+                let Some(next) = self.services.get_mut(prefix) else {
+                    continue;
+                };
+                *next = (*next).max(rev + 1);
+                let value = kv.map(|kv| kv.value.as_slice());
+                taken.changes.extend(server_change(prefix, key, value));
+            }
+        }
+        // A service whose last declaration went is dropped now; its watch stays on this
+        // stream (unread) until the next one is opened.
+        let dropped: Vec<String> = self
+            .services
+            .keys()
+            .filter(|p| **p != self.default && self.declared.get(*p).is_none_or(BTreeSet::is_empty))
+            .cloned()
+            .collect();
+        for prefix in dropped {
+            self.declared.remove(&prefix);
+            if self.services.remove(&prefix).is_some() {
+                taken.unfollowed.push(prefix);
+            }
+        }
+        taken
+    }
+
     /// Takes a declaration's change into account; false when it is not passed on (its service
     /// was refused, or would be one over `max`). A declaration naming a service not followed
     /// yet adds it to `new`.
@@ -286,6 +380,10 @@ impl Follower {
             declared.entry(p.clone()).or_default().insert(n.clone());
         }
         let watching = Watching {
+            default: self.prefix.clone(),
+            lb_prefix: self.lb_prefix.clone(),
+            max_services: self.max_services,
+            stream: Vec::new(),
             routes_next: revision + 1,
             services: prefixes.into_iter().map(|p| (p, revision + 1)).collect(),
             declared,
@@ -379,98 +477,61 @@ impl Follower {
         }
     }
 
-    /// Watches the declarations and every followed service on one stream, renewed every
-    /// [`WATCH_LIFE`] from where each watch got. A declaration naming a service not followed
-    /// yet ends the stream at once: that service is read whole and watched from the revision
-    /// read. A service no declaration names any more is dropped at the next renewal.
+    /// Watches the declarations and every followed service on one stream, for as long as
+    /// etcd keeps it open. A declaration naming a service not followed yet ends the stream:
+    /// that service is read whole, and the next stream watches it from the revision read.
     fn watch(&mut self, mut w: Watching) -> Result<Ended, String> {
         let routes_key = contract::routes_dir(&self.lb_prefix).into_bytes();
-        let routes_end = v3::prefix_end(&routes_key);
         loop {
-            let prefixes: Vec<String> = w.services.keys().cloned().collect();
-            let keys: Vec<(Vec<u8>, Vec<u8>)> = prefixes
+            let specs = w.specs(&routes_key);
+            let refs: Vec<(&[u8], &[u8], i64)> = specs
                 .iter()
-                .map(|p| {
-                    let k = format!("{p}/").into_bytes();
-                    let e = v3::prefix_end(&k);
-                    (k, e)
-                })
+                .map(|(k, e, r)| (k.as_slice(), e.as_slice(), *r))
                 .collect();
-            let mut specs: Vec<(&[u8], &[u8], i64)> =
-                vec![(&routes_key, &routes_end, w.routes_next)];
-            for (p, (k, e)) in prefixes.iter().zip(&keys) {
-                specs.push((k, e, w.services[p]));
+            let mut watch = self
+                .client
+                .open_watch(&refs, None, Instant::now() + CALL)
+                .map_err(|e| e.to_string())?;
+            self.probe.watching(&watch);
+            let endpoint = watch.endpoint().to_owned();
+            let mut outcome: Option<Result<Ended, String>> = None;
+            let mut new_services = BTreeSet::new();
+            for item in &mut watch {
+                let taken = match item {
+                    Ok((index, message)) => w.take(index, message),
+                    Err(e) => {
+                        outcome = Some(Err(e.to_string()));
+                        break;
+                    }
+                };
+                let sent = taken.changes.is_empty() || self.tell(Update::Changes(taken.changes));
+                let sent = sent
+                    && taken.unfollowed.into_iter().all(|p| {
+                        log::info!("no longer following {p}/: no route declaration names it");
+                        self.tell(Update::Unfollow(p))
+                    });
+                if !sent {
+                    outcome = Some(Ok(Ended::Shutdown));
+                } else if let Some(why) = taken.reread {
+                    outcome = Some(Ok(Ended::Reread(why)));
+                } else if !taken.new_services.is_empty() {
+                    new_services = taken.new_services;
+                } else {
+                    continue;
+                }
+                break;
             }
-            let opened = Instant::now();
-            let mut created = 0;
-            let mut reread: Option<String> = None;
-            let mut sent = true;
-            let mut new_services: BTreeSet<String> = BTreeSet::new();
-            let lb_prefix = self.lb_prefix.clone();
-            let max_services = self.max_services;
-            let tx = self.tx.clone();
-            let result =
-                self.client
-                    .watch_many(
-                        &specs,
-                        WATCH_LIFE,
-                        opened + CALL,
-                        |index, message| match message {
-                            WatchMessage::Created => {
-                                created += 1;
-                                true
-                            }
-                            WatchMessage::Events(events) => {
-                                let mut changes = Vec::new();
-                                for event in events {
-                                    let (key, rev, kv) = match &event {
-                                        Event::Put(kv) => (&kv.key, kv.mod_revision, Some(kv)),
-                                        Event::Delete(k, rev) => (k, *rev, None),
-                                    };
-                                    if index == 0 {
-                                        w.routes_next = w.routes_next.max(rev + 1);
-                                        let change = route_change(&lb_prefix, key, kv);
-                                        if let Some(change) = change
-                                            .filter(|c| w.admit(c, &mut new_services, max_services))
-                                        {
-                                            changes.push(change);
-                                        }
-                                    } else {
-                                        let prefix = &prefixes[index - 1];
-                                        if let Some(next) = w.services.get_mut(prefix) {
-                                            *next = (*next).max(rev + 1);
-                                        }
-                                        let value = kv.map(|kv| kv.value.as_slice());
-                                        changes.extend(server_change(prefix, key, value));
-                                    }
-                                }
-                                if !changes.is_empty() {
-                                    sent = tx.send(Input::Etcd(Update::Changes(changes))).is_ok();
-                                }
-                                sent && new_services.is_empty()
-                            }
-                            WatchMessage::Canceled {
-                                compact_revision,
-                                reason,
-                            } => {
-                                reread = Some(match compact_revision {
-                                    Some(r) => format!(
-                                        "a watched revision was compacted (oldest left: {r})"
-                                    ),
-                                    None => format!("etcd canceled a watch ({reason})"),
-                                });
-                                false
-                            }
-                        },
-                    );
-            if !sent {
-                return Ok(Ended::Shutdown);
+            if let Some(why) = self.probe.done() {
+                watch.leave();
+                outcome = Some(Err(why));
             }
-            result.map_err(|e| e.to_string())?;
-            if let Some(why) = reread {
-                return Ok(Ended::Reread(why));
+            self.client.finish_watch(watch);
+            if let Some(outcome) = outcome {
+                return outcome;
             }
-            let ended_early = opened.elapsed() < WATCH_LIFE / 2;
+            if new_services.is_empty() {
+                return Err(format!("{endpoint} ended the watch stream"));
+            }
             for prefix in &new_services {
                 let (servers, revision) = match self.read_service(prefix, 0) {
                     Ok(read) => read,
@@ -495,34 +556,6 @@ impl Follower {
                     return Ok(Ended::Shutdown);
                 }
                 w.services.insert(prefix.clone(), revision + 1);
-            }
-            let unfollowed: Vec<String> = w
-                .services
-                .keys()
-                .filter(|p| **p != self.prefix && w.declared.get(*p).is_none_or(BTreeSet::is_empty))
-                .cloned()
-                .collect();
-            for prefix in unfollowed {
-                log::info!("no longer following {prefix}/: no route declaration names it");
-                w.services.remove(&prefix);
-                w.declared.remove(&prefix);
-                if !self.tell(Update::Unfollow(prefix)) {
-                    return Ok(Ended::Shutdown);
-                }
-            }
-            if !new_services.is_empty() {
-                continue;
-            }
-            if created < specs.len() {
-                return Err("the watch stream ended before etcd confirmed every watch".into());
-            }
-            // A stream that ends well before its life is a member going away (or something
-            // that is not etcd): read again, through the backoff of a failure.
-            if ended_early {
-                return Err(format!(
-                    "the watch stream ended after {} ms",
-                    opened.elapsed().as_millis()
-                ));
             }
         }
     }
@@ -593,6 +626,135 @@ fn route_change(lb_prefix: &str, key: &[u8], kv: Option<&Kv>) -> Option<Change> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put(key: &str, value: &str, revision: i64) -> Event {
+        Event::Put(Kv {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            mod_revision: revision,
+            create_revision: revision,
+        })
+    }
+
+    fn delete(key: &str, revision: i64) -> Event {
+        Event::Delete(key.as_bytes().to_vec(), revision)
+    }
+
+    /// Following the default service and /app/api (declared by api-1), at revision 10.
+    fn watching() -> Watching {
+        let mut w = Watching {
+            default: "/app/servers".into(),
+            lb_prefix: "/hecd".into(),
+            max_services: 3,
+            routes_next: 11,
+            services: [("/app/servers".into(), 11), ("/app/api".into(), 11)].into(),
+            declared: [("/app/api".into(), ["api-1".into()].into())].into(),
+            ..Watching::default()
+        };
+        w.specs(b"/hecd/routes/");
+        w
+    }
+
+    #[test]
+    fn the_stream_watches_the_declarations_then_each_service_from_its_revision() {
+        let mut w = watching();
+        w.services.insert("/app/api".into(), 15);
+        let specs = w.specs(b"/hecd/routes/");
+        let keys: Vec<(&[u8], i64)> = specs.iter().map(|(k, _, r)| (k.as_slice(), *r)).collect();
+        assert_eq!(
+            keys,
+            [
+                (&b"/hecd/routes/"[..], 11),
+                (b"/app/api/", 15),
+                (b"/app/servers/", 11)
+            ]
+        );
+        assert_eq!(specs[1].1, b"/app/api0");
+        assert_eq!(w.stream, ["/app/api", "/app/servers"]);
+    }
+
+    #[test]
+    fn server_events_become_changes_and_move_the_revision_on() {
+        let mut w = watching();
+        let taken = w.take(
+            2,
+            WatchMessage::Events(vec![
+                put("/app/servers/a", "10.0.0.1:80", 12),
+                delete("/app/servers/b", 13),
+                put("/app/servers/bad name", "10.0.0.1:80", 14),
+            ]),
+        );
+        let server = |name: &str, addr: Option<&str>| Change::Server {
+            prefix: "/app/servers".into(),
+            name: name.into(),
+            addr: addr.map(|a| Addr::parse(a).unwrap()),
+        };
+        assert_eq!(
+            taken.changes,
+            [server("a", Some("10.0.0.1:80")), server("b", None)]
+        );
+        assert_eq!(w.services["/app/servers"], 15);
+        assert_eq!(w.services["/app/api"], 11, "another watch's revision stays");
+        assert!(taken.new_services.is_empty() && taken.unfollowed.is_empty());
+        assert_eq!(w.take(1, WatchMessage::Created), Taken::default());
+    }
+
+    #[test]
+    fn a_declaration_of_a_new_service_ends_the_stream_and_the_last_one_gone_unfollows() {
+        let mut w = watching();
+        let taken = w.take(
+            0,
+            WatchMessage::Events(vec![put("/hecd/routes/app/web/w-1", "www.example.com", 20)]),
+        );
+        assert_eq!(taken.new_services, ["/app/web".to_owned()].into());
+        assert_eq!(taken.changes.len(), 1);
+        assert_eq!(w.routes_next, 21);
+        // A fourth service is over --max-services 3 (default, api, web): refused, not passed on.
+        w.services.insert("/app/web".into(), 21);
+        let taken = w.take(
+            0,
+            WatchMessage::Events(vec![put("/hecd/routes/app/db/d-1", "db.example.com", 22)]),
+        );
+        assert!(taken.changes.is_empty() && taken.new_services.is_empty());
+        assert!(w.refused.contains("/app/db"));
+        // api's only declaration goes: no longer followed; later events of its watch (still on
+        // this stream) are skipped.
+        let taken = w.take(
+            0,
+            WatchMessage::Events(vec![delete("/hecd/routes/app/api/api-1", 23)]),
+        );
+        assert_eq!(taken.unfollowed, ["/app/api".to_owned()]);
+        assert!(!w.services.contains_key("/app/api"));
+        let api = w.stream.iter().position(|p| p == "/app/api").unwrap() + 1;
+        let taken = w.take(
+            api,
+            WatchMessage::Events(vec![put("/app/api/api-1", "10.0.0.9:80", 24)]),
+        );
+        assert_eq!(taken, Taken::default());
+        // The default service is never unfollowed, declared or not.
+        assert!(w.services.contains_key("/app/servers"));
+    }
+
+    #[test]
+    fn a_canceled_watch_means_reading_everything_again() {
+        let mut w = watching();
+        let taken = w.take(
+            1,
+            WatchMessage::Canceled {
+                compact_revision: Some(40),
+                reason: String::new(),
+            },
+        );
+        assert!(taken.reread.unwrap().contains("oldest left: 40"));
+        let taken = w.take(
+            1,
+            WatchMessage::Canceled {
+                compact_revision: None,
+                reason: "permission denied".into(),
+            },
+        );
+        assert!(taken.reread.unwrap().contains("permission denied"));
+    }
 
     #[test]
     fn changes_are_validated() {

@@ -15,6 +15,7 @@
 pub mod announce;
 pub mod config;
 pub mod follow;
+pub mod probe;
 pub mod services;
 
 use std::path::Path;
@@ -86,6 +87,13 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         lb_prefix: config.lb_prefix.clone(),
         max_services: config.max_services,
         seed: crate::etcd::jitter_seed(&config.lb_id),
+        probe: match probe::Probe::start(client()) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("cannot start the probe thread: {e}");
+                return status::SETUP;
+            }
+        },
         tx,
     };
     if let Err(e) = std::thread::Builder::new()

@@ -241,9 +241,121 @@ enum Attempt<T> {
     Next(String),
     /// Stop: the answer holds for the whole cluster.
     Stop(EtcdError),
-    /// Stop, and start the next operation with the next endpoint: this member cannot serve
-    /// (it lost its leader in the middle of a watch).
-    Elsewhere(EtcdError),
+}
+
+/// Why a watch ended, for [`Client::finish_watch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WatchEnd {
+    /// The member stopped serving (lost its leader) or was left: go elsewhere.
+    Elsewhere,
+    /// etcd rejected the auth token: fetch another.
+    BadToken,
+}
+
+/// An open watch stream ([`Client::open_watch`]): iterate for its messages, each with the
+/// index (in the list it was opened with) of the watch it is for. The iteration ends when the
+/// stream ends or its life is over; a stream that breaks, sends garbage or an error message
+/// gives one error, and ends.
+pub struct Watch {
+    stream: crate::http::Stream,
+    /// The first line, read to see the stream open.
+    pending: Option<String>,
+    endpoint: String,
+    prefix: &'static str,
+    count: usize,
+    /// The stream's own agent, for [`Watch::canceller`].
+    http: Http,
+    ended: Option<WatchEnd>,
+}
+
+/// Ends a [`Watch`] from another thread: its read fails at once.
+#[derive(Clone)]
+pub struct Canceller(Http);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.shutdown();
+    }
+}
+
+impl Watch {
+    /// The base URL of the member the stream is on.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The v3 gateway prefix in use (for [`Client::probe`]).
+    pub fn api_prefix(&self) -> &'static str {
+        self.prefix
+    }
+
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.http.clone())
+    }
+
+    /// Marks the member left (a canceled stream, a member without a leader): the next call
+    /// of the client it goes back to starts elsewhere.
+    pub fn leave(&mut self) {
+        self.ended = Some(WatchEnd::Elsewhere);
+    }
+
+    fn failed(&self, cause: String) -> EtcdError {
+        EtcdError::Failed {
+            endpoint: self.endpoint.clone(),
+            cause,
+        }
+    }
+}
+
+impl Iterator for Watch {
+    type Item = Result<(usize, v3::WatchMessage), EtcdError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let line = match self.pending.take() {
+            Some(line) => line,
+            None => match self.stream.next_line(MAX_WATCH_LINE) {
+                Ok(Some(line)) => line,
+                Ok(None) => return None,
+                // The stream's life is over: not a failure.
+                Err(HttpError::Timeout) => return None,
+                Err(e) => {
+                    self.ended = Some(WatchEnd::Elsewhere);
+                    return Some(Err(self.failed(format!("watch stream: {e}"))));
+                }
+            },
+        };
+        match v3::parse_watch_tagged(&line) {
+            Ok((id, message)) => match usize::try_from(id).ok().filter(|i| *i < self.count) {
+                Some(index) => Some(Ok((index, message))),
+                None => {
+                    self.ended = Some(WatchEnd::Elsewhere);
+                    Some(Err(self.failed(format!(
+                        "watch stream: a message for watch {id}, which was never asked for"
+                    ))))
+                }
+            },
+            Err(Fault::Unavailable(cause)) => {
+                // Lost its leader (the stream was opened requiring one): what comes next is
+                // watched from another member.
+                self.ended = Some(WatchEnd::Elsewhere);
+                Some(Err(EtcdError::Unavailable {
+                    endpoint: self.endpoint.clone(),
+                    cause,
+                }))
+            }
+            Err(fault) => {
+                self.ended = Some(if matches!(fault, Fault::BadToken(_)) {
+                    WatchEnd::BadToken
+                } else {
+                    WatchEnd::Elsewhere
+                });
+                Some(Err(self.failed(format!("watch stream: {fault:?}"))))
+            }
+        }
+    }
 }
 
 impl Client {
@@ -437,66 +549,47 @@ impl Client {
         })
     }
 
-    /// Watches `[key, end)` from `start_revision` (v3 only): opens the stream on the first
-    /// endpoint that takes it (within `deadline`), then hands each message to `on_message`
-    /// until the stream ends, `life` passes (`Ok`: open another from where it got), or
-    /// `on_message` returns false. A stream that breaks or sends garbage is an error; so is an
-    /// error message from etcd.
-    pub fn watch(
-        &mut self,
-        key: &[u8],
-        end: &[u8],
-        start_revision: i64,
-        life: Duration,
-        deadline: Instant,
-        mut on_message: impl FnMut(v3::WatchMessage) -> bool,
-    ) -> Result<(), EtcdError> {
-        self.watch_many(
-            &[(key, end, start_revision)],
-            life,
-            deadline,
-            |_, message| on_message(message),
-        )
-    }
-
-    /// [`Client::watch`] for several ranges on one stream: `on_message` gets the index in
-    /// `watches` of the watch each message is for.
-    pub fn watch_many(
+    /// Opens one watch stream carrying every `(key, end, start_revision)` of `watches` (v3
+    /// only), on the first endpoint that takes it within `deadline`, over an HTTP agent of its
+    /// own (so [`Watch::canceller`] can end it from another thread without touching this
+    /// client's other requests). The stream lasts `life`, or as long as etcd keeps it open
+    /// (`None`). Loop over the [`Watch`] for its messages; hand it back with
+    /// [`Client::finish_watch`] when done.
+    pub fn open_watch(
         &mut self,
         watches: &[(&[u8], &[u8], i64)],
-        life: Duration,
+        life: Option<Duration>,
         deadline: Instant,
-        mut on_message: impl FnMut(usize, v3::WatchMessage) -> bool,
-    ) -> Result<(), EtcdError> {
+    ) -> Result<Watch, EtcdError> {
         let body = v3::watch_many(watches);
         self.each_endpoint(deadline, |c, base, t| {
             let Some(Api::V3(prefix)) = c.api else {
                 return Attempt::Stop(not_v3(base));
             };
-            let failed = |cause: String| {
-                Attempt::Stop(EtcdError::Failed {
-                    endpoint: base.to_owned(),
-                    cause,
-                })
-            };
             let url = format!("{base}{prefix}{}", v3::WATCH);
             // Open, authenticating first; a rejected (expired) token once more after
             // authenticating again, as for the other calls.
             let mut tries = 0;
-            let (mut stream, first) = loop {
+            loop {
                 if c.credentials.is_some() && c.token.is_none() {
                     match c.authenticate(base, prefix, t) {
                         Ok(token) => c.token = Some(token),
                         Err(a) => return a,
                     }
                 }
-                let mut stream = match c.http.stream(&url, &c.v3_headers(), &body, t, life) {
+                let http = c.http.detached();
+                let mut stream = match http.stream(&url, &c.v3_headers(), &body, t, life) {
                     Ok(s) => s,
                     Err(e) => return Attempt::Next(e.to_string()),
                 };
                 let first = match stream.next_line(MAX_WATCH_LINE) {
                     Ok(Some(line)) => line,
-                    Ok(None) => return failed("the watch stream ended at once".into()),
+                    Ok(None) => {
+                        return Attempt::Stop(EtcdError::Failed {
+                            endpoint: base.to_owned(),
+                            cause: "the watch stream ended at once".into(),
+                        });
+                    }
                     Err(e) => return Attempt::Next(format!("watch stream: {e}")),
                 };
                 let fault = if stream.status == 200 {
@@ -515,50 +608,61 @@ impl Client {
                         tries += 1;
                     }
                     Some(f) if stream.status != 200 => return fault_attempt(base, f),
-                    _ => break (stream, first),
-                }
-            };
-            let mut pending = Some(first);
-            loop {
-                let line = match pending.take() {
-                    Some(line) => line,
-                    None => match stream.next_line(MAX_WATCH_LINE) {
-                        Ok(Some(line)) => line,
-                        Ok(None) => return Attempt::Done(()),
-                        // The stream's life is over: not a failure.
-                        Err(HttpError::Timeout) => return Attempt::Done(()),
-                        Err(e) => return failed(format!("watch stream: {e}")),
-                    },
-                };
-                match v3::parse_watch_tagged(&line) {
-                    Ok((id, message)) => {
-                        let Some(index) = usize::try_from(id).ok().filter(|i| *i < watches.len())
-                        else {
-                            return failed(format!(
-                                "watch stream: a message for watch {id}, which was never asked for"
-                            ));
-                        };
-                        if !on_message(index, message) {
-                            return Attempt::Done(());
-                        }
-                    }
-                    Err(Fault::Unavailable(cause)) => {
-                        // Lost its leader (the stream was opened requiring one): what comes
-                        // next is watched from another member.
-                        return Attempt::Elsewhere(EtcdError::Unavailable {
+                    _ => {
+                        return Attempt::Done(Watch {
+                            stream,
+                            pending: Some(first),
                             endpoint: base.to_owned(),
-                            cause,
+                            prefix,
+                            count: watches.len(),
+                            http,
+                            ended: None,
                         });
-                    }
-                    Err(fault) => {
-                        if matches!(fault, Fault::BadToken(_)) {
-                            c.token = None;
-                        }
-                        return failed(format!("watch stream: {fault:?}"));
                     }
                 }
             }
         })
+    }
+
+    /// Takes back a watch that is over: the next call starts with the next endpoint when its
+    /// member stopped serving (lost its leader, or was left for another reason), and a token
+    /// etcd rejected is fetched again.
+    pub fn finish_watch(&mut self, watch: Watch) {
+        match watch.ended {
+            Some(WatchEnd::Elsewhere) => self.move_past(&watch.endpoint),
+            Some(WatchEnd::BadToken) => self.token = None,
+            None => {}
+        }
+    }
+
+    /// The next call starts with the endpoint after `endpoint` (in this client's order).
+    pub fn move_past(&mut self, endpoint: &str) {
+        if let Some(i) = self.endpoints.iter().position(|e| e == endpoint) {
+            self.current = (i + 1) % self.endpoints.len();
+        }
+    }
+
+    /// Whether the member at `endpoint` (a base URL as [`Watch::endpoint`] gives it) serves:
+    /// one `maintenance/status` call that must answer within `timeout` and name a leader
+    /// (sent requiring one, as every call). Costs one request, whatever is watched.
+    pub fn probe(
+        &mut self,
+        endpoint: &str,
+        prefix: &'static str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        match self.v3_call(
+            endpoint,
+            prefix,
+            v3::STATUS,
+            "{}",
+            timeout,
+            v3::parse_status,
+        ) {
+            Attempt::Done(()) => Ok(()),
+            Attempt::Next(cause) => Err(cause),
+            Attempt::Stop(e) => Err(e.to_string()),
+        }
     }
 
     /// Runs `op` against each endpoint in turn, starting with the last one that answered,
@@ -607,10 +711,6 @@ impl Client {
                 }
                 Attempt::Stop(e) => {
                     self.current = index;
-                    return Err(e);
-                }
-                Attempt::Elsewhere(e) => {
-                    self.current = (index + 1) % self.endpoints.len();
                     return Err(e);
                 }
                 Attempt::Next(cause) => causes.push(format!("{base}: {cause}")),
@@ -767,7 +867,6 @@ impl<T> Attempt<T> {
             Attempt::Done(v) => f(v),
             Attempt::Next(e) => Attempt::Next(e),
             Attempt::Stop(e) => Attempt::Stop(e),
-            Attempt::Elsewhere(e) => Attempt::Elsewhere(e),
         }
     }
 

@@ -21,6 +21,7 @@ pub const DELETE: &str = "/kv/deleterange";
 pub const AUTHENTICATE: &str = "/auth/authenticate";
 pub const RANGE: &str = "/kv/range";
 pub const WATCH: &str = "/watch";
+pub const STATUS: &str = "/maintenance/status";
 
 /// One key-value pair as etcd stores it (bytes: keys and values need not be UTF-8).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -351,6 +352,25 @@ pub fn parse_revision(status: u16, body: &str) -> Result<i64, Fault> {
         .ok_or_else(|| Fault::Malformed(format!("answer without a revision: {}", clip(body))))
 }
 
+/// A `maintenance/status` answer that names a leader. Member ids are unsigned 64-bit numbers
+/// (written as strings by the gateway); etcd leaves a zero leader out.
+pub fn parse_status(status: u16, body: &str) -> Result<(), Fault> {
+    let v = parse_ok(status, body)?;
+    let leader = match v.get("leader") {
+        Some(Value::String(s)) => s.parse::<u64>().ok(),
+        Some(n) => n.as_u64(),
+        None => Some(0),
+    };
+    match leader {
+        Some(0) => Err(Fault::Unavailable("the member has no leader".into())),
+        Some(_) => Ok(()),
+        None => Err(Fault::Malformed(format!(
+            "status answer with a leader that is not a member id: {}",
+            clip(body)
+        ))),
+    }
+}
+
 /// The auth token.
 pub fn parse_token(status: u16, body: &str) -> Result<String, Fault> {
     let v = parse_ok(status, body)?;
@@ -449,6 +469,33 @@ mod tests {
     const PUT_NO_LEASE: &str = include_str!("../../tests/fixtures/v3_put_lease_not_found.json");
     const AUTH_OK: &str = include_str!("../../tests/fixtures/v3_authenticate.json");
     const AUTH_BAD_TOKEN: &str = include_str!("../../tests/fixtures/v3_invalid_token.json");
+
+    #[test]
+    fn a_status_must_name_a_leader() {
+        // As etcd 3.4's gateway writes it: ids over i64::MAX, as strings.
+        let ok = r#"{"header":{"member_id":"13668033151171901709"},"version":"3.4.23","leader":"13668033151171901709","raftIndex":"8"}"#;
+        assert_eq!(parse_status(200, ok), Ok(()));
+        let none = r#"{"header":{"member_id":"13668033151171901709"},"version":"3.4.23"}"#;
+        assert!(matches!(
+            parse_status(200, none),
+            Err(Fault::Unavailable(_))
+        ));
+        let no_leader =
+            r#"{"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14}"#;
+        assert!(matches!(
+            parse_status(503, no_leader),
+            Err(Fault::Unavailable(_))
+        ));
+        for bad in [
+            r#"{"leader":"x"}"#,
+            r#"{"leader":-1}"#,
+            r#"{"leader":[1]}"#,
+            "[]",
+            "garbage",
+        ] {
+            assert!(parse_status(200, bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn unbase64_inverts_base64() {

@@ -87,54 +87,63 @@ pub fn wait(
     let mut done = false;
     while !done && Instant::now() < deadline {
         let life = deadline.saturating_duration_since(Instant::now());
-        let result = client.watch(
-            keys.all.as_bytes(),
-            &all_end,
-            next,
-            life,
+        let opened = client.open_watch(
+            &[(keys.all.as_bytes(), &all_end, next)],
+            Some(life),
             deadline.min(Instant::now() + Duration::from_secs(2)),
-            |message| {
-                let WatchMessage::Events(events) = message else {
-                    // Created: go on; canceled (compacted): read no further.
-                    return matches!(message, WatchMessage::Created);
-                };
-                let before = (confirmed.len(), gone.len());
-                for event in events {
-                    match event {
-                        Event::Put(kv) => {
-                            next = next.max(kv.mod_revision + 1);
-                            if let Some(id) = id_under(&keys.drained, &kv.key)
-                                && expected.contains(&id)
-                            {
-                                gone.remove(&id);
-                                confirmed.insert(id);
-                            }
+        );
+        let mut watch = match opened {
+            Ok(w) => w,
+            Err(e) => {
+                log::debug!("watching the confirmations: {e}");
+                std::thread::sleep(Duration::from_millis(50).min(life));
+                continue;
+            }
+        };
+        for message in &mut watch {
+            let events = match message {
+                Ok((_, WatchMessage::Events(events))) => events,
+                Ok((_, WatchMessage::Created)) => continue,
+                // Canceled (compacted): read no further.
+                Ok((_, WatchMessage::Canceled { .. })) => break,
+                Err(e) => {
+                    log::debug!("watching the confirmations: {e}");
+                    std::thread::sleep(Duration::from_millis(50).min(life));
+                    break;
+                }
+            };
+            let before = (confirmed.len(), gone.len());
+            for event in events {
+                match event {
+                    Event::Put(kv) => {
+                        next = next.max(kv.mod_revision + 1);
+                        if let Some(id) = id_under(&keys.drained, &kv.key)
+                            && expected.contains(&id)
+                        {
+                            gone.remove(&id);
+                            confirmed.insert(id);
                         }
-                        Event::Delete(key, rev) => {
-                            next = next.max(rev + 1);
-                            if let Some(id) = id_under(&keys.lbs, &key)
-                                && expected.contains(&id)
-                                && !confirmed.contains(&id)
-                            {
-                                gone.insert(id);
-                            }
+                    }
+                    Event::Delete(key, rev) => {
+                        next = next.max(rev + 1);
+                        if let Some(id) = id_under(&keys.lbs, &key)
+                            && expected.contains(&id)
+                            && !confirmed.contains(&id)
+                        {
+                            gone.insert(id);
                         }
                     }
                 }
-                if confirmed.len() + gone.len() >= expected.len() {
-                    done = true;
-                    return false;
-                }
-                if (confirmed.len(), gone.len()) != before {
-                    notifier.send(progress(&expected, &confirmed, &gone));
-                }
-                true
-            },
-        );
-        if let Err(e) = result {
-            log::debug!("watching the confirmations: {e}");
-            std::thread::sleep(Duration::from_millis(50).min(life));
+            }
+            if confirmed.len() + gone.len() >= expected.len() {
+                done = true;
+                break;
+            }
+            if (confirmed.len(), gone.len()) != before {
+                notifier.send(progress(&expected, &confirmed, &gone));
+            }
         }
+        client.finish_watch(watch);
     }
     if done {
         log::debug!(

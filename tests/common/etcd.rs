@@ -524,6 +524,29 @@ pub fn call_on(port: u16, path: &str, body: Option<Value>) -> Option<Value> {
     serde_json::from_str(body).ok()
 }
 
+/// The text of `/metrics` on the member whose client port is `port` (empty if it does not
+/// answer).
+pub fn metrics_on(port: u16) -> String {
+    let get = || -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out.split_once("\r\n\r\n")?.1.to_owned())
+    };
+    get().unwrap_or_default()
+}
+
+/// The sum of the samples in Prometheus `text` whose line starts with `start` (a metric name
+/// and, if wanted, the start of its labels).
+pub fn metric_sum(text: &str, start: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(start))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The value of `key` on the member whose client port is `port`, if present.
 pub fn get_on(port: u16, key: &str) -> Option<String> {
     let kv = kv_on(port, key)?;
