@@ -63,6 +63,8 @@ fn start_lb(net: &Net, endpoints: &str) -> Lb {
     };
     let up = wait_until(Duration::from_secs(20), || lb.admin("show info").is_some());
     assert!(up, "HAProxy did not come up:\n{}", lb.h.stderr());
+    // Announced before any cut: instances that stop during one wait for its confirmation.
+    lb.h.expect_stderr("announced as load balancer");
     lb
 }
 

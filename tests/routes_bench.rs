@@ -204,6 +204,7 @@ fn bench_many_services() {
     let reloads = lb.h.stderr().matches("reloading HAProxy").count() - reloads_before;
     let same = lb.workers() == (master, workers.clone());
     let tick = 100.0; // USER_HZ
+    println!("### 100 services × 10 instances: a new service, then churn");
     println!("| measure | value |");
     println!("|---|---|");
     println!("| 1000 instance keys + declarations written (100 services × 10) | {write_ms} ms |");
@@ -229,4 +230,76 @@ fn bench_many_services() {
     );
     stop_app.store(true, Ordering::SeqCst);
     assert_eq!(reloads, 0, "{}", lb.h.stderr());
+}
+
+/// Issue 25 (scripts/bench section 8, second table): what a balancer costs while nothing
+/// changes, at 100 and at 1000 services (one instance and one route declaration each), beside
+/// etcd alone in the same run. Each window lasts `HECD_BENCH_IDLE` seconds (default 20).
+#[test]
+#[ignore = "a benchmark: scripts/bench runs it"]
+fn bench_idle_cost() {
+    let window = Duration::from_secs(
+        std::env::var("HECD_BENCH_IDLE")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(20),
+    );
+    let (app, stop_app) = server();
+    let addr = format!("127.0.0.1:{app}");
+    let etcd = Etcd::start();
+    let etcd_pid = etcd.pid().expect("etcd runs");
+    let percent = |ticks: u64| ticks as f64 / 100.0 / window.as_secs_f64() * 100.0;
+    thread::sleep(Duration::from_secs(2));
+    let t0 = usage(etcd_pid).1;
+    thread::sleep(window);
+    let alone = percent(usage(etcd_pid).1 - t0);
+    println!("### Nothing changing: what a balancer costs");
+    println!(
+        "| services followed, nothing changing ({} s) | etcd CPU (alone: {alone:.1} %) | hecd-haproxy CPU | HAProxy CPU (master + worker) | watch streams started / s | requests to etcd / s |",
+        window.as_secs()
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut written = 0;
+    // The last row checks each server once a minute instead of every 5 s: HAProxy's share is
+    // its health checks (one per server and interval), not the following of etcd.
+    for (services, inter) in [(100, "5s"), (1000, "5s"), (1000, "60s")] {
+        while written < services {
+            put_instance(etcd.port, &format!("s{written}"), "one", &addr);
+            written += 1;
+        }
+        let lb = Lb::start(
+            &etcd.url(),
+            &["--check-inter", inter, "--max-services", "2000"],
+        );
+        let last = format!("s{}.example.com", services - 1);
+        let ready = wait_until(Duration::from_secs(60), || served(lb.port, &last));
+        assert!(ready, "{}", lb.h.stderr());
+        thread::sleep(Duration::from_secs(3));
+        let (master, workers) = lb.workers();
+        let pids = [etcd_pid, lb.h.pid(), master, workers[0]];
+        let before: Vec<u64> = pids.iter().map(|p| usage(*p).1).collect();
+        let metrics = || common::etcd::metrics_on(etcd.port);
+        let (m0, started) = (metrics(), Instant::now());
+        thread::sleep(window);
+        let after: Vec<u64> = pids.iter().map(|p| usage(*p).1).collect();
+        let m1 = metrics();
+        let secs = started.elapsed().as_secs_f64();
+        let rate = |name: &str| {
+            (common::etcd::metric_sum(&m1, name) - common::etcd::metric_sum(&m0, name)) / secs
+        };
+        let used: Vec<f64> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| percent(a - b))
+            .collect();
+        println!(
+            "| {services}, health checks every {inter} | {:.1} % | {:.1} % | {:.1} % | {:.2} | {:.1} |",
+            used[0],
+            used[1],
+            used[2] + used[3],
+            rate("grpc_server_started_total{grpc_method=\"Watch\""),
+            rate("grpc_server_started_total{")
+        );
+    }
+    stop_app.store(true, Ordering::SeqCst);
 }

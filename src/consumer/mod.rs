@@ -204,6 +204,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         stopping: None,
         reloads: 0,
         dirty_since: None,
+        changed: true,
         deaths: Deaths::default(),
     };
     main.run(&rx, early)
@@ -222,6 +223,10 @@ struct Main {
     reloads: u64,
     /// Since when the files lag behind HAProxy.
     dirty_since: Option<Instant>,
+    /// An update came in since the last pass: what is wanted may differ from what HAProxy has.
+    /// A quiet second with nothing changed (and nothing to retry or drain) makes no pass, so
+    /// being idle costs the same whatever the number of services.
+    changed: bool,
     deaths: Deaths,
 }
 
@@ -250,6 +255,7 @@ impl Main {
             let mut reload = None;
             match input {
                 Some(Input::Etcd(update)) if self.stopping.is_none() => {
+                    self.changed = true;
                     self.balancer.update(update);
                     // Take every update already queued before touching HAProxy.
                     while let Ok(next) = rx.try_recv() {
@@ -346,6 +352,7 @@ impl Main {
             log::warn!("cannot read HAProxy's servers back: {e}");
         }
         self.dirty_since = None;
+        self.changed = true;
         Ok(pid)
     }
 
@@ -364,6 +371,16 @@ impl Main {
     /// Makes HAProxy equal to what is wanted: through the runtime API, or by a reload when it
     /// refused or one was asked for; the files follow within FILE_DELAY.
     fn apply(&mut self, mut reload: Option<String>) {
+        let due = self.changed
+            || self.balancer.retry
+            || self.balancer.draining()
+            || self.dirty_since.is_some()
+            || reload.is_some();
+        if !due {
+            return;
+        }
+        self.changed = false;
+        self.balancer.retry = false;
         let mut changed = self.balancer.reconcile();
         changed |= self.balancer.finish_drains();
         for (prefix, name) in self.balancer.drained.drain(..) {
@@ -393,6 +410,8 @@ impl Main {
     }
 
     fn reload(&mut self, why: &str) {
+        // Whatever comes of it, the next pass compares again.
+        self.changed = true;
         self.reloads += 1;
         log::warn!("reloading HAProxy ({} so far): {why}", self.reloads);
         self.write_wanted();

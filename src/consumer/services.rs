@@ -82,6 +82,9 @@ pub struct Balancer {
     pub drained: Vec<(String, String)>,
     /// Routes not routed because an older declaration holds them, as last logged.
     conflicts: BTreeSet<(String, String)>,
+    /// A runtime command failed on the socket: the next pass must run even if nothing else
+    /// changes.
+    pub retry: bool,
 }
 
 impl Balancer {
@@ -114,6 +117,7 @@ impl Balancer {
             synced: false,
             drained: Vec::new(),
             conflicts: BTreeSet::new(),
+            retry: false,
         }
     }
 
@@ -285,7 +289,10 @@ impl Balancer {
     /// server is one HAProxy no longer has, a refusal asks for a reload.
     fn failed(&mut self, what: &str, e: RuntimeError) {
         match e {
-            RuntimeError::Socket(e) => log::warn!("{what}: {e}; trying again"),
+            RuntimeError::Socket(e) => {
+                log::warn!("{what}: {e}; trying again");
+                self.retry = true;
+            }
             RuntimeError::Missing(e) => log::debug!("{what}: {e}"),
             RuntimeError::Refused(e) => {
                 self.needs_reload.get_or_insert(format!("{what}: {e}"));
