@@ -120,6 +120,8 @@ struct Taken {
     new_services: BTreeSet<String>,
     /// etcd ended a watch (compacted, canceled): read everything again.
     reread: Option<String>,
+    /// The message confirmed that its watch exists.
+    created: bool,
 }
 
 impl Watching {
@@ -146,7 +148,10 @@ impl Watching {
     fn take(&mut self, index: usize, message: WatchMessage) -> Taken {
         let mut taken = Taken::default();
         let events = match message {
-            WatchMessage::Created => return taken,
+            WatchMessage::Created => {
+                taken.created = true;
+                return taken;
+            }
             WatchMessage::Canceled {
                 compact_revision,
                 reason,
@@ -496,6 +501,7 @@ impl Follower {
             let endpoint = watch.endpoint().to_owned();
             let mut outcome: Option<Result<Ended, String>> = None;
             let mut new_services = BTreeSet::new();
+            let mut created = 0;
             for item in &mut watch {
                 let taken = match item {
                     Ok((index, message)) => w.take(index, message),
@@ -504,6 +510,12 @@ impl Follower {
                         break;
                     }
                 };
+                if taken.created {
+                    created += 1;
+                    if created == specs.len() {
+                        self.probe.confirmed();
+                    }
+                }
                 let sent = taken.changes.is_empty() || self.tell(Update::Changes(taken.changes));
                 let sent = sent
                     && taken.unfollowed.into_iter().all(|p| {
@@ -696,7 +708,8 @@ mod tests {
         assert_eq!(w.services["/app/servers"], 15);
         assert_eq!(w.services["/app/api"], 11, "another watch's revision stays");
         assert!(taken.new_services.is_empty() && taken.unfollowed.is_empty());
-        assert_eq!(w.take(1, WatchMessage::Created), Taken::default());
+        let created = w.take(1, WatchMessage::Created);
+        assert!(created.created && created.changes.is_empty());
     }
 
     #[test]

@@ -4,15 +4,16 @@
 //! under `LB_PREFIX/routes/` name), one routes map that sends each request to the service whose
 //! route matches its Host and the longest path prefix.
 //!
-//! Four threads: the follower (`follow`, etcd range + watch), the announcer (`announce`,
-//! confirmed drain), a signal thread (sigwait), and the main loop, which alone talks to
-//! HAProxy: it takes updates and signals from one channel, reconciles (`services`), finishes
-//! drains, rewrites the config, map and server-state files after each change, and reaps
-//! children. HAProxy is reloaded (SIGUSR2 to the master) only when the runtime API refused a
+//! Five threads: the follower (`follow`, etcd range + watch), its probe (`probe`), the
+//! announcer (`announce`, confirmed drain), a signal thread (sigwait), and the main loop, which
+//! alone talks to HAProxy: it takes updates and signals from one channel, has the model
+//! (`services`) plan what to change and the applier (`apply`) carry it out, rewrites the
+//! config, map and server-state files after each change, and reaps children. HAProxy is reloaded (SIGUSR2 to the master) only when the runtime API refused a
 //! change, when the pool of prepared backends is used up, or on SIGHUP. A master that ends by
 //! itself is started again ([`crate::haproxy::process`]), up to five times a minute.
 
 pub mod announce;
+pub mod apply;
 pub mod config;
 pub mod follow;
 pub mod probe;
@@ -28,6 +29,7 @@ use crate::etcd::Client;
 use crate::haproxy::process::{DEATH_WINDOW, Deaths, MAX_DEATHS, Process, Verdict};
 use crate::haproxy::{Frontend, Runtime, parse_config, render_map};
 use crate::http::Http;
+use apply::Applier;
 use config::Config;
 use follow::{Follower, Update};
 use services::Balancer;
@@ -104,12 +106,11 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         return status::SETUP;
     }
 
-    let mut balancer = Balancer::new(
+    let mut balancer = Balancer::new(config.drain_timeout, config.prefix.clone());
+    let applier = Applier::new(
         Runtime::new(&frontend.socket_path()),
         frontend.check_options(),
-        config.drain_timeout,
         frontend.map_path(),
-        config.prefix.clone(),
     );
     let (announce_tx, announce_rx) = mpsc::channel();
     let announcer = announce::Announcer {
@@ -169,7 +170,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     if !frontend.state_path().exists() {
         let _ = write_atomic(&frontend.state_path(), "1\n");
     }
-    let master = match haproxy.start(&balancer.runtime) {
+    let master = match haproxy.start(&applier.runtime) {
         Ok(pid) => pid,
         Err(e) => {
             log::error!("{e}");
@@ -185,7 +186,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             .filter(|s| s.backend.is_some())
             .count()
     );
-    if let Err(e) = balancer.load() {
+    if let Err(e) = applier.load(&mut balancer) {
         log::warn!("cannot read HAProxy's servers back: {e}");
     }
     // Announced once HAProxy serves: from now on instances wait for this balancer.
@@ -198,6 +199,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     let mut main = Main {
         frontend,
         balancer,
+        applier,
         haproxy,
         written,
         announce: announce_tx,
@@ -214,6 +216,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
 struct Main {
     frontend: Frontend,
     balancer: Balancer,
+    applier: Applier,
     haproxy: Process,
     written: Files,
     announce: mpsc::Sender<announce::Message>,
@@ -347,8 +350,8 @@ impl Main {
             return Err(e);
         }
         self.haproxy.check()?;
-        let pid = self.haproxy.start(&self.balancer.runtime)?;
-        if let Err(e) = self.balancer.load() {
+        let pid = self.haproxy.start(&self.applier.runtime)?;
+        if let Err(e) = self.applier.load(&mut self.balancer) {
             log::warn!("cannot read HAProxy's servers back: {e}");
         }
         self.dirty_since = None;
@@ -381,12 +384,11 @@ impl Main {
         }
         self.changed = false;
         self.balancer.retry = false;
-        let mut changed = self.balancer.reconcile();
-        changed |= self.balancer.finish_drains();
+        let (changed, needs_reload) = self.applier.pass(&mut self.balancer);
         for (prefix, name) in self.balancer.drained.drain(..) {
             let _ = self.announce.send(announce::Message::Drained(prefix, name));
         }
-        if let Some(why) = self.balancer.needs_reload.take() {
+        if let Some(why) = needs_reload {
             reload = Some(why);
         }
         if let Some(why) = reload {
@@ -404,7 +406,7 @@ impl Main {
             if let Some(e) = self.written.error.take() {
                 log::error!("{e}");
             }
-            save_state(&self.balancer.runtime, &self.frontend);
+            save_state(&self.applier.runtime, &self.frontend);
             self.dirty_since = None;
         }
     }
@@ -421,9 +423,9 @@ impl Main {
         };
         match checked {
             Ok(()) => {
-                save_state(&self.balancer.runtime, &self.frontend);
+                save_state(&self.applier.runtime, &self.frontend);
                 self.haproxy.signal(libc::SIGUSR2);
-                if let Err(e) = wait_for_reload(&mut self.balancer) {
+                if let Err(e) = wait_for_reload(&self.applier, &mut self.balancer) {
                     log::warn!("after the reload: {e}");
                 }
             }
@@ -540,18 +542,20 @@ fn save_state(runtime: &Runtime, frontend: &Frontend) {
 
 /// After SIGUSR2: waits (bounded) until the new worker has the servers of the new config,
 /// then takes them (and the routes map) as what HAProxy has.
-fn wait_for_reload(balancer: &mut Balancer) -> Result<(), String> {
+fn wait_for_reload(applier: &Applier, balancer: &mut Balancer) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let expected = balancer.expected_servers();
     loop {
-        let now = balancer.runtime.servers().map(|all| {
+        let now = applier.runtime.servers().map(|all| {
             all.into_iter()
                 .filter(|(_, s)| !s.is_empty())
                 .map(|(b, s)| (b, s.into_keys().collect()))
                 .collect::<std::collections::BTreeMap<_, std::collections::BTreeSet<_>>>()
         });
         match now {
-            Ok(now) if now == expected => return balancer.load().map_err(|e| e.to_string()),
+            Ok(now) if now == expected => {
+                return applier.load(balancer).map_err(|e| e.to_string());
+            }
             _ if Instant::now() > deadline => {
                 return Err("the new worker did not show the new servers within 10 s".into());
             }

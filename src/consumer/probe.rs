@@ -5,10 +5,11 @@
 //! that member one `maintenance/status` call, requiring a leader (a leaderless member refuses
 //! at once); when the call fails, names no leader, or takes over [`TIMEOUT`], it ends the
 //! stream (the follower then reads again through the next member). One request a second,
-//! whatever the number of services watched.
+//! whatever the number of services watched. A stream whose watches etcd has not all confirmed
+//! within [`CONFIRM_WAIT`] is ended the same way.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::etcd::{Canceller, Client, Watch};
 
@@ -18,6 +19,10 @@ pub const EVERY: Duration = Duration::from_secs(1);
 /// Longest wait for its answer.
 pub const TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A stream whose every watch etcd has not confirmed this long after it opened is ended too:
+/// a watch never created would leave its service unfollowed for as long as the stream lives.
+pub const CONFIRM_WAIT: Duration = Duration::from_secs(5);
+
 /// The stream being read, as the probe thread sees it.
 struct Watched {
     endpoint: String,
@@ -25,6 +30,9 @@ struct Watched {
     cancel: Canceller,
     /// Which stream this is: a verdict on an older one ends nothing.
     generation: u64,
+    opened: Instant,
+    /// etcd confirmed every watch of the stream.
+    confirmed: bool,
 }
 
 #[derive(Default)]
@@ -65,7 +73,16 @@ impl Probe {
             prefix: watch.api_prefix(),
             cancel: watch.canceller(),
             generation: s.generation,
+            opened: Instant::now(),
+            confirmed: false,
         });
+    }
+
+    /// etcd has confirmed every watch of the current stream.
+    pub fn confirmed(&self) {
+        if let Some(w) = &mut lock(&self.slot).watched {
+            w.confirmed = true;
+        }
     }
 
     /// The stream is over: returns why the probe ended it, if it did.
@@ -82,15 +99,24 @@ fn run(mut client: Client, slot: &Weak<Mutex<Slot>>) {
         let Some(shared) = slot.upgrade() else {
             return; // the follower is gone
         };
-        let target = lock(&shared)
-            .watched
-            .as_ref()
-            .map(|w| (w.endpoint.clone(), w.prefix, w.cancel.clone(), w.generation));
+        let target = lock(&shared).watched.as_ref().map(|w| {
+            let unconfirmed = !w.confirmed && w.opened.elapsed() >= CONFIRM_WAIT;
+            let target = (w.endpoint.clone(), w.prefix, w.cancel.clone());
+            (target, w.generation, unconfirmed)
+        });
         drop(shared);
-        let Some((endpoint, prefix, cancel, generation)) = target else {
+        let Some(((endpoint, prefix, cancel), generation, unconfirmed)) = target else {
             continue;
         };
-        let Err(why) = client.probe(&endpoint, prefix, TIMEOUT) else {
+        let verdict = if unconfirmed {
+            Err(format!(
+                "etcd did not confirm every watch within {} s",
+                CONFIRM_WAIT.as_secs()
+            ))
+        } else {
+            client.probe(&endpoint, prefix, TIMEOUT)
+        };
+        let Err(why) = verdict else {
             continue;
         };
         let Some(shared) = slot.upgrade() else {
