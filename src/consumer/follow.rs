@@ -9,10 +9,8 @@
 //! backoff and jitter, through the endpoints in the order `--lb-id` gives.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use super::Input;
 use crate::contract::{self, Route};
 use crate::etcd::v3::{self, Event, Kv, WatchMessage};
 use crate::etcd::{Backoff, Client, EtcdError};
@@ -86,7 +84,8 @@ pub struct Follower {
     pub seed: u64,
     /// Keeps an eye on the member the watch stream is on.
     pub probe: super::probe::Probe,
-    pub tx: Sender<Input>,
+    /// Where updates go (the main loop); false once nobody takes them.
+    pub tell: Box<dyn FnMut(Update) -> bool + Send>,
 }
 
 /// Where the watches are: each followed prefix with the revision its watch goes on from.
@@ -309,8 +308,8 @@ impl Follower {
     }
 
     /// Sends `update` to the main loop; false when the main loop is gone.
-    fn tell(&self, update: Update) -> bool {
-        self.tx.send(Input::Etcd(update)).is_ok()
+    fn tell(&mut self, update: Update) -> bool {
+        (self.tell)(update)
     }
 
     /// Reads every declaration, then the servers of the default service and of every service

@@ -96,7 +96,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
                 return status::SETUP;
             }
         },
-        tx,
+        tell: Box::new(move |update| tx.send(Input::Etcd(update)).is_ok()),
     };
     if let Err(e) = std::thread::Builder::new()
         .name("etcd".into())
