@@ -204,7 +204,7 @@ fn bench_many_services() {
     let reloads = lb.h.stderr().matches("reloading HAProxy").count() - reloads_before;
     let same = lb.workers() == (master, workers.clone());
     let tick = 100.0; // USER_HZ
-    println!("### 100 services × 10 instances: a new service, then churn");
+    println!("\n### 100 services × 10 instances: a new service, then churn");
     println!("| measure | value |");
     println!("|---|---|");
     println!("| 1000 instance keys + declarations written (100 services × 10) | {write_ms} ms |");
@@ -253,7 +253,7 @@ fn bench_idle_cost() {
     let t0 = usage(etcd_pid).1;
     thread::sleep(window);
     let alone = percent(usage(etcd_pid).1 - t0);
-    println!("### Nothing changing: what a balancer costs");
+    println!("\n### Nothing changing: what a balancer costs");
     println!(
         "| services followed, nothing changing ({} s) | etcd CPU (alone: {alone:.1} %) | hecd-haproxy CPU | HAProxy CPU (master + worker) | watch streams started / s | requests to etcd / s |",
         window.as_secs()

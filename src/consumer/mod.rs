@@ -222,7 +222,8 @@ struct Main {
     announce: mpsc::Sender<announce::Message>,
     /// The stop signal passed on, and when: the master ignores signals until its own loop
     /// runs (right after start-up), so it is sent again each second until HAProxy ends.
-    stopping: Option<(Signal, Instant)>,
+    /// (graceful, when last sent).
+    stopping: Option<(bool, Instant)>,
     reloads: u64,
     /// Since when the files lag behind HAProxy.
     dirty_since: Option<Instant>,
@@ -280,9 +281,9 @@ impl Main {
             if let Some(status) = self.watch_master() {
                 return status;
             }
-            if let Some((to, sent)) = &mut self.stopping {
+            if let Some((gracefully, sent)) = &mut self.stopping {
                 if sent.elapsed() >= Duration::from_secs(1) {
-                    self.haproxy.signal(*to as i32);
+                    self.haproxy.stop(*gracefully);
                     *sent = Instant::now();
                 }
                 continue;
@@ -294,15 +295,14 @@ impl Main {
     /// On a stop signal: the first withdraws the announcement, then stops HAProxy softly
     /// (workers finish their connections); a second stops it at once.
     fn stop(&mut self, sig: Signal) {
-        let (to, how) = if self.stopping.is_some() {
-            (Signal::SIGTERM, "now")
-        } else {
+        let gracefully = self.stopping.is_none();
+        if gracefully {
             withdraw(&self.announce);
-            (Signal::SIGUSR1, "gracefully")
-        };
+        }
+        let how = if gracefully { "gracefully" } else { "now" };
         log::info!("{sig}: stopping HAProxy {how}");
-        self.stopping = Some((to, Instant::now()));
-        self.haproxy.signal(to as i32);
+        self.stopping = Some((gracefully, Instant::now()));
+        self.haproxy.stop(gracefully);
     }
 
     /// Reaps; when the master has ended: after a stop, the exit status; else HAProxy is
@@ -424,7 +424,7 @@ impl Main {
         match checked {
             Ok(()) => {
                 save_state(&self.applier.runtime, &self.frontend);
-                self.haproxy.signal(libc::SIGUSR2);
+                self.haproxy.reload();
                 if let Err(e) = wait_for_reload(&self.applier, &mut self.balancer) {
                     log::warn!("after the reload: {e}");
                 }

@@ -170,6 +170,21 @@ impl Process {
         }
     }
 
+    /// Reloads: the master starts new workers with the config file as it is now.
+    pub fn reload(&self) {
+        self.signal(libc::SIGUSR2);
+    }
+
+    /// Stops the master: `gracefully` (SIGUSR1: listeners close, open connections finish) or
+    /// at once (SIGTERM).
+    pub fn stop(&self, gracefully: bool) {
+        self.signal(if gracefully {
+            libc::SIGUSR1
+        } else {
+            libc::SIGTERM
+        });
+    }
+
     /// Sends `sig` to the master, if it runs.
     pub fn signal(&self, sig: i32) {
         if let Some(pid) = self.pid {
