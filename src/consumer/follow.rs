@@ -61,11 +61,6 @@ pub enum Change {
 /// Keys per range page. A page over the HTTP body limit (1 MiB) is read again in halves.
 const PAGE: u32 = 256;
 
-/// The watch stream is not renewed on a timer: it lives as long as etcd keeps it open, so
-/// while nothing changes nothing is re-created, whatever the number of services (a renewal
-/// re-creates every watch, and each new watch from a past revision costs etcd a catch-up).
-/// A new service ends it (the next stream carries one watch more); a member that stops
-/// serving is noticed by the probe ([`super::probe`]).
 /// Deadline of each etcd call (range page, opening a watch).
 const CALL: Duration = Duration::from_secs(5);
 
@@ -484,6 +479,11 @@ impl Follower {
     /// Watches the declarations and every followed service on one stream, for as long as
     /// etcd keeps it open. A declaration naming a service not followed yet ends the stream:
     /// that service is read whole, and the next stream watches it from the revision read.
+    ///
+    /// The stream is not renewed on a timer, so while nothing changes nothing is re-created,
+    /// whatever the number of services (a renewal re-creates every watch, and each new watch
+    /// from a past revision costs etcd a catch-up). A member that stops serving is noticed by
+    /// the probe ([`super::probe`]), which ends the stream.
     fn watch(&mut self, mut w: Watching) -> Result<Ended, String> {
         let routes_key = contract::routes_dir(&self.lb_prefix).into_bytes();
         loop {

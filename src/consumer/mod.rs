@@ -8,9 +8,10 @@
 //! announcer (`announce`, confirmed drain), a signal thread (sigwait), and the main loop, which
 //! alone talks to HAProxy: it takes updates and signals from one channel, has the model
 //! (`services`) plan what to change and the applier (`apply`) carry it out, rewrites the
-//! config, map and server-state files after each change, and reaps children. HAProxy is reloaded (SIGUSR2 to the master) only when the runtime API refused a
-//! change, when the pool of prepared backends is used up, or on SIGHUP. A master that ends by
-//! itself is started again ([`crate::haproxy::process`]), up to five times a minute.
+//! config, map and server-state files after each change, and reaps children. HAProxy is
+//! reloaded (SIGUSR2 to the master) only when the runtime API refused a change, when the pool
+//! of prepared backends is used up, or on SIGHUP. A master that ends by itself is started
+//! again ([`crate::haproxy::process`]), up to five times a minute.
 
 pub mod announce;
 pub mod apply;

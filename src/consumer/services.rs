@@ -5,7 +5,7 @@
 //! applier ([`super::apply`]) carries them out over the runtime API and hands each result back
 //! to [`Balancer::applied`], the one place HAProxy's side of the model changes. Level-triggered:
 //! every update replaces or edits what is wanted, then the next plan walks the difference, so a
-//! resync after a lost watch needs no special case. Nothing here does I/O.
+//! resync after a lost watch needs no special case. Nothing here talks to HAProxy or etcd.
 //!
 //! Order within one plan, so no request meets a backend that cannot serve it:
 //! 1. every service with servers gets a backend (the default service `servers`, the others one

@@ -1,10 +1,11 @@
-//! The etcd client the registrar uses: endpoints tried in turn, in an order drawn from the
-//! instance's identity (so a fleet spreads over the members), starting with the last one that
-//! answered,
-//! the API chosen (`--etcd-api`, or `/version` for auto), v3 auth tokens
-//! fetched and renewed, and the three operations registration needs — register, keep alive,
-//! deregister — each bounded by a deadline. Capped exponential backoff with jitter lives here
-//! too. Blocking I/O: only the registrar thread calls it.
+//! The etcd client of both programs: endpoints tried in turn, in an order drawn from the
+//! program's identity (so a fleet spreads over the members), starting with the last one that
+//! answered; the API chosen (`--etcd-api`, or `/version` for auto); v3 auth tokens fetched and
+//! renewed; registration's operations (register, keep alive, deregister), range reads, watch
+//! streams ([`Watch`]) and the leader probe, each bounded by a deadline. Capped exponential
+//! backoff with jitter lives here too. Blocking I/O: each thread that calls it (hecd-init's
+//! registrar and stop path, hecd-haproxy's follower, probe and announcer) has a client of its
+//! own.
 
 pub mod v2;
 pub mod v3;
