@@ -206,7 +206,7 @@ pub fn help_text() -> String {
          alive while the app is healthy, and on SIGTERM deletes the key, drains, then passes the\n\
          signal on. Without --etcd it is a pure init.\n\n\
          Options (every long option may also be set as its environment variable; a flag wins;\n\
-         durations: 10s, 500ms, 1.5 (seconds), 2m):\n",
+         durations: 10s, 500ms, 1.5 (seconds), 2m, 1h):\n",
         env!("CARGO_PKG_VERSION")
     );
     out.push_str(&cli::options_help(OPTIONS));
@@ -821,8 +821,10 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
         for bad in [
-            "", "ten", "-1", "1e3", "inf", "NaN", "1h", "5 s", "25m0", "1441m",
+            "", "ten", "-1", "1e3", "inf", "NaN", "25h", "5 s", "25m0", "1441m", "h",
         ] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
@@ -1067,8 +1069,8 @@ mod tests {
                 r#"--stop-timeout: expected a positive duration such as 10s, 500ms or 1.5 (at most 24h), got "0""#,
             ),
             (
-                &["--check-interval", "2h"],
-                r#"--check-interval: expected a positive duration such as 10s, 500ms or 1.5 (at most 24h), got "2h""#,
+                &["--check-interval", "25h"],
+                r#"--check-interval: expected a positive duration such as 10s, 500ms or 1.5 (at most 24h), got "25h""#,
             ),
             (
                 &["--etcd", "etcd:2379"],

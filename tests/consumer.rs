@@ -247,6 +247,211 @@ fn issue_25_no_watch_is_re_created_while_nothing_changes() {
     assert!(added, "{}", lb.h.stderr());
 }
 
+/// An app for the edge tests, on a thread: answers each request with its own request head as
+/// the body, or, asked for `Upgrade: websocket`, switches protocols and echoes every byte.
+/// Stops accepting when dropped.
+struct EchoApp {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EchoApp {
+    fn start() -> EchoApp {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((c, _)) => {
+                        thread::spawn(move || EchoApp::serve(c));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        EchoApp { port, stop }
+    }
+
+    fn serve(mut c: TcpStream) {
+        let _ = c.set_nonblocking(false);
+        let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
+            match c.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_string();
+        if text.to_ascii_lowercase().contains("upgrade: websocket") {
+            // HAProxy checks Sec-WebSocket-Accept; the tests send RFC 6455's sample key, and
+            // this is the accept value the RFC gives for it.
+            let _ = c.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            );
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = c.read(&mut buf) {
+                if n == 0 || c.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+            text.len()
+        );
+        let _ = c.write_all(reply.as_bytes());
+    }
+}
+
+impl Drop for EchoApp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Sends `request` (whole) to the balancer on `port`; the answer, whole.
+fn exchange(port: u16, request: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The values of header `name` (any case) in an HTTP head.
+fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
+}
+
+/// Issue 23, what the app expects behind an edge: the balancer tells it the client's address,
+/// the scheme, the Host and the port, and whatever the client sent in those headers does not
+/// reach it.
+#[test]
+fn issue_23_the_app_learns_the_client_and_cannot_be_fooled() {
+    let etcd = Etcd::start();
+    let app = EchoApp::start();
+    etcd.put("/app/servers/echo", &format!("127.0.0.1:{}", app.port));
+    let lb = Lb::start(&etcd.url(), &[]);
+    lb.expect_servers(&["echo"], Duration::from_secs(10));
+    let answer = exchange(
+        lb.port,
+        "GET /x?y=1 HTTP/1.1\r\nHost: Example.COM:8080\r\nX-Forwarded-For: 6.6.6.6\r\n\
+         X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Port: 1\r\n\
+         x-forwarded-for: 7.7.7.7\r\nConnection: close\r\n\r\n",
+    );
+    let (_, seen) = answer.split_once("\r\n\r\n").expect("an answer");
+    assert!(seen.starts_with("GET /x?y=1 HTTP/1.1"), "{answer}");
+    assert_eq!(
+        header_values(seen, "X-Forwarded-For"),
+        ["127.0.0.1"],
+        "{seen}"
+    );
+    assert_eq!(header_values(seen, "X-Forwarded-Proto"), ["http"], "{seen}");
+    assert_eq!(
+        header_values(seen, "X-Forwarded-Host"),
+        ["Example.COM:8080"],
+        "{seen}"
+    );
+    assert_eq!(
+        header_values(seen, "X-Forwarded-Port"),
+        [lb.port.to_string()],
+        "{seen}"
+    );
+    assert!(!seen.contains("6.6.6.6") && !seen.contains("7.7.7.7") && !seen.contains("evil"));
+    // No Host at all (HTTP/1.0): no X-Forwarded-Host either, the client's included.
+    let answer = exchange(
+        lb.port,
+        "GET / HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n",
+    );
+    let (_, seen) = answer.split_once("\r\n\r\n").expect("an answer");
+    assert!(header_values(seen, "X-Forwarded-Host").is_empty(), "{seen}");
+    assert_eq!(
+        header_values(seen, "X-Forwarded-For"),
+        ["127.0.0.1"],
+        "{seen}"
+    );
+}
+
+/// Issue 23: an upgraded connection (a WebSocket handshake, then bytes echoed) stays open idle
+/// beyond the 30 s an ordinary request may be silent, for `--tunnel-timeout` (1 h by default),
+/// and a shorter `--tunnel-timeout` closes it; a client that sends half a request head is cut.
+#[test]
+fn issue_23_an_idle_websocket_lives_its_tunnel_timeout() {
+    let etcd = Etcd::start();
+    let app = EchoApp::start();
+    etcd.put("/app/servers/ws", &format!("127.0.0.1:{}", app.port));
+    let long = Lb::start(&etcd.url(), &[]);
+    let short = Lb::start(&etcd.url(), &["--tunnel-timeout", "2s"]);
+    let upgrade = |lb: &Lb| {
+        lb.expect_servers(&["ws"], Duration::from_secs(10));
+        let mut s = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
+        s.write_all(
+            b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut head = [0u8; 512];
+        let n = s.read(&mut head).unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s
+    };
+    let mut kept = upgrade(&long);
+    let mut cut = upgrade(&short);
+    // A slow client: half a request head, then nothing.
+    let mut slow = TcpStream::connect(("127.0.0.1", long.port)).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: ws.example\r\n")
+        .unwrap();
+    let echo = |s: &mut TcpStream, text: &[u8]| -> Option<Vec<u8>> {
+        s.write_all(text).ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).ok()?;
+        (n > 0).then(|| buf[..n].to_vec())
+    };
+    assert_eq!(echo(&mut kept, b"hello").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(echo(&mut cut, b"hello").as_deref(), Some(&b"hello"[..]));
+    // The slow client is answered 408 and cut after `timeout http-request` (10 s), well before
+    // `timeout client` (30 s) would.
+    thread::sleep(Duration::from_secs(15));
+    slow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut answer = String::new();
+    let closed = slow.read_to_string(&mut answer).is_ok();
+    assert!(
+        closed,
+        "a half-sent request still holds its connection after 15 s: {answer:?}"
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // Idle past `timeout client` and `timeout server` (30 s).
+    thread::sleep(Duration::from_secs(20));
+    assert_eq!(
+        echo(&mut kept, b"still here").as_deref(),
+        Some(&b"still here"[..]),
+        "the idle WebSocket was closed"
+    );
+    assert_eq!(
+        echo(&mut cut, b"gone?"),
+        None,
+        "--tunnel-timeout 2s did not close it"
+    );
+}
+
 fn send(pid: i32, sig: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),

@@ -61,6 +61,12 @@ pub const OPTIONS: &[OptSpec] = &[
         "longest wait for a removed server's open connections before it is cut",
     ),
     opt(
+        "tunnel-timeout",
+        "DURATION",
+        "1h",
+        "longest idle time of an upgraded connection (WebSocket and the like) before it is closed",
+    ),
+    opt(
         "lb-id",
         "ID",
         "the hostname",
@@ -189,6 +195,10 @@ pub fn parse(
         &raw.or_default("drain-timeout"),
         Duration::ZERO,
     ));
+    let tunnel_timeout = errors.take(parse_duration_at_least(
+        &raw.or_default("tunnel-timeout"),
+        Duration::from_secs(1),
+    ));
     let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
     let lb_id = errors.take(
         raw.get("lb-id")
@@ -221,6 +231,7 @@ pub fn parse(
         Some(lb_id),
         Some(check_inter),
         Some(drain_timeout),
+        Some(tunnel_timeout),
         Some(max_services),
     ) = (
         endpoints,
@@ -231,6 +242,7 @@ pub fn parse(
         lb_id,
         check_inter,
         drain_timeout,
+        tunnel_timeout,
         max_services,
     )
     else {
@@ -250,6 +262,7 @@ pub fn parse(
             stats: stats.flatten(),
             dir,
             check_inter,
+            tunnel_timeout,
         },
         drain_timeout,
         lb_id,
@@ -300,7 +313,7 @@ pub fn help_text() -> String {
          route matches goes to --prefix. etcd down or answering garbage: the last known servers\n\
          stay. Bad keys and declarations are logged and skipped.\n\n\
          Options (every long option may also be set as its environment variable; a flag wins;\n\
-         durations: 10s, 500ms, 1.5 (seconds), 2m):\n",
+         durations: 10s, 500ms, 1.5 (seconds), 2m, 1h):\n",
         env!("CARGO_PKG_VERSION")
     );
     out.push_str(&cli::options_help(OPTIONS));

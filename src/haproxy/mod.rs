@@ -81,6 +81,8 @@ pub struct Frontend {
     pub dir: PathBuf,
     /// `inter` of the health checks.
     pub check_inter: Duration,
+    /// `--tunnel-timeout`: how long an upgraded connection (WebSocket) may stay idle.
+    pub tunnel_timeout: Duration,
 }
 
 impl Frontend {
@@ -129,19 +131,34 @@ impl Frontend {
              defaults\n\
              \x20   mode http\n\
              \x20   timeout connect 2s\n\
+             \x20   # A client has 10 s to send a whole request head (slow clients cannot hold\n\
+             \x20   # connections open), 30 s of silence on either side ends a request, and an\n\
+             \x20   # upgraded connection (WebSocket) may stay idle for --tunnel-timeout.\n\
+             \x20   timeout http-request 10s\n\
+             \x20   timeout http-keep-alive 10s\n\
              \x20   timeout client 30s\n\
              \x20   timeout server 30s\n\
+             \x20   timeout tunnel {}ms\n\
              \x20   retries 3\n\
              \x20   option redispatch 1\n\
              \x20   load-server-state-from-file global\n\
              \n\
              frontend app\n\
              \x20   bind {}\n\
+             \x20   # What the app learns of the request, set here and never passed on from the\n\
+             \x20   # client: its address, the scheme, the Host it asked for and the port.\n\
+             \x20   http-request set-header X-Forwarded-For %[src]\n\
+             \x20   http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}\n\
+             \x20   http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}\n\
+             \x20   http-request del-header X-Forwarded-Host\n\
+             \x20   http-request set-header X-Forwarded-Host %[req.hdr(host)] if {{ req.hdr(host) -m found }}\n\
+             \x20   http-request set-header X-Forwarded-Port %[dst_port]\n\
              \x20   # Host without its port, in lower case, then the path: the longest prefix in\n\
              \x20   # the routes map names the service's backend; no match, the default service.\n\
              \x20   http-request set-var(txn.hecd_path) path\n\
              \x20   use_backend %[req.hdr(host),field(1,:),lower,concat(,txn.hecd_path),map_beg({})]\n\
              \x20   default_backend {DEFAULT_BACKEND}\n",
+            self.tunnel_timeout.as_millis().max(1),
             self.listen,
             self.map_path().display()
         );
@@ -503,6 +520,7 @@ mod tests {
             stats: Some("127.0.0.1:8404".into()),
             dir: "/run/lb".into(),
             check_inter: Duration::from_millis(500),
+            tunnel_timeout: Duration::from_secs(3600),
         };
         let mut servers = BTreeMap::new();
         servers.insert("b".to_owned(), Addr::parse("[fd00::2]:80").unwrap());
@@ -525,6 +543,9 @@ mod tests {
         assert!(cfg.contains("prometheus-exporter if { path /metrics }"));
         assert!(cfg.contains("map_beg(/run/lb/routes.map)"));
         assert!(cfg.contains("server-state-file /run/lb/servers.state"));
+        assert!(cfg.contains("timeout tunnel 3600000ms\n"));
+        assert!(cfg.contains("timeout http-request 10s\n"));
+        assert!(cfg.contains("http-request set-header X-Forwarded-For %[src]\n"));
         assert_eq!(parse_config(&cfg), backends);
         let mut routes = BTreeMap::new();
         routes.insert("a.com/".to_owned(), "pool-1".to_owned());
