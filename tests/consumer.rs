@@ -387,17 +387,21 @@ fn issue_23_the_app_learns_the_client_and_cannot_be_fooled() {
 
 /// Issue 23: an upgraded connection (a WebSocket handshake, then bytes echoed) stays open idle
 /// beyond the 30 s an ordinary request may be silent, for `--tunnel-timeout` (1 h by default),
-/// and a shorter `--tunnel-timeout` closes it; a client that sends half a request head is cut.
+/// and a shorter `--tunnel-timeout` closes it; so does an idle connection through a `--tcp`
+/// listener; a client that sends half a request head is cut.
 #[test]
 fn issue_23_an_idle_websocket_lives_its_tunnel_timeout() {
     let etcd = Etcd::start();
     let app = EchoApp::start();
     etcd.put("/app/servers/ws", &format!("127.0.0.1:{}", app.port));
-    let long = Lb::start(&etcd.url(), &[]);
+    etcd.put("/app/wstcp/ws", &format!("127.0.0.1:{}", app.port));
+    // The long-lived one also has a --tcp service: an established TCP connection lives as long.
+    let long = Lb::start(&etcd.url(), &["--tcp", "127.0.0.1:{free}=/app/wstcp"]);
     let short = Lb::start(&etcd.url(), &["--tunnel-timeout", "2s"]);
-    let upgrade = |lb: &Lb| {
+    long.expect_servers_in("tcp-1", &["ws"], Duration::from_secs(10));
+    let upgrade = |lb: &Lb, port: u16| {
         lb.expect_servers(&["ws"], Duration::from_secs(10));
-        let mut s = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(
             b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -410,8 +414,9 @@ fn issue_23_an_idle_websocket_lives_its_tunnel_timeout() {
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         s
     };
-    let mut kept = upgrade(&long);
-    let mut cut = upgrade(&short);
+    let mut kept = upgrade(&long, long.port);
+    let mut cut = upgrade(&short, short.port);
+    let mut tcp = upgrade(&long, long.tcp_port(1));
     // A slow client: half a request head, then nothing.
     let mut slow = TcpStream::connect(("127.0.0.1", long.port)).unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: ws.example\r\n")
@@ -424,6 +429,7 @@ fn issue_23_an_idle_websocket_lives_its_tunnel_timeout() {
     };
     assert_eq!(echo(&mut kept, b"hello").as_deref(), Some(&b"hello"[..]));
     assert_eq!(echo(&mut cut, b"hello").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(echo(&mut tcp, b"hello").as_deref(), Some(&b"hello"[..]));
     // The slow client is answered 408 and cut after `timeout http-request` (10 s), well before
     // `timeout client` (30 s) would.
     thread::sleep(Duration::from_secs(15));
@@ -446,9 +452,61 @@ fn issue_23_an_idle_websocket_lives_its_tunnel_timeout() {
         "the idle WebSocket was closed"
     );
     assert_eq!(
+        echo(&mut tcp, b"still here").as_deref(),
+        Some(&b"still here"[..]),
+        "the idle TCP connection was closed"
+    );
+    assert_eq!(
         echo(&mut cut, b"gone?"),
         None,
         "--tunnel-timeout 2s did not close it"
+    );
+}
+
+/// Issue 23, TCP services: two instances of a service behind `--tcp`, reached over plain TCP
+/// (the test's requests are HTTP, which HAProxy passes on as bytes): connections go to both;
+/// one is stopped under a connection loop, its drain is confirmed, and no connection fails.
+#[test]
+fn issue_23_a_tcp_service_spreads_and_drains_like_an_http_one() {
+    let etcd = Etcd::start();
+    let lb = Lb::start(
+        &etcd.url(),
+        &["--tcp", "127.0.0.1:{free}=/app/db", "--lb-id", "lb-tcp"],
+    );
+    let args = [
+        "--prefix",
+        "/app/db",
+        "--ttl",
+        "3",
+        "--check-interval",
+        "200ms",
+        "--drain",
+        "5",
+    ];
+    let (mut a, _) = start_registered(&etcd.url(), "db-a", &args);
+    let (_b, _) = start_registered(&etcd.url(), "db-b", &args);
+    lb.expect_servers_in("tcp-1", &["db-a", "db-b"], Duration::from_secs(10));
+    // The default service has nothing: nothing of /app/db is routed there.
+    assert!(lb.servers().is_empty(), "{:?}", lb.servers());
+    thread::sleep(Duration::from_secs(1)); // HAProxy's first health checks
+    let load = Load::start(&[lb.tcp_port(1)], 40);
+    thread::sleep(Duration::from_secs(2));
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.expect_exit(), 0);
+    let stderr = a.stderr_final();
+    assert!(
+        stderr.contains("1 of 1 load balancers confirmed"),
+        "the drain was not confirmed:\n{stderr}\n--- hecd-haproxy ---\n{}",
+        lb.h.stderr()
+    );
+    lb.expect_servers_in("tcp-1", &["db-b"], Duration::from_secs(10));
+    thread::sleep(Duration::from_secs(1));
+    let (sent, failed, answered) = load.finish();
+    eprintln!("{sent} connections, answered by {answered:?}");
+    assert!(failed.is_empty(), "failed connections: {failed:?}");
+    assert!(
+        answered.contains_key("db-a") && answered.contains_key("db-b"),
+        "{answered:?}"
     );
 }
 

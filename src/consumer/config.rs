@@ -60,6 +60,15 @@ pub const OPTIONS: &[OptSpec] = &[
         "30s",
         "longest wait for a removed server's open connections before it is cut",
     ),
+    OptSpec {
+        long: "tcp",
+        short: None,
+        value: Some("ADDR:PORT=PREFIX"),
+        default: "none",
+        help: "a TCP listener for the service under PREFIX (its servers added, drained and confirmed like HTTP ones, checked by connecting); repeatable, comma-separated in the variable",
+        env: true,
+        repeat: true,
+    },
     opt(
         "tunnel-timeout",
         "DURATION",
@@ -200,6 +209,7 @@ pub fn parse(
         Duration::from_secs(1),
     ));
     let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
+    let tcp = errors.take(tcp_services(&raw, prefix.as_deref()));
     let lb_id = errors.take(
         raw.get("lb-id")
             .map_or_else(|| Ok(crate::discovery::hostname()), parse_key_segment),
@@ -233,6 +243,7 @@ pub fn parse(
         Some(drain_timeout),
         Some(tunnel_timeout),
         Some(max_services),
+        Some(tcp),
     ) = (
         endpoints,
         listen,
@@ -244,6 +255,7 @@ pub fn parse(
         drain_timeout,
         tunnel_timeout,
         max_services,
+        tcp,
     )
     else {
         unreachable!("a missing value is an error above");
@@ -263,6 +275,7 @@ pub fn parse(
             dir,
             check_inter,
             tunnel_timeout,
+            tcp,
         },
         drain_timeout,
         lb_id,
@@ -277,21 +290,60 @@ pub fn parse(
 
 /// A bind address for HAProxy: `:PORT`, `HOST:PORT` or `[V6]:PORT`, written as HAProxy takes it.
 fn bind_address(g: &cli::Given) -> Result<String, UsageError> {
-    let form = "ADDR:PORT such as :80, 0.0.0.0:8080 or [::]:8080";
-    let v = g.value.trim();
-    let Some((host, Some(port))) = split_host_port(v) else {
-        return Err(expected(g, form));
-    };
+    bind_text(&g.value)
+        .ok_or_else(|| expected(g, "ADDR:PORT such as :80, 0.0.0.0:8080 or [::]:8080"))
+}
+
+/// `ADDR:PORT` as HAProxy's `bind` takes it (IPv6 in brackets), if it is one.
+fn bind_text(value: &str) -> Option<String> {
+    let (host, port) = split_host_port(value.trim())?;
+    let port = port?;
     let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
     let host_ok = host.is_empty() || valid_host(host) || host.parse::<std::net::Ipv6Addr>().is_ok();
-    if !port_ok || !host_ok {
-        return Err(expected(g, form));
-    }
-    Ok(if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
+    (port_ok && host_ok).then(|| {
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
     })
+}
+
+/// `--tcp ADDR:PORT=PREFIX`, each a TCP listener of its own for the service under PREFIX,
+/// served by the backends `tcp-1`, `tcp-2`, ... in the order given. A prefix that is the
+/// default service's, or given twice, or `/`, is refused.
+fn tcp_services(
+    raw: &cli::RawArgs,
+    default: Option<&str>,
+) -> Result<Vec<crate::haproxy::TcpListener>, UsageError> {
+    let form = "ADDR:PORT=PREFIX such as :5432=/app/db";
+    let mut out: Vec<crate::haproxy::TcpListener> = Vec::new();
+    for g in raw.all("tcp") {
+        let (bind, prefix) = g.value.split_once('=').ok_or_else(|| expected(g, form))?;
+        let bind = bind_text(bind).ok_or_else(|| expected(g, form))?;
+        let prefix = parse_prefix(&cli::Given {
+            value: prefix.to_owned(),
+            ..g.clone()
+        })
+        .ok()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| expected(g, form))?;
+        if Some(prefix.as_str()) == default || out.iter().any(|t| t.prefix == prefix) {
+            return Err(UsageError::new(
+                &g.source,
+                format!(
+                    "{prefix} has a listener already (each service has one), got {:?}",
+                    g.value
+                ),
+            ));
+        }
+        out.push(crate::haproxy::TcpListener {
+            bind,
+            prefix,
+            backend: format!("{}{}", crate::haproxy::TCP_PREFIX, out.len() + 1),
+        });
+    }
+    Ok(out)
 }
 
 /// `--version` output.
@@ -357,6 +409,55 @@ mod tests {
         "--dir",
         "/tmp/lb",
     ];
+
+    #[test]
+    fn tcp_services_each_get_a_listener_and_a_backend() {
+        let mut args = BASE.to_vec();
+        args.extend(["--tcp", ":5432=/app/db", "--tcp", "[::1]:6379=app/cache/"]);
+        let c = run(&args, &[]).unwrap();
+        let got: Vec<(&str, &str, &str)> = c
+            .frontend
+            .tcp
+            .iter()
+            .map(|t| (t.bind.as_str(), t.prefix.as_str(), t.backend.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (":5432", "/app/db", "tcp-1"),
+                ("[::1]:6379", "/app/cache", "tcp-2")
+            ]
+        );
+        let c = run(BASE, &[("HECD_TCP", ":5432=/app/db,:6379=/app/cache")]).unwrap();
+        assert_eq!(c.frontend.tcp.len(), 2);
+        assert!(run(BASE, &[]).unwrap().frontend.tcp.is_empty());
+        for bad in [
+            ":5432",
+            "5432=/app/db",
+            ":0=/app/db",
+            ":5432=/",
+            ":5432=/a b",
+            "=/app/db",
+        ] {
+            let mut args = BASE.to_vec();
+            args.extend(["--tcp", bad]);
+            let e = run(&args, &[]).unwrap_err();
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert!(
+                e[0].starts_with("--tcp: expected ADDR:PORT=PREFIX"),
+                "{bad}: {e:?}"
+            );
+        }
+        for taken in [
+            &["--tcp", ":5432=/app/servers"][..],
+            &["--tcp", ":5432=/app/db", "--tcp", ":5433=/app/db"],
+        ] {
+            let mut args = BASE.to_vec();
+            args.extend(taken);
+            let e = run(&args, &[]).unwrap_err();
+            assert!(e[0].contains("has a listener already"), "{e:?}");
+        }
+    }
 
     #[test]
     fn the_scripts_command_line_works() {

@@ -66,8 +66,9 @@ const CALL: Duration = Duration::from_secs(5);
 
 pub struct Follower {
     pub client: Client,
-    /// `--prefix`, normalised: the default service, always followed.
-    pub prefix: String,
+    /// The services always followed, declared or not: the default one (`--prefix`) and each
+    /// `--tcp` one.
+    pub fixed: Vec<String>,
     /// `--lb-prefix`: the declarations are under `LB_PREFIX/routes/`.
     pub lb_prefix: String,
     /// `--max-services`: most services followed at once (the default one included).
@@ -86,8 +87,8 @@ pub struct Follower {
 /// Where the watches are: each followed prefix with the revision its watch goes on from.
 #[derive(Debug, Default)]
 struct Watching {
-    /// `--prefix` (always followed), `--lb-prefix` and `--max-services`.
-    default: String,
+    /// The services always followed, `--lb-prefix` and `--max-services`.
+    fixed: Vec<String>,
     lb_prefix: String,
     max_services: usize,
     /// The prefixes of the open stream's service watches, in order (watch 0 is the
@@ -186,7 +187,9 @@ impl Watching {
         let dropped: Vec<String> = self
             .services
             .keys()
-            .filter(|p| **p != self.default && self.declared.get(*p).is_none_or(BTreeSet::is_empty))
+            .filter(|p| {
+                !self.fixed.contains(*p) && self.declared.get(*p).is_none_or(BTreeSet::is_empty)
+            })
             .cloned()
             .collect();
         for prefix in dropped {
@@ -334,7 +337,7 @@ impl Follower {
         let mut by_age: Vec<(i64, &str)> = first.into_iter().map(|(p, r)| (r, p)).collect();
         by_age.sort();
         let mut prefixes: BTreeSet<String> = BTreeSet::new();
-        prefixes.insert(self.prefix.clone());
+        prefixes.extend(self.fixed.iter().cloned());
         let mut refused = BTreeSet::new();
         for (_, p) in by_age {
             if prefixes.len() < self.max_services || prefixes.contains(p) {
@@ -363,7 +366,7 @@ impl Follower {
                 Ok((servers, _)) => {
                     services.insert(prefix.clone(), servers);
                 }
-                Err(e @ EtcdError::Failed { .. }) if *prefix != self.prefix => {
+                Err(e @ EtcdError::Failed { .. }) if !self.fixed.contains(prefix) => {
                     // etcd answered but refused (no read permission, say): that service is
                     // not routed; the others are followed as usual.
                     log::warn!("cannot read {prefix}/: {e}; its routes are not served");
@@ -379,7 +382,7 @@ impl Follower {
             declared.entry(p.clone()).or_default().insert(n.clone());
         }
         let watching = Watching {
-            default: self.prefix.clone(),
+            fixed: self.fixed.clone(),
             lb_prefix: self.lb_prefix.clone(),
             max_services: self.max_services,
             stream: Vec::new(),
@@ -654,7 +657,7 @@ mod tests {
     /// Following the default service and /app/api (declared by api-1), at revision 10.
     fn watching() -> Watching {
         let mut w = Watching {
-            default: "/app/servers".into(),
+            fixed: vec!["/app/servers".into()],
             lb_prefix: "/hecd".into(),
             max_services: 3,
             routes_next: 11,

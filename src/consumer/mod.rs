@@ -86,7 +86,9 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     };
     let follower = Follower {
         client: client(),
-        prefix: config.prefix.clone(),
+        fixed: std::iter::once(config.prefix.clone())
+            .chain(frontend.tcp.iter().map(|t| t.prefix.clone()))
+            .collect(),
         lb_prefix: config.lb_prefix.clone(),
         max_services: config.max_services,
         seed: crate::etcd::jitter_seed(&config.lb_id),
@@ -107,7 +109,12 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         return status::SETUP;
     }
 
-    let mut balancer = Balancer::new(config.drain_timeout, config.prefix.clone());
+    let tcp: Vec<(String, String)> = frontend
+        .tcp
+        .iter()
+        .map(|t| (t.prefix.clone(), t.backend.clone()))
+        .collect();
+    let mut balancer = Balancer::new(config.drain_timeout, config.prefix.clone(), &tcp);
     let applier = Applier::new(
         Runtime::new(&frontend.socket_path()),
         frontend.check_options(),

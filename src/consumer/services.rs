@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::follow::{Change, Declaration, Update};
-use crate::haproxy::{Addr, BackendConfig, DEFAULT_BACKEND, POOL_PREFIX, RuntimeError};
+use crate::haproxy::{Addr, BackendConfig, DEFAULT_BACKEND, POOL_PREFIX, RuntimeError, TCP_PREFIX};
 
 /// Pool backends prepared at start beyond those in use.
 pub const POOL_SPARE: usize = 16;
@@ -133,6 +133,9 @@ pub struct Balancer {
     pub drain_timeout: Duration,
     /// `--prefix`: the service of every request no route matches.
     pub default_prefix: String,
+    /// The services whose backend never changes: the default one (`servers`) and each `--tcp`
+    /// one (`tcp-N`, in order), prefix → backend.
+    fixed: Vec<(String, String)>,
     pub services: BTreeMap<String, Service>,
     /// Pool backends in the config HAProxy runs (`pool-1` .. `pool-N`).
     pub pool: usize,
@@ -154,19 +157,28 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    pub fn new(drain_timeout: Duration, default_prefix: String) -> Self {
-        let mut services = BTreeMap::new();
-        services.insert(
-            default_prefix.clone(),
-            Service {
-                backend: Some(DEFAULT_BACKEND.to_owned()),
-                followed: true,
-                ..Service::default()
-            },
-        );
+    /// A model with the default service under `default_prefix` and the TCP services `tcp`
+    /// (prefix, backend).
+    pub fn new(drain_timeout: Duration, default_prefix: String, tcp: &[(String, String)]) -> Self {
+        let fixed: Vec<(String, String)> =
+            std::iter::once((default_prefix.clone(), DEFAULT_BACKEND.to_owned()))
+                .chain(tcp.iter().cloned())
+                .collect();
+        let services = fixed
+            .iter()
+            .map(|(prefix, backend)| {
+                let service = Service {
+                    backend: Some(backend.clone()),
+                    followed: true,
+                    ..Service::default()
+                };
+                (prefix.clone(), service)
+            })
+            .collect();
         Balancer {
             drain_timeout,
             default_prefix,
+            fixed,
             services,
             pool: POOL_SPARE,
             routes: BTreeMap::new(),
@@ -268,9 +280,12 @@ impl Balancer {
 
     /// Drops the services nobody follows that have nothing left in HAProxy.
     fn forget_unfollowed(&mut self) {
-        let default = self.default_prefix.clone();
+        let fixed = &self.fixed;
         self.services.retain(|prefix, s| {
-            *prefix == default || s.followed || s.backend.is_some() || !s.declarations.is_empty()
+            fixed.iter().any(|(p, _)| p == prefix)
+                || s.followed
+                || s.backend.is_some()
+                || !s.declarations.is_empty()
         });
     }
 
@@ -397,9 +412,12 @@ impl Balancer {
         // map key → (declaration revision, prefix, route as written)
         let mut claims: BTreeMap<String, Vec<(i64, String, String)>> = BTreeMap::new();
         for (prefix, s) in &self.services {
-            let (Some(_), Some(wanted)) = (&s.backend, &s.wanted) else {
+            let (Some(backend), Some(wanted)) = (&s.backend, &s.wanted) else {
                 continue;
             };
+            if backend.starts_with(TCP_PREFIX) {
+                continue; // a TCP service is reached on its own port, never by a route
+            }
             for (name, d) in &s.declarations {
                 if !wanted.contains_key(name) {
                     continue; // a declaration counts while its instance is registered
@@ -480,7 +498,7 @@ impl Balancer {
     fn release_backends(&mut self) -> Vec<Op> {
         let mut ops = Vec::new();
         for (prefix, s) in &mut self.services {
-            if *prefix == self.default_prefix || s.needs_backend() {
+            if self.fixed.iter().any(|(p, _)| p == prefix) || s.needs_backend() {
                 continue;
             }
             if let Some(backend) = s.backend.take() {
@@ -664,7 +682,11 @@ impl Balancer {
                 by_backend.insert(b, (prefix, s));
             }
         }
-        let names = std::iter::once(DEFAULT_BACKEND.to_owned()).chain(self.pool_backends());
+        let names = self
+            .fixed
+            .iter()
+            .map(|(_, backend)| backend.clone())
+            .chain(self.pool_backends());
         names
             .map(|name| {
                 let Some((prefix, s)) = by_backend.get(name.as_str()) else {
@@ -786,7 +808,7 @@ mod tests {
         services: &[(&str, &[(&str, &str)])],
         declarations: &[(&str, &str, &[&str], i64)],
     ) -> Balancer {
-        let mut b = Balancer::new(Duration::from_secs(30), DEFAULT.into());
+        let mut b = Balancer::new(Duration::from_secs(30), DEFAULT.into(), &[]);
         b.update(Update::Snapshot {
             services: services
                 .iter()
@@ -833,7 +855,7 @@ mod tests {
 
     #[test]
     fn nothing_is_planned_before_the_first_read() {
-        let mut b = Balancer::new(Duration::from_secs(30), DEFAULT.into());
+        let mut b = Balancer::new(Duration::from_secs(30), DEFAULT.into(), &[]);
         assert_eq!(b.plan(), []);
     }
 
@@ -1033,6 +1055,46 @@ mod tests {
         let mut b = synced(&[(DEFAULT, &[])], &[]);
         server_gone(&mut b, DEFAULT, "never");
         assert_eq!(b.drained, [(DEFAULT.to_owned(), "never".to_owned())]);
+    }
+
+    #[test]
+    fn a_tcp_service_keeps_its_backend_and_takes_no_route() {
+        let tcp = [("/app/db".to_owned(), "tcp-1".to_owned())];
+        let mut b = Balancer::new(Duration::from_secs(30), DEFAULT.into(), &tcp);
+        b.update(Update::Snapshot {
+            services: [
+                (DEFAULT.to_owned(), servers(&[])),
+                ("/app/db".to_owned(), servers(&[("db-1", "10.0.0.5:5432")])),
+            ]
+            .into(),
+            // A declaration naming the TCP service routes nowhere.
+            declarations: [(
+                ("/app/db".to_owned(), "db-1".to_owned()),
+                declared(&["db.example.com"], 3),
+            )]
+            .into(),
+        });
+        let ops = b.plan();
+        assert_eq!(
+            ops,
+            [Op::Add {
+                prefix: "/app/db".into(),
+                backend: "tcp-1".into(),
+                name: "db-1".into(),
+                addr: addr("10.0.0.5:5432")
+            }]
+        );
+        accept(&mut b, &ops, Instant::now());
+        let names: Vec<String> = b.layout(true).into_iter().map(|l| l.name).collect();
+        assert_eq!(names[..3], ["servers", "tcp-1", "pool-1"]);
+        // Its last server gone and deleted: the backend stays, as the default one's does.
+        server_gone(&mut b, "/app/db", "db-1");
+        let ops = b.plan();
+        accept(&mut b, &ops, Instant::now());
+        let ops = b.finish(Instant::now(), &BTreeMap::new());
+        accept(&mut b, &ops, Instant::now());
+        assert_eq!(b.services["/app/db"].backend.as_deref(), Some("tcp-1"));
+        assert_eq!(b.drained, [("/app/db".to_owned(), "db-1".to_owned())]);
     }
 
     #[test]

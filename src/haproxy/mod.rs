@@ -15,6 +15,18 @@ use std::time::Duration;
 /// The backend of the default service (`--prefix`): every request no route matches.
 pub const DEFAULT_BACKEND: &str = "servers";
 
+/// The backends of `--tcp` services are `tcp-1`, `tcp-2`, ... (in `mode tcp`), each behind a
+/// frontend of its own.
+pub const TCP_PREFIX: &str = "tcp-";
+
+/// A `--tcp` listener: where it binds, the service it serves and that service's backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpListener {
+    pub bind: String,
+    pub prefix: String,
+    pub backend: String,
+}
+
 /// Pool backends are `pool-1`, `pool-2`, ...: prepared empty, each taken by a service when it
 /// appears and given back when it is gone.
 pub const POOL_PREFIX: &str = "pool-";
@@ -83,6 +95,8 @@ pub struct Frontend {
     pub check_inter: Duration,
     /// `--tunnel-timeout`: how long an upgraded connection (WebSocket) may stay idle.
     pub tunnel_timeout: Duration,
+    /// `--tcp`: plain TCP listeners, each for one service.
+    pub tcp: Vec<TcpListener>,
 }
 
 impl Frontend {
@@ -162,6 +176,14 @@ impl Frontend {
             self.listen,
             self.map_path().display()
         );
+        for t in &self.tcp {
+            // Idle connections (a database client's pool) live --tunnel-timeout, which HAProxy
+            // applies to a TCP connection once it is established.
+            out.push_str(&format!(
+                "\nfrontend {}-in\n    mode tcp\n    bind {}\n    default_backend {}\n",
+                t.backend, t.bind, t.backend
+            ));
+        }
         if let Some(stats) = &self.stats {
             out.push_str(&format!(
                 "\nfrontend stats\n    bind {stats}\n    http-request use-service prometheus-exporter if {{ path /metrics }}\n    stats enable\n    stats uri /admin-status\n    stats refresh 5s\n"
@@ -171,6 +193,9 @@ impl Frontend {
             out.push_str(&format!("\nbackend {}\n", backend.name));
             if let Some(service) = &backend.service {
                 out.push_str(&format!("    description service {service}\n"));
+            }
+            if backend.name.starts_with(TCP_PREFIX) {
+                out.push_str("    mode tcp\n");
             }
             out.push_str("    balance roundrobin\n");
             for (name, addr) in &backend.servers {
@@ -521,6 +546,11 @@ mod tests {
             dir: "/run/lb".into(),
             check_inter: Duration::from_millis(500),
             tunnel_timeout: Duration::from_secs(3600),
+            tcp: vec![TcpListener {
+                bind: "[::]:5432".into(),
+                prefix: "/app/db".into(),
+                backend: "tcp-1".into(),
+            }],
         };
         let mut servers = BTreeMap::new();
         servers.insert("b".to_owned(), Addr::parse("[fd00::2]:80").unwrap());
@@ -544,6 +574,9 @@ mod tests {
         assert!(cfg.contains("map_beg(/run/lb/routes.map)"));
         assert!(cfg.contains("server-state-file /run/lb/servers.state"));
         assert!(cfg.contains("timeout tunnel 3600000ms\n"));
+        assert!(cfg.contains(
+            "frontend tcp-1-in\n    mode tcp\n    bind [::]:5432\n    default_backend tcp-1\n"
+        ));
         assert!(cfg.contains("timeout http-request 10s\n"));
         assert!(cfg.contains("http-request set-header X-Forwarded-For %[src]\n"));
         assert_eq!(parse_config(&cfg), backends);

@@ -46,7 +46,9 @@ impl Lb {
 
     fn start_in_env(etcd_urls: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Lb {
         // A port chosen free may be taken before HAProxy binds it: then HAProxy says so and
-        // hecd-haproxy exits, and it is started again on another port.
+        // hecd-haproxy exits, and it is started again on another port. `{free}` in an
+        // argument (a `--tcp` listener's port) is a free port too, chosen anew each time
+        // ([`Lb::tcp_port`] reads it back).
         for _ in 0..5 {
             let port = free_port();
             let mut cmd = Command::new(super::hecd_haproxy());
@@ -55,7 +57,10 @@ impl Lb {
                 .arg("--dir")
                 .arg(dir)
                 .args(["--check-inter", "200ms"])
-                .args(args)
+                .args(
+                    args.iter()
+                        .map(|a| a.replace("{free}", &free_port().to_string())),
+                )
                 .envs(env.iter().copied());
             let h = start_command(cmd);
             let mut lb = Lb {
@@ -126,10 +131,16 @@ impl Lb {
     /// server`: between them the server is listed but takes no request, and a load started
     /// right then would see a 503).
     pub fn expect_servers(&self, names: &[&str], within: Duration) {
+        self.expect_servers_in("servers", names, within);
+    }
+
+    /// [`Lb::expect_servers`] for the backend `backend` (`pool-N`, `tcp-N`).
+    pub fn expect_servers_in(&self, backend: &str, names: &[&str], within: Duration) {
         let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         want.sort();
+        let show = format!("show servers state {backend}");
         let ok = wait_until(within, || {
-            let state = self.admin("show servers state servers").unwrap_or_default();
+            let state = self.admin(&show).unwrap_or_default();
             let mut listed = Vec::new();
             let mut enabled = true;
             for l in state.lines().skip(2) {
@@ -148,7 +159,7 @@ impl Lb {
             ok,
             "HAProxy has {:?}, want {want:?}\n{:?}\n{}",
             self.servers(),
-            self.admin("show servers state servers"),
+            self.admin(&show),
             self.h.stderr()
         );
     }
@@ -163,6 +174,17 @@ impl Lb {
         let mut workers = super::children(master);
         workers.sort();
         (master, workers)
+    }
+
+    /// The port of the `n`th `--tcp` listener (from 1), as the config file binds it.
+    pub fn tcp_port(&self, n: usize) -> u16 {
+        let config = std::fs::read_to_string(self.dir.join("haproxy.cfg")).unwrap_or_default();
+        let section = format!("frontend tcp-{n}-in\n");
+        config
+            .split_once(&section)
+            .and_then(|(_, rest)| rest.lines().find_map(|l| l.trim().strip_prefix("bind ")))
+            .and_then(|bind| bind.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no --tcp listener {n} in the config:\n{config}"))
     }
 
     /// The `server` lines of the config file hecd-haproxy keeps.
