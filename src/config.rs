@@ -130,7 +130,7 @@ pub const OPTIONS: &[OptSpec] = &[
         long: "rewrite",
         short: None,
         value: Some("FROM:TO"),
-        default: "none",
+        default: "TSTP, TTIN, TTOU → STOP (none with --single-child)",
         help: "pass signal FROM on as TO (TERM:QUIT, 15:3; TO=0 drops it; TSTP/TTIN/TTOU go on as STOP unless rewritten or --single-child); repeatable, comma-separated in the variable",
         env: true,
         repeat: true,
@@ -981,6 +981,13 @@ mod tests {
         assert_eq!(r.lb_prefix, crate::contract::DEFAULT_LB_PREFIX);
         assert_eq!((r.ttl.as_secs(), r.check_interval.as_secs()), (10, 2));
         assert_eq!(c.drain, Duration::from_secs(2));
+        // --rewrite: the job-control signals go on as STOP unless --single-child.
+        assert!(help.contains("default: TSTP, TTIN, TTOU → STOP (none with --single-child)"));
+        let stop =
+            |c: &Config| [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].map(|s| c.rewrites.map(s));
+        assert_eq!(stop(&build_with(&[], &[]).unwrap()), [libc::SIGSTOP; 3]);
+        let single = build_with(&["--single-child"], &[]).unwrap();
+        assert_eq!(stop(&single), [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU]);
     }
 
     #[test]

@@ -68,34 +68,7 @@ impl Tls {
         }
         let client = match client {
             None => None,
-            Some((cert, key)) => {
-                let chain = certificates(cert.path, cert.data).map_err(|e| ("--etcd-cert", e))?;
-                let bad_key = |e: String| {
-                    (
-                        "--etcd-key",
-                        format!("{}: no usable private key ({e})", key.path),
-                    )
-                };
-                let private = PrivateKey::from_pem(key.data).map_err(|e| bad_key(e.to_string()))?;
-                // The pair must fit: let rustls say so now rather than at the first handshake.
-                let der =
-                    PrivateKeyDer::from_pem_slice(key.data).map_err(|e| bad_key(e.to_string()))?;
-                let ders = chain
-                    .iter()
-                    .map(|c| CertificateDer::from(c.der()).into_owned());
-                rustls::ClientConfig::builder_with_provider(provider())
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| ("--etcd-cacert", format!("TLS set-up: {e}")))?
-                    .with_root_certificates(store)
-                    .with_client_auth_cert(ders.collect(), der)
-                    .map_err(|e| {
-                        (
-                            "--etcd-cert",
-                            format!("{}: does not fit the key ({e})", cert.path),
-                        )
-                    })?;
-                Some(ClientCert::new_with_certs(&chain, private))
-            }
+            Some((cert, key)) => Some(client_cert(&cert, &key, store)?),
         };
         let config = TlsConfig::builder()
             .root_certs(RootCerts::new_with_certs(&roots))
@@ -104,6 +77,50 @@ impl Tls {
             .build();
         Ok(Self(config))
     }
+}
+
+/// Checks a client certificate chain and key the way [`Tls::from_pem`] does (each parses, and
+/// they fit each other), for `--etcd-cert`/`--etcd-key` given with `http://` endpoints only:
+/// a bad file is a usage error now, not when the endpoints move to `https://`.
+pub fn check_client_cert(
+    cert: &PemFile<'_>,
+    key: &PemFile<'_>,
+) -> Result<(), (&'static str, String)> {
+    client_cert(cert, key, rustls::RootCertStore::empty()).map(drop)
+}
+
+/// The client certificate of `cert` (a PEM chain) and `key`, checked to fit each other by
+/// building a rustls configuration with them (and `roots`).
+fn client_cert(
+    cert: &PemFile<'_>,
+    key: &PemFile<'_>,
+    roots: rustls::RootCertStore,
+) -> Result<ClientCert, (&'static str, String)> {
+    let chain = certificates(cert.path, cert.data).map_err(|e| ("--etcd-cert", e))?;
+    let bad_key = |e: String| {
+        (
+            "--etcd-key",
+            format!("{}: no usable private key ({e})", key.path),
+        )
+    };
+    let private = PrivateKey::from_pem(key.data).map_err(|e| bad_key(e.to_string()))?;
+    // The pair must fit: let rustls say so now rather than at the first handshake.
+    let der = PrivateKeyDer::from_pem_slice(key.data).map_err(|e| bad_key(e.to_string()))?;
+    let ders = chain
+        .iter()
+        .map(|c| CertificateDer::from(c.der()).into_owned());
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("--etcd-cacert", format!("TLS set-up: {e}")))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(ders.collect(), der)
+        .map_err(|e| {
+            (
+                "--etcd-cert",
+                format!("{}: does not fit the key ({e})", cert.path),
+            )
+        })?;
+    Ok(ClientCert::new_with_certs(&chain, private))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -829,6 +829,38 @@ const BAD_LISTEN: [&str; 6] = [
 ];
 
 /// Runs hecd-haproxy to its end (a usage or set-up error): its exit status and stderr.
+/// A relative `--dir` is created and used from hecd-haproxy's working directory (it used to
+/// be created, then refused by `haproxy -c` for its relative admin socket: exit 1).
+#[test]
+fn a_relative_dir_works() {
+    let etcd = Etcd::start();
+    let tmp = TempDir::new("reldir");
+    for _ in 0..5 {
+        let port = common::etcd::free_port();
+        let mut cmd = Command::new(common::hecd_haproxy());
+        cmd.current_dir(&tmp.0)
+            .args(["--etcd", &etcd.url(), "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--dir", "lbdir/sub"]);
+        let mut h = start_command(cmd);
+        let socket = tmp.0.join("lbdir/sub/admin.sock");
+        let mut exited = false;
+        let up = wait_until(Duration::from_secs(20), || {
+            exited = h.wait(Duration::ZERO).is_some();
+            exited || socket.exists()
+        });
+        if exited && h.stderr_final().contains("cannot bind") {
+            continue; // the port was taken in between: another
+        }
+        assert!(up && !exited, "{}", h.stderr());
+        h.expect_stderr("HAProxy master pid");
+        h.signal(libc::SIGTERM);
+        assert_eq!(h.expect_exit(), 0, "{}", h.stderr_final());
+        return;
+    }
+    panic!("no free port in 5 tries");
+}
+
 fn run_lb(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(common::hecd_haproxy())
         .args(args)

@@ -118,3 +118,47 @@ fn issue_9_pure_init_prints_nothing_of_its_own() {
     assert!(out.contains("hecd-init: started"), "{out:?}");
     assert!(out.contains("exited with status 0"), "{out:?}");
 }
+
+/// README's comparison table, the signal rows, checked against Debian's tini and dumb-init:
+/// a real-time signal sent to the init reaches the app with all three; a fault signal
+/// (SIGSEGV) sent from outside reaches the app with hecd-init and dumb-init, while tini dies of
+/// it and leaves the app running.
+#[test]
+fn the_comparison_tables_signal_rows_hold() {
+    let hecd = common::hecd_init().to_string_lossy().into_owned();
+    let inits: [(&str, Vec<&str>); 3] = [
+        ("hecd-init", vec![hecd.as_str(), "--"]),
+        ("tini", vec!["tini", "-s", "--"]),
+        ("dumb-init", vec!["dumb-init"]),
+    ];
+    for (name, command) in &inits {
+        for (sig, reaches_app) in [(40, true), (libc::SIGSEGV, *name != "tini")] {
+            let mut child = Command::new(command[0])
+                .args(&command[1..])
+                .args(["sleep", "30"])
+                .process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{name} (apt-get install tini dumb-init): {e}"));
+            let init = child.id() as i32;
+            assert!(wait_until(Duration::from_secs(5), || !common::children(
+                init
+            )
+            .is_empty()));
+            let app = common::children(init)[0];
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(init, sig) };
+            let gone = wait_until(Duration::from_secs(3), || !common::alive(app));
+            // Whatever happened, nothing is left running.
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(app, libc::SIGKILL);
+                libc::kill(-init, libc::SIGKILL);
+            }
+            let _ = child.wait();
+            assert_eq!(
+                gone, reaches_app,
+                "{name}: signal {sig} reached the app: {gone}"
+            );
+        }
+    }
+}

@@ -192,18 +192,79 @@ fn tls_setup_errors_are_usage_errors() {
             ),
         ),
     ] {
-        let mut all = vec![
-            "--etcd",
-            "https://127.0.0.1:2379",
-            "--advertise",
-            "127.0.0.1:80",
-        ];
-        all.extend(args);
-        all.push("true");
-        let mut h = common::start(&all);
-        assert_eq!(h.expect_exit(), 2);
-        assert_eq!(h.stderr_final().trim_end(), want);
+        assert_eq!(
+            usage_error("https://127.0.0.1:2379", &args).trim_end(),
+            want
+        );
     }
+}
+
+/// hecd-init registering at `endpoint` with `args`, running `true`: it must exit 2 before the
+/// app runs; what it said.
+fn usage_error(endpoint: &str, args: &[&str]) -> String {
+    let mut all = vec!["--etcd", endpoint, "--advertise", "127.0.0.1:80"];
+    all.extend(args);
+    all.push("true");
+    let mut h = common::start(&all);
+    assert_eq!(h.expect_exit(), 2);
+    h.stderr_final()
+}
+
+/// `--etcd-cert` and `--etcd-key` are checked even when every endpoint is `http://` (no TLS
+/// is used yet): junk, or a pair whose key does not fit, is exit 2 with one line naming the
+/// option, for both programs; a good pair is accepted.
+#[test]
+fn client_files_are_checked_even_with_http_endpoints() {
+    let dir = TempDir::new("tls-http");
+    common::etcd::make_certs(&dir.0);
+    let file = |f: &str| dir.0.join(f).to_string_lossy().into_owned();
+    let junk = dir.0.join("junk.pem");
+    std::fs::write(&junk, "hello").unwrap();
+    let junk = junk.to_string_lossy().into_owned();
+    let (cert, key, other_key) = (file("client.pem"), file("client.key"), file("server.key"));
+    for (c, k, want) in [
+        (&junk, &key, "--etcd-cert: "),
+        (&cert, &junk, "--etcd-key: "),
+        (&cert, &other_key, "--etcd-cert: "),
+    ] {
+        let args = ["--etcd-cert", c.as_str(), "--etcd-key", k.as_str()];
+        let err = usage_error("http://127.0.0.1:1", &args);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with(&format!("hecd-init: {want}")), "{err}");
+        let out = Command::new(common::hecd_haproxy())
+            .args([
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--listen",
+                ":1",
+                "--dir",
+                "/nonexistent",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.starts_with(&format!("hecd-haproxy: {want}")), "{err}");
+    }
+    // A good pair with http:// endpoints: accepted (the app runs, its status is hecd-init's).
+    let mut all = vec![
+        "--etcd",
+        "http://127.0.0.1:1",
+        "--advertise",
+        "127.0.0.1:80",
+    ];
+    all.extend([
+        "--etcd-cert",
+        cert.as_str(),
+        "--etcd-key",
+        key.as_str(),
+        "--drain",
+        "0",
+    ]);
+    all.push("true");
+    let mut h = common::start(&all);
+    assert_eq!(h.expect_exit(), 0, "{}", h.stderr_final());
 }
 
 #[test]

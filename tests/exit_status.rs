@@ -56,6 +56,21 @@ fn command_not_executable_is_126() {
     assert_eq!(exit_of(&[dir.0.to_str().unwrap()]).0, 126);
 }
 
+/// An executable file that is not a program (no ELF header, no `#!`): 126 with the static musl
+/// build users run (scripts/test runs this file again on it, `TEST_HECD_INIT`); the glibc
+/// build of `cargo test` hands such a file to /bin/sh, as glibc's execvp does, so it gets the
+/// shell's 127 ("not found"). README's exit-status table says so.
+#[test]
+fn an_executable_that_is_not_a_program_is_126_with_the_static_build() {
+    let dir = TempDir::new("exec");
+    let file = dir.0.join("not-a-program");
+    std::fs::write(&file, "no-such-command-here\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, err) = exit_of(&[file.to_str().unwrap()]);
+    let static_build = std::env::var_os("TEST_HECD_INIT").is_some();
+    assert_eq!(code, if static_build { 126 } else { 127 }, "{err}");
+}
+
 #[test]
 fn usage_errors_exit_2_naming_the_option() {
     let cases: &[(&[&str], &str)] = &[

@@ -191,7 +191,11 @@ pub fn parse(
                 "a directory path without spaces, quotes or '#'",
             ))
         } else {
-            Ok(PathBuf::from(&g.value))
+            // HAProxy's config names the admin socket and files by this path: a relative one
+            // would be read against HAProxy's idea of the current directory (and `haproxy -c`
+            // refuses `stats socket dir/admin.sock`), so it is made absolute here.
+            std::path::absolute(&g.value)
+                .map_err(|e| UsageError::new(&g.source, format!("{e}, got {:?}", g.value)))
         }
     }));
     let prefix = errors.take(parse_prefix(&raw.or_default("prefix")));
@@ -409,6 +413,26 @@ mod tests {
         "--dir",
         "/tmp/lb",
     ];
+
+    #[test]
+    fn a_relative_dir_is_made_absolute() {
+        let args = [
+            "--etcd",
+            "http://e:2379",
+            "--listen",
+            ":80",
+            "--dir",
+            "lbdir/sub",
+        ];
+        let c = run(&args, &[]).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.frontend.dir, cwd.join("lbdir/sub"));
+        assert!(c.frontend.dir.is_absolute());
+        assert_eq!(
+            run(BASE, &[]).unwrap().frontend.dir,
+            PathBuf::from("/tmp/lb")
+        );
+    }
 
     #[test]
     fn tcp_services_each_get_a_listener_and_a_backend() {

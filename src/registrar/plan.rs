@@ -101,6 +101,12 @@ pub fn tls(
         return Err(errors);
     }
     let (Some(ca_path), Some(ca)) = (ca_path, ca) else {
+        // No TLS in use: a client certificate and key given anyway are still checked.
+        if let (Some(cp), Some(c), Some(kp), Some(k)) = (cert, &cert_data, key, &key_data) {
+            let (cert, key) = (PemFile { path: cp, data: c }, PemFile { path: kp, data: k });
+            crate::http::check_client_cert(&cert, &key)
+                .map_err(|(option, e)| vec![UsageError::new(option, e)])?;
+        }
         return Ok(None);
     };
     let client = match (cert, cert_data, key, key_data) {
