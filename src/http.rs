@@ -25,6 +25,14 @@ use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, Transport,
 };
 
+/// Percent-encoding: RFC 3986's unreserved characters stay as they are; every other byte is
+/// encoded (a path segment, or the start of a set that keeps a few more).
+pub const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Largest response head (status line and headers) and body read. etcd's answers are a few
 /// hundred bytes and Docker's inspect a few KiB; anything bigger is not what we asked for.
 const MAX_HEAD: usize = 16 * 1024;

@@ -63,6 +63,13 @@ pub fn container_id(mountinfo: &str, cgroup: &str) -> Option<String> {
     })
 }
 
+/// `/containers/<id>/json`: the id may come from the hostname, so it is one path segment
+/// whatever it holds.
+fn inspect_path(id: &str) -> String {
+    let segment = percent_encoding::utf8_percent_encode(id, crate::http::UNRESERVED);
+    format!("/containers/{segment}/json")
+}
+
 /// Parses `GET /containers/<id>/json`.
 pub fn parse_inspect(body: &str) -> Result<Container, String> {
     let v = json::parse(body).map_err(|e| format!("container JSON is {e}"))?;
@@ -133,7 +140,7 @@ pub fn inspect(
     id: &str,
     timeout: Duration,
 ) -> Result<Container, String> {
-    let body = get(api, http, &format!("/containers/{id}/json"), timeout)?
+    let body = get(api, http, &inspect_path(id), timeout)?
         .ok_or_else(|| format!("Docker API {}: no container {id:?}", describe(api)))?;
     parse_inspect(&body)
 }
@@ -229,6 +236,19 @@ pub fn own_id() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inspected_id_is_one_path_segment() {
+        assert_eq!(
+            inspect_path("3f1a9c0b2d4e"),
+            "/containers/3f1a9c0b2d4e/json"
+        );
+        assert_eq!(inspect_path("web_1.a-b"), "/containers/web_1.a-b/json");
+        assert_eq!(
+            inspect_path("../info?x=1 #"),
+            "/containers/..%2Finfo%3Fx%3D1%20%23/json"
+        );
+    }
 
     const ID: &str = "3aa6e0e8cf1f7480ce4022d7a83ac3966a1d6b7032acbe5c3227cd09e15b516a";
 

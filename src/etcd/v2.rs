@@ -2,17 +2,29 @@
 //! paths, form bodies and response parsers. v2 has no leases: the TTL sits on the key, which is
 //! refreshed with `refresh=true&prevExist=true` (no value, so watchers see no change). No I/O.
 
+use percent_encoding::{AsciiSet, utf8_percent_encode};
+
 use super::Fault;
+use crate::http::UNRESERVED;
 use crate::json::{self, Value};
+
+/// A key's path: `/` separates its segments.
+const KEY_PATH: &AsciiSet = &UNRESERVED.remove(b'/');
+
+/// A form value: `HOST:PORT` keeps its colon.
+const FORM_VALUE: &AsciiSet = &UNRESERVED.remove(b':');
 
 /// `/v2/keys/app/servers/web-1`, each byte outside the unreserved set percent-encoded.
 pub fn key_path(key: &str) -> String {
-    format!("/v2/keys{}", percent_encode(key, b"/"))
+    format!("/v2/keys{}", utf8_percent_encode(key, KEY_PATH))
 }
 
 /// Form body that sets the key with a TTL.
 pub fn set(value: &str, ttl_secs: u64) -> String {
-    format!("value={}&ttl={ttl_secs}", percent_encode(value, b":"))
+    format!(
+        "value={}&ttl={ttl_secs}",
+        utf8_percent_encode(value, FORM_VALUE)
+    )
 }
 
 /// Form body that refreshes the TTL of an existing key without changing it.
@@ -50,19 +62,6 @@ pub fn parse(status: u16, body: &str, missing_ok: bool) -> Result<(), Fault> {
         (500..=599, _) => Err(Fault::Unavailable(format!("HTTP {status}: {message}"))),
         _ => Err(Fault::Rejected(format!("HTTP {status}: {message}"))),
     }
-}
-
-/// Percent-encodes every byte outside the unreserved set (RFC 3986) and `keep`.
-fn percent_encode(value: &str, keep: &[u8]) -> String {
-    let mut out = String::new();
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -275,32 +275,11 @@ fn parse_kv(v: &Value) -> Result<Kv, Fault> {
     })
 }
 
-/// Decodes standard base64 (padding optional); `None` for anything else.
+/// Decodes standard base64 (the gateway's bytes fields), strictly: canonical padding, no
+/// stray characters; `None` for anything else.
 pub fn unbase64(text: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| -> Option<u32> {
-        Some(u32::from(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        }))
-    };
-    let data = text.trim_end_matches('=').as_bytes();
-    if text.len() - data.len() > 2 || data.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(data.len() * 3 / 4);
-    for chunk in data.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= digit(c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 /// `{"name": user, "password": password}`
@@ -439,24 +418,8 @@ fn clip(body: &str) -> String {
 
 /// Standard base64 with padding (RFC 4648), as the gateway expects for bytes fields.
 pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[cfg(test)]
@@ -515,7 +478,9 @@ mod tests {
             );
         }
         assert_eq!(unbase64("Zm9v").as_deref(), Some(&b"foo"[..]));
-        for bad in ["Z", "Zm9v=== ", "Zm9v===", "Zm$v", "Z===", "é"] {
+        for bad in [
+            "Z", "Zm9v=== ", "Zm9v===", "Zm$v", "Z===", "é", "Zm8", "Zm9=", "Zm8=\n",
+        ] {
             assert_eq!(unbase64(bad), None, "{bad:?}");
         }
     }
