@@ -309,8 +309,8 @@ pub fn group_exists(pgid: i32) -> io::Result<bool> {
 
 /// Whether stdin is a terminal.
 pub fn stdin_is_tty() -> bool {
-    // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal()
 }
 
 /// Gives up our controlling terminal so the app's new session can take it (TIOCNOTTY).
@@ -357,9 +357,9 @@ pub fn prepare_child(command: &mut Command, setup: ChildSetup) {
     let hook = move || -> io::Result<()> {
         // Only async-signal-safe calls from here on: we are in the forked child, and nothing
         // allocates (the group list was built before the fork).
-        // SAFETY: setsid has no preconditions; a fresh child is never a group leader.
-        if setup.new_session && unsafe { libc::setsid() } < 0 {
-            return Err(io::Error::last_os_error());
+        // A fresh child is never a group leader, so this succeeds.
+        if setup.new_session {
+            nix::unistd::setsid()?;
         }
         if setup.take_tty {
             // SAFETY: TIOCSCTTY with arg 0 never steals a terminal held by another session.
@@ -375,10 +375,7 @@ pub fn prepare_child(command: &mut Command, setup: ChildSetup) {
             raw_sigaction(sig, Some(&ignore))?;
         }
         if setup.no_new_privileges {
-            // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes no pointers.
-            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            nix::sys::prctl::set_no_new_privs()?;
         }
         if let Some(id) = &setup.identity {
             switch_user(id)?;
@@ -421,11 +418,7 @@ fn switch_user(id: &Identity) -> io::Result<()> {
 /// `/proc/<pid>/mem`, and no core dump is written. The app is not affected: `execve` makes the
 /// new program dumpable again.
 pub fn make_not_dumpable() -> io::Result<()> {
-    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(nix::sys::prctl::set_dumpable(false)?)
 }
 
 unsafe extern "C" {
@@ -541,15 +534,11 @@ unsafe fn scrub_c_string(s: *mut c_char, name: &str, after_colon: bool) -> usize
 /// Arranges for the child to get `sig` when the thread that spawns it ends (hecd-haproxy's
 /// main thread: the process), so HAProxy never outlives a SIGKILLed hecd-haproxy. If the parent
 /// is already gone when the child starts, the child exits at once.
-pub fn die_with_parent(command: &mut Command, sig: c_int) {
-    let parent = std::process::id() as libc::pid_t;
+pub fn die_with_parent(command: &mut Command, sig: nix::sys::signal::Signal) {
+    let parent = std::process::id();
     let hook = move || -> io::Result<()> {
-        // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number; async-signal-safe.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: getppid has no preconditions.
-        if unsafe { libc::getppid() } != parent {
+        nix::sys::prctl::set_pdeathsig(sig)?;
+        if std::os::unix::process::parent_id() != parent {
             // SAFETY: _exit ends the forked child without running any handler.
             unsafe { libc::_exit(1) };
         }

@@ -139,7 +139,7 @@ impl Process {
         // SIGKILLed (or crashed), hecd-haproxy takes HAProxy with it: SIGTERM to the master,
         // which stops its workers; nothing is left serving a backend that no one keeps up to
         // date. (The signal follows the thread that started it: always the main thread.)
-        crate::sys::die_with_parent(&mut command, libc::SIGTERM);
+        crate::sys::die_with_parent(&mut command, nix::sys::signal::Signal::SIGTERM);
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
