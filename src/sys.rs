@@ -2,6 +2,15 @@
 //! signalfd-friendly blocking, the child's pre-exec setup, TTY hand-off, raw `kill` and `waitpid`.
 //! Callers get safe functions with plain types; nothing here decides policy (which signal goes
 //! where, when to reap): that belongs to `supervisor`.
+//!
+//! nix or std serve where they have a form (the terminal test, `setsid`, the parent's pid,
+//! `PR_SET_NO_NEW_PRIVS`, `PR_SET_DUMPABLE`, `PR_SET_PDEATHSIG`). Raw calls stay where they
+//! have none that fits: the signal mask and dispositions and the signalfd take the kernel's
+//! 8-byte set, since the C libraries hide the signals 32 to 34 from theirs; `TIOCNOTTY` and
+//! `TIOCSCTTY` have no nix wrapper outside its ioctl macros; `setgroups`, `setresgid` and
+//! `setresuid` run in the forked child as plain system calls (the C library's wrappers would
+//! try to reach other threads that the child does not have); `waitpid` decodes deaths by
+//! real-time signals, which nix's `WaitStatus` cannot hold.
 #![allow(unsafe_code)] // the one module allowed to hold unsafe code (STYLE §4)
 
 #[cfg(not(test))]
