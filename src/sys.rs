@@ -8,8 +8,9 @@
 //! have none that fits: the signal mask and dispositions and the signalfd take the kernel's
 //! 8-byte set, since the C libraries hide the signals 32 to 34 from theirs; `TIOCNOTTY` and
 //! `TIOCSCTTY` have no nix wrapper outside its ioctl macros; `setgroups`, `setresgid` and
-//! `setresuid` run in the forked child as plain system calls (the C library's wrappers would
-//! try to reach other threads that the child does not have); `waitpid` decodes deaths by
+//! `setresuid` run in the forked child as plain system calls (the C libraries' wrappers
+//! synchronise every thread of the process, glibc's setxid broadcast and musl's `__synccall`,
+//! which the forked child of a threaded process must not rely on); `waitpid` decodes deaths by
 //! real-time signals, which nix's `WaitStatus` cannot hold.
 #![allow(unsafe_code)] // the one module allowed to hold unsafe code (STYLE §4)
 
