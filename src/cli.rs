@@ -119,9 +119,10 @@ impl RawArgs {
         self.values.get(long).and_then(|v| v.last())
     }
 
-    /// The value that counts, or the table's default as if given: the one place an option's
-    /// default is written is its row in the table (which `--help` and the README show), so
-    /// the two cannot disagree. Only for options whose default is a value.
+    /// The value that counts, or the table's default as if given, so that for the options
+    /// read through this the row in the table (which `--help` shows) is where the default is
+    /// written. Only for options whose default is a value; a default that is a sentence (a
+    /// computed one) is applied where the option is read.
     pub fn or_default(&self, long: &str) -> Given {
         self.get(long).cloned().unwrap_or_else(|| Given {
             value: self

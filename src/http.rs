@@ -1,13 +1,15 @@
-//! The one HTTP plumbing of hecd-init, for etcd, the Docker API and the `http:` check: a
+//! The one HTTP plumbing of both programs, for etcd, the Docker API and the `http:` check: a
 //! configured ureq agent (rustls with ring, TLS 1.2 and 1.3, our own CA and client certificate)
 //! and a small unix-socket connector for the Docker API. Every request is bounded by one
 //! deadline that covers the name lookup, connecting, sending and reading the whole answer, and
-//! what it reads is bounded too (head and body sizes). It knows nothing about etcd or Docker;
-//! it never retries, and never logs bodies (they may hold passwords and tokens).
+//! what it reads is bounded too (head and body sizes); a streamed answer (the etcd watch) can
+//! be ended from another thread ([`Http::shutdown`]). It speaks no etcd or Docker protocol (only
+//! its TLS set-up names the `--etcd-*` options whose files it checks); it never retries, and
+//! never logs bodies (they may hold passwords and tokens).
 //!
 //! Every byte of an answer is hostile: framing (chunked sizes, Content-Length, the status line,
 //! the headers) is ureq's, which turns any breakage into an error; this module only maps those
-//! errors to the three kinds its callers act on.
+//! errors to the four kinds its callers act on ([`HttpError`]).
 
 use std::fmt;
 use std::io;

@@ -1,7 +1,9 @@
 //! The code of both programs this project ships: `hecd-init` (PID 1 of a container that
-//! registers it in etcd; `src/main.rs`) and `hecd-haproxy` (the consumer stage that keeps
-//! HAProxy's backend equal to the keys; `src/bin/hecd-haproxy.rs`). They share the etcd
-//! client, the HTTP client, the option scanner and the logger. Linux only.
+//! registers it in etcd; `src/main.rs`) and `hecd-haproxy` (the balancer that keeps HAProxy's
+//! backends, routes and listeners equal to the keys and supervises HAProxy;
+//! `src/bin/hecd-haproxy.rs`). They share the etcd client, the HTTP client, the option scanner,
+//! the contract of names, addresses and key layouts, the raw system calls and the logger.
+//! Linux only.
 #![deny(unsafe_code)]
 
 pub mod check;

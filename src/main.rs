@@ -1,4 +1,6 @@
-//! hecd-init: parse → config → run → exit status, nothing else.
+//! hecd-init: parse → check the files options name → run → exit status; besides that only
+//! the process-wide set-up that must come first (its own C `main`, not dumpable, the
+//! credentials scrubbed from its environment and command line, the panic hook).
 //!
 //! hecd-init provides its own C `main` (`#![no_main]`) so that the Rust runtime does not change
 //! the signal state before hecd-init records it: std's start-up would ignore SIGPIPE and install

@@ -533,7 +533,7 @@ impl Client {
     }
 
     /// Reads one page of `[key, end)` at `revision` (0: the latest), at most `limit` keys (v3
-    /// only). An answer over the body limit is `Failed` with cause "too big": read less.
+    /// only). An answer over the body limit is [`EtcdError::TooBig`]: read fewer keys.
     pub fn range(
         &mut self,
         key: &[u8],

@@ -1,6 +1,7 @@
 //! The etcd v3 JSON gateway, as request bodies and response parsers: lease grant, keepalive and
-//! revoke, put under a lease, delete, authenticate, and gateway errors. No I/O here, so every
-//! shape is tested against answers captured from a real etcd 3.4 (`tests/fixtures/`).
+//! revoke, put under a lease (alone or in a transaction), delete, range reads, watch streams,
+//! the member status, authenticate, and gateway errors. No I/O here, so every shape is tested
+//! against answers captured from a real etcd 3.4 (`tests/fixtures/`) and against garbage.
 //!
 //! JSON rules of the gateway: keys and values are base64; int64 fields (lease IDs, TTLs) are
 //! strings; fields holding zero are left out, so a keepalive answer without `TTL` means the

@@ -1,6 +1,6 @@
 //! Confirmed drain, on the stop path after the delete: which load balancers were announced
 //! under `LB_PREFIX/lbs/` at the delete's revision, and a watch of `LB_PREFIX/` from the next
-//! revision for their confirmations (`LB_PREFIX/drained/NAME/LB_ID`, written when a balancer
+//! revision for their confirmations (`LB_PREFIX/drained/PREFIX/NAME/LB_ID`, written when a balancer
 //! has the server out of rotation and idle) and for their announcements ending (a balancer that
 //! died: its lease ran out). When every balancer of the delete's moment has confirmed or gone,
 //! the supervisor is told and ends the drain; `--drain` stays the bound (the supervisor's own

@@ -1,8 +1,9 @@
 //! The supervisor: owns the app from spawn to exit. One thread blocks on a signalfd until a
 //! signal arrives or the nearest lifecycle deadline passes (no fixed tick), turns what it reads
 //! into lifecycle events, and carries out the actions `lifecycle::step` returns. It is the only
-//! code that spawns or waits for processes, and it never does network I/O: registration news
-//! will reach it as events, so nothing slow can sit between a signal and its forwarding.
+//! code of hecd-init that spawns or waits for processes, and it never does network I/O:
+//! registration news reaches it as events on a pipe it polls, so nothing slow can sit between a
+//! signal and its forwarding.
 
 pub mod reap;
 pub mod signals;
