@@ -109,12 +109,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         return status::SETUP;
     }
 
-    let tcp: Vec<(String, String)> = frontend
-        .tcp
-        .iter()
-        .map(|t| (t.prefix.clone(), t.backend.clone()))
-        .collect();
-    let mut balancer = Balancer::new(config.drain_timeout, config.prefix.clone(), &tcp);
+    let mut balancer = Balancer::new(config.drain_timeout, config.prefix.clone(), &frontend.tcp);
     let applier = Applier::new(
         Runtime::new(&frontend.socket_path()),
         frontend.check_options(),

@@ -27,7 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::follow::{Change, Declaration, Update};
-use crate::haproxy::{Addr, BackendConfig, DEFAULT_BACKEND, POOL_PREFIX, RuntimeError, TCP_PREFIX};
+use crate::haproxy::{
+    Addr, BackendConfig, DEFAULT_BACKEND, POOL_PREFIX, RuntimeError, TCP_PREFIX, TcpListener,
+};
 
 /// Pool backends prepared at start beyond those in use.
 pub const POOL_SPARE: usize = 16;
@@ -157,12 +159,11 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// A model with the default service under `default_prefix` and the TCP services `tcp`
-    /// (prefix, backend).
-    pub fn new(drain_timeout: Duration, default_prefix: String, tcp: &[(String, String)]) -> Self {
+    /// A model with the default service under `default_prefix` and the TCP services of `tcp`.
+    pub fn new(drain_timeout: Duration, default_prefix: String, tcp: &[TcpListener]) -> Self {
         let fixed: Vec<(String, String)> =
             std::iter::once((default_prefix.clone(), DEFAULT_BACKEND.to_owned()))
-                .chain(tcp.iter().cloned())
+                .chain(tcp.iter().map(|t| (t.prefix.clone(), t.backend.clone())))
                 .collect();
         let services = fixed
             .iter()
@@ -1059,7 +1060,11 @@ mod tests {
 
     #[test]
     fn a_tcp_service_keeps_its_backend_and_takes_no_route() {
-        let tcp = [("/app/db".to_owned(), "tcp-1".to_owned())];
+        let tcp = [TcpListener {
+            bind: ":5432".into(),
+            prefix: "/app/db".into(),
+            backend: "tcp-1".into(),
+        }];
         let mut b = Balancer::new(Duration::from_secs(30), DEFAULT.into(), &tcp);
         b.update(Update::Snapshot {
             services: [

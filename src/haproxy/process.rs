@@ -1,7 +1,7 @@
 //! The HAProxy master as a process hecd-haproxy owns: its config checked (`haproxy -c`),
 //! started in master-worker mode, reloaded, signalled, and reaped through the project's own
-//! reaper ([`crate::sys::reap_one`], which decodes a death by any signal, real-time ones
-//! included). [`Deaths`] decides, purely, whether a master that ended by itself is started
+//! reaper ([`crate::supervisor::reap::reap_watching`], which decodes a death by any signal,
+//! real-time ones included). [`Deaths`] decides, purely, whether a master that ended by itself is started
 //! again or whether hecd-haproxy gives up so that its orchestrator restarts it.
 
 use std::collections::VecDeque;
@@ -195,21 +195,9 @@ impl Process {
     /// Reaps every child that ended (the master, and any worker or check re-parented to
     /// hecd-haproxy); returns how the master ended if it was among them.
     pub fn reap(&mut self) -> Option<Ended> {
-        let mut master = None;
-        loop {
-            match crate::sys::reap_one() {
-                Ok(Some((pid, ended))) if Some(pid) == self.pid => {
-                    self.pid = None;
-                    master = Some(ended);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return master,
-                Err(e) => {
-                    log::warn!("waitpid failed: {e}");
-                    return master;
-                }
-            }
-        }
+        let ended = crate::supervisor::reap::reap_watching(self.pid)?;
+        self.pid = None;
+        Some(ended)
     }
 }
 

@@ -8,18 +8,26 @@ use crate::sys::{self, Ended};
 
 /// Reaps every child that has ended; returns how the app ended if it was among them.
 pub fn reap_all(app_pid: i32) -> Option<Ended> {
-    let mut app = None;
+    let app = reap_watching(Some(app_pid));
+    if let Some(ended) = app {
+        log::info!("app (pid {app_pid}) {}", describe(ended));
+    }
+    app
+}
+
+/// Reaps every child that has ended (one SIGCHLD can stand for many); returns how `watched`
+/// ended if it was among them. The others are logged at debug level. hecd-haproxy reaps its
+/// HAProxy master through this too.
+pub fn reap_watching(watched: Option<i32>) -> Option<Ended> {
+    let mut found = None;
     loop {
         match sys::reap_one() {
-            Ok(Some((pid, ended))) if pid == app_pid => {
-                log::info!("app (pid {pid}) {}", describe(ended));
-                app = Some(ended);
-            }
+            Ok(Some((pid, ended))) if Some(pid) == watched => found = Some(ended),
             Ok(Some((pid, ended))) => log::debug!("reaped pid {pid}, which {}", describe(ended)),
-            Ok(None) => return app,
+            Ok(None) => return found,
             Err(e) => {
                 log::warn!("waitpid failed: {e}");
-                return app;
+                return found;
             }
         }
     }
