@@ -3,9 +3,10 @@
 //! ([`Balancer::applied`]). It decides nothing; the main loop calls [`Applier::pass`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::certs::{CertOp, Certs};
 use super::services::{Balancer, Op};
 use crate::haproxy::{Runtime, RuntimeError};
 
@@ -103,6 +104,41 @@ impl Applier {
         (changed, balancer.needs_reload.take())
     }
 
+    /// Carries out one certificate operation. A certificate's copy is written (mode 0600)
+    /// before HAProxy is told of it, so the crt-list file can name it at any time.
+    pub fn apply_cert(
+        &self,
+        op: &CertOp,
+        crt_list: &Path,
+        hosts: &Path,
+    ) -> Result<(), RuntimeError> {
+        let r = &self.runtime;
+        match op {
+            CertOp::Load {
+                path, pem, names, ..
+            } => {
+                write_private(path, pem).map_err(RuntimeError::Refused)?;
+                r.cert_load(crt_list, path, pem, names)
+            }
+            CertOp::Unload { path } => r.cert_unload(crt_list, path),
+            CertOp::HostAdd { name } => r.map_set(hosts, name, "1", false),
+            CertOp::HostDel { name } => r.map_del(hosts, name),
+        }
+    }
+
+    /// One pass over the certificates: new ones loaded, the hosts map made equal to what is
+    /// served, old ones removed, in that order. Whether HAProxy changed.
+    pub fn pass_certs(&self, certs: &mut Certs, crt_list: &Path, hosts: &Path) -> bool {
+        let mut changed = false;
+        for step in [Certs::plan_loads, Certs::plan_hosts, Certs::plan_unloads] {
+            for op in step(certs) {
+                let result = self.apply_cert(&op, crt_list, hosts);
+                changed |= certs.applied(&op, result);
+            }
+        }
+        changed
+    }
+
     /// Reads back what HAProxy has after a (re)start or reload into the model.
     pub fn load(&self, balancer: &mut Balancer) -> Result<(), RuntimeError> {
         let servers = self.runtime.servers()?;
@@ -110,4 +146,27 @@ impl Applier {
         balancer.loaded(servers, routes);
         Ok(())
     }
+}
+
+/// Writes `text` to `path` readable by its owner only (a private key is in it), atomically.
+pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(text.as_bytes()).map_err(fail)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(fail)
 }

@@ -11,7 +11,7 @@ use crate::contract;
 use crate::error::UsageError;
 use crate::haproxy::Frontend;
 use crate::options::{
-    Endpoint, Errors, EtcdAccess, checked_log_filter, etcd_access, expected, lb_prefix,
+    Endpoint, Errors, EtcdAccess, checked_log_filter, etcd_access, expected, lb_prefix, parse_bool,
     parse_duration_at_least, parse_endpoints, parse_key_segment, parse_prefix, split_host_port,
     valid_host, verbosity,
 };
@@ -74,6 +74,33 @@ pub const OPTIONS: &[OptSpec] = &[
         "DURATION",
         "1h",
         "longest idle time of an upgraded connection (WebSocket and the like) before it is closed",
+    ),
+    opt(
+        "https",
+        "ADDR:PORT",
+        "none",
+        "an HTTPS listener (TLS 1.2/1.3, HTTP/2), routed like --listen; the certificate is chosen by SNI, no match fails the handshake",
+    ),
+    opt(
+        "certs",
+        "DIR",
+        "none (required with --https)",
+        "the certificates for --https: each *.pem file a chain and its key, serving its DNS names; followed, changes applied without a reload",
+    ),
+    OptSpec {
+        long: "no-redirect",
+        short: None,
+        value: None,
+        default: "off",
+        help: "serve plain HTTP for hosts that have a certificate too, instead of a 308 to https://",
+        env: true,
+        repeat: false,
+    },
+    opt(
+        "hsts",
+        "DURATION",
+        "none",
+        "add Strict-Transport-Security: max-age=DURATION to HTTPS answers",
     ),
     opt(
         "lb-id",
@@ -142,6 +169,8 @@ pub struct Config {
     /// `--lb-prefix`, normalised.
     pub lb_prefix: String,
     pub haproxy: PathBuf,
+    /// `--certs`: the directory of certificate files, made absolute.
+    pub certs: Option<PathBuf>,
     /// `--max-services`.
     pub max_services: usize,
     /// TLS files and credentials.
@@ -212,6 +241,33 @@ pub fn parse(
         &raw.or_default("tunnel-timeout"),
         Duration::from_secs(1),
     ));
+    let https = errors.take(raw.get("https").map(bind_address).transpose());
+    let certs = errors.take(raw.get("certs").map(certs_dir).transpose());
+    let no_redirect = errors.take(raw.get("no-redirect").map_or(Ok(false), parse_bool));
+    let hsts = errors.take(
+        raw.get("hsts")
+            .map(|g| parse_duration_at_least(g, Duration::from_secs(1)))
+            .transpose(),
+    );
+    if let (Some(https), Some(certs)) = (&https, &certs) {
+        let needs =
+            |long: &str, what: &str| UsageError::new(format!("--{long}"), format!("needs {what}"));
+        match (https.is_some(), certs.is_some()) {
+            (true, false) => errors.0.push(needs(
+                "https",
+                "--certs DIR (the directory of its certificates)",
+            )),
+            (false, true) => errors.0.push(needs("certs", "--https ADDR:PORT")),
+            _ => {}
+        }
+        if https.is_none() {
+            for long in ["no-redirect", "hsts"] {
+                if raw.get(long).is_some() {
+                    errors.0.push(needs(long, "--https ADDR:PORT"));
+                }
+            }
+        }
+    }
     let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
     let tcp = errors.take(tcp_services(&raw, prefix.as_deref()));
     let lb_id = errors.take(
@@ -248,6 +304,10 @@ pub fn parse(
         Some(tunnel_timeout),
         Some(max_services),
         Some(tcp),
+        Some(https),
+        Some(certs),
+        Some(no_redirect),
+        Some(hsts),
     ) = (
         endpoints,
         listen,
@@ -260,6 +320,10 @@ pub fn parse(
         tunnel_timeout,
         max_services,
         tcp,
+        https,
+        certs,
+        no_redirect,
+        hsts,
     )
     else {
         unreachable!("a missing value is an error above");
@@ -280,11 +344,15 @@ pub fn parse(
             check_inter,
             tunnel_timeout,
             tcp,
+            https,
+            redirect: !no_redirect,
+            hsts,
         },
         drain_timeout,
         lb_id,
         lb_prefix,
         haproxy,
+        certs,
         max_services,
         access,
         log_filter,
@@ -311,6 +379,20 @@ fn bind_text(value: &str) -> Option<String> {
             format!("{host}:{port}")
         }
     })
+}
+
+/// `--certs DIR`: an existing directory, made absolute.
+fn certs_dir(g: &cli::Given) -> Result<PathBuf, UsageError> {
+    let dir = std::path::absolute(&g.value)
+        .map_err(|e| UsageError::new(&g.source, format!("{e}, got {:?}", g.value)))?;
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(dir),
+        Ok(_) => Err(UsageError::new(
+            &g.source,
+            format!("not a directory: {:?}", g.value),
+        )),
+        Err(e) => Err(UsageError::new(&g.source, format!("{e}: {:?}", g.value))),
+    }
 }
 
 /// `--tcp ADDR:PORT=PREFIX`, each a TCP listener of its own for the service under PREFIX,

@@ -15,6 +15,8 @@
 
 pub mod announce;
 pub mod apply;
+pub mod certdir;
+pub mod certs;
 pub mod config;
 pub mod follow;
 pub mod probe;
@@ -31,6 +33,7 @@ use crate::haproxy::process::{DEATH_WINDOW, Deaths, MAX_DEATHS, Process, Verdict
 use crate::haproxy::{Frontend, Runtime, parse_config, render_map};
 use crate::http::Http;
 use apply::Applier;
+use certs::Certs;
 use config::Config;
 use follow::{Follower, Update};
 use services::Balancer;
@@ -40,6 +43,8 @@ use services::Balancer;
 pub enum Input {
     Etcd(Update),
     Signal(Signal),
+    /// What a look at `--certs` found.
+    Certs(certs::Found),
 }
 
 /// How long to wait for the first read from etcd before starting HAProxy with the servers of
@@ -74,6 +79,24 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     if let Err(e) = std::fs::create_dir_all(&frontend.dir) {
         log::error!("--dir {}: {e}", frontend.dir.display());
         return status::SETUP;
+    }
+    let mut certs = frontend
+        .https
+        .as_ref()
+        .map(|_| Certs::new(&frontend.certs_dir()));
+    if let (Some(certs), Some(dir)) = (&mut certs, &config.certs) {
+        let mut watched = certdir::CertDir::new(dir);
+        if let Some(found) = watched.look() {
+            certs.update(&found);
+        }
+        let tx = tx.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("certs".into())
+            .spawn(move || watched.run(move |found| tx.send(Input::Certs(found)).is_ok()))
+        {
+            log::error!("cannot start the certificates thread: {e}");
+            return status::SETUP;
+        }
     }
     let client = || {
         Client::new(
@@ -156,6 +179,10 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             (!keep_map).then(Default::default).as_ref(),
         );
     }
+    if let Some(certs) = &mut certs {
+        certs.assume_loaded();
+        written.write_certs(&frontend, certs, true);
+    }
     if let Some(e) = written.error.take() {
         log::error!("{e}");
         return status::SETUP;
@@ -165,7 +192,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         &frontend.config_path(),
         &frontend.socket_path(),
     );
-    if let Err(e) = haproxy.check() {
+    if let Err(e) = check(&haproxy, &frontend, certs.as_mut(), &mut written) {
         log::error!("{e}");
         return status::SETUP;
     }
@@ -211,6 +238,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         dirty_since: None,
         changed: true,
         deaths: Deaths::default(),
+        certs,
     };
     main.run(&rx, early)
 }
@@ -235,6 +263,32 @@ struct Main {
     /// being idle costs the same whatever the number of services.
     changed: bool,
     deaths: Deaths,
+    /// The certificates, with `--https`.
+    certs: Option<Certs>,
+}
+
+/// `haproxy -c` on the files written; if HAProxy refuses them while certificates are in the
+/// crt-list, it is tried once more with none (they are then loaded one by one at runtime,
+/// where one HAProxy refuses is skipped with a warning).
+fn check(
+    haproxy: &Process,
+    frontend: &Frontend,
+    certs: Option<&mut Certs>,
+    written: &mut Files,
+) -> Result<(), String> {
+    let Err(e) = haproxy.check() else {
+        return Ok(());
+    };
+    let Some(certs) = certs.filter(|c| c.loaded_paths().next().is_some()) else {
+        return Err(e);
+    };
+    log::warn!("{e}; starting without certificates, then loading them one by one");
+    certs.assume_none();
+    written.write_certs(frontend, certs, false);
+    match written.error.take() {
+        Some(e) => Err(e),
+        None => haproxy.check(),
+    }
 }
 
 impl Main {
@@ -276,6 +330,11 @@ impl Main {
                     }
                 }
                 Some(Input::Etcd(_)) => {}
+                Some(Input::Certs(found)) => {
+                    if let Some(certs) = &mut self.certs {
+                        self.changed |= certs.update(&found);
+                    }
+                }
                 Some(Input::Signal(sig @ (Signal::SIGTERM | Signal::SIGINT))) => self.stop(sig),
                 Some(Input::Signal(Signal::SIGHUP)) => reload = Some("SIGHUP".to_owned()),
                 // SIGCHLD, or a quiet second: a master that ended is seen either way.
@@ -352,7 +411,12 @@ impl Main {
         if let Some(e) = self.written.error.take() {
             return Err(e);
         }
-        self.haproxy.check()?;
+        check(
+            &self.haproxy,
+            &self.frontend,
+            self.certs.as_mut(),
+            &mut self.written,
+        )?;
         let pid = self.haproxy.start(&self.applier.runtime)?;
         if let Err(e) = self.applier.load(&mut self.balancer) {
             log::warn!("cannot read HAProxy's servers back: {e}");
@@ -372,12 +436,18 @@ impl Main {
             b.routes.clone()
         };
         self.written.write(&self.frontend, &layout, Some(&routes));
+        if let Some(certs) = &mut self.certs {
+            certs.assume_loaded();
+            self.written.write_certs(&self.frontend, certs, true);
+        }
     }
 
     /// Makes HAProxy equal to what is wanted: through the runtime API, or by a reload when it
     /// refused or one was asked for; the files follow within FILE_DELAY.
     fn apply(&mut self, mut reload: Option<String>) {
+        let certs_retry = self.certs.as_ref().is_some_and(|c| c.retry);
         let due = self.changed
+            || certs_retry
             || self.balancer.retry
             || self.balancer.draining()
             || self.dirty_since.is_some()
@@ -387,7 +457,15 @@ impl Main {
         }
         self.changed = false;
         self.balancer.retry = false;
-        let (changed, needs_reload) = self.applier.pass(&mut self.balancer);
+        let (mut changed, needs_reload) = self.applier.pass(&mut self.balancer);
+        if let Some(certs) = &mut self.certs {
+            certs.retry = false;
+            changed |= self.applier.pass_certs(
+                certs,
+                &self.frontend.crt_list_path(),
+                &self.frontend.hosts_map_path(),
+            );
+        }
         for (prefix, name) in self.balancer.drained.drain(..) {
             let _ = self.announce.send(announce::Message::Drained(prefix, name));
         }
@@ -406,6 +484,9 @@ impl Main {
             let layout = self.balancer.layout(false);
             self.written
                 .write(&self.frontend, &layout, Some(&self.balancer.routes));
+            if let Some(certs) = &self.certs {
+                self.written.write_certs(&self.frontend, certs, false);
+            }
             if let Some(e) = self.written.error.take() {
                 log::error!("{e}");
             }
@@ -422,7 +503,12 @@ impl Main {
         self.write_wanted();
         let checked = match self.written.error.take() {
             Some(e) => Err(e),
-            None => self.haproxy.check(),
+            None => check(
+                &self.haproxy,
+                &self.frontend,
+                self.certs.as_mut(),
+                &mut self.written,
+            ),
         };
         match checked {
             Ok(()) => {
@@ -466,6 +552,8 @@ fn withdraw(announce: &mpsc::Sender<announce::Message>) {
 struct Files {
     config: String,
     map: String,
+    crt_list: Option<String>,
+    hosts: Option<String>,
     /// The last write that failed.
     error: Option<String>,
 }
@@ -493,6 +581,52 @@ impl Files {
             match write_atomic(&frontend.config_path(), &text) {
                 Ok(()) => self.config = text,
                 Err(e) => self.error = Some(e),
+            }
+        }
+    }
+}
+
+impl Files {
+    /// Writes the certificates' files for what `certs` serves: with `copies`, every wanted
+    /// certificate's copy that is missing; the crt-list and the hosts map; then removes the
+    /// copies nothing serves any more.
+    fn write_certs(&mut self, frontend: &Frontend, certs: &Certs, copies: bool) {
+        if copies {
+            for (path, pem) in certs.wanted_files() {
+                if !path.exists()
+                    && let Err(e) = apply::write_private(&path, &pem)
+                {
+                    self.error = Some(e);
+                }
+            }
+        }
+        for (path, text, last) in [
+            (
+                frontend.crt_list_path(),
+                certs.crt_list(),
+                &mut self.crt_list,
+            ),
+            (
+                frontend.hosts_map_path(),
+                certs.hosts_map(),
+                &mut self.hosts,
+            ),
+        ] {
+            if last.as_ref() != Some(&text) || !path.exists() {
+                match write_atomic(&path, &text) {
+                    Ok(()) => *last = Some(text),
+                    Err(e) => self.error = Some(e),
+                }
+            }
+        }
+        let served: std::collections::BTreeSet<&std::path::PathBuf> =
+            certs.loaded_paths().collect();
+        if let Ok(entries) = std::fs::read_dir(frontend.certs_dir()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !served.contains(&path) {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
     }

@@ -97,6 +97,13 @@ pub struct Frontend {
     pub tunnel_timeout: Duration,
     /// `--tcp`: plain TCP listeners, each for one service.
     pub tcp: Vec<TcpListener>,
+    /// `--https`: the TLS listener's bind address, if any.
+    pub https: Option<String>,
+    /// Plain-HTTP requests for a host with a certificate are redirected to HTTPS (not
+    /// `--no-redirect`).
+    pub redirect: bool,
+    /// `--hsts`: `Strict-Transport-Security: max-age` of HTTPS answers, if any.
+    pub hsts: Option<Duration>,
 }
 
 impl Frontend {
@@ -129,6 +136,63 @@ impl Frontend {
         self.dir.join("routes.map")
     }
 
+    /// The certificates HAProxy serves, one line each: `PATH NAME...` (the names are the SNI
+    /// filters).
+    pub fn crt_list_path(&self) -> PathBuf {
+        self.dir.join("crt-list.txt")
+    }
+
+    /// The names that have a certificate (`NAME 1` per line, wildcards as `*.example.com`),
+    /// for the redirect to HTTPS.
+    pub fn hosts_map_path(&self) -> PathBuf {
+        self.dir.join("tls-hosts.map")
+    }
+
+    /// HAProxy's copies of the certificates, each named by its contents' SHA-256.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+
+    /// The HTTPS listener's lines of the frontend: its `bind`, the redirect of plain-HTTP
+    /// requests for a host that has a certificate (not ACME challenges), HSTS.
+    fn https_lines(&self, https: &str) -> String {
+        let mut out = format!(
+            "    # HTTPS: the certificate is chosen by SNI among those of the crt-list; a name\n\
+             \x20   # none covers fails the handshake (strict-sni: no default certificate).\n\
+             \x20   bind {https} ssl crt-list {} strict-sni alpn h2,http/1.1 ssl-min-ver TLSv1.2\n",
+            self.crt_list_path().display()
+        );
+        if self.redirect {
+            // The redirect keeps the host (without its port, lower case), path and query, and
+            // names the HTTPS port unless it is 443. A host has a certificate when the map
+            // has it, or has `*.` and its parent (one label, as TLS wildcards go).
+            let port = https.rsplit(':').next().unwrap_or("443");
+            let host = if port == "443" {
+                "%[var(txn.hecd_host)]".to_owned()
+            } else {
+                format!("%[var(txn.hecd_host)]:{port}")
+            };
+            let map = self.hosts_map_path();
+            let map = map.display();
+            out.push_str(&format!(
+                "    http-request set-var(txn.hecd_host) req.hdr(host),field(1,:),lower\n\
+                 \x20   http-request set-var(txn.hecd_parent) var(txn.hecd_host),field(2,.,0)\n\
+                 \x20   acl hecd_cert var(txn.hecd_host),map_str({map}) -m found\n\
+                 \x20   acl hecd_cert str(*),concat(.,txn.hecd_parent),map_str({map}) -m found\n\
+                 \x20   acl hecd_acme path_beg /.well-known/acme-challenge/\n\
+                 \x20   http-request set-header Host {host} if !{{ ssl_fc }} hecd_cert !hecd_acme\n\
+                 \x20   http-request redirect scheme https code 308 if !{{ ssl_fc }} hecd_cert !hecd_acme\n"
+            ));
+        }
+        if let Some(hsts) = self.hsts {
+            out.push_str(&format!(
+                "    http-after-response set-header Strict-Transport-Security max-age={} if {{ ssl_fc }}\n",
+                hsts.as_secs()
+            ));
+        }
+        out
+    }
+
     /// The whole config file: the frontend that routes by Host and path through the routes
     /// map (what no route matches goes to the default service), the stats and metrics
     /// listener, and `backends` with their servers.
@@ -159,6 +223,7 @@ impl Frontend {
              \n\
              frontend app\n\
              \x20   bind {}\n\
+             {}\
              \x20   # What the app learns of the request, set here and never passed on from the\n\
              \x20   # client: its address, the scheme, the Host it asked for and the port.\n\
              \x20   http-request set-header X-Forwarded-For %[src]\n\
@@ -174,6 +239,10 @@ impl Frontend {
              \x20   default_backend {DEFAULT_BACKEND}\n",
             self.tunnel_timeout.as_millis().max(1),
             self.listen,
+            self.https
+                .as_deref()
+                .map(|h| self.https_lines(h))
+                .unwrap_or_default(),
             self.map_path().display()
         );
         for t in &self.tcp {
@@ -274,13 +343,23 @@ impl Runtime {
     /// Sends one command and reads the whole answer (bounded in time and size).
     pub fn command(&self, command: &str) -> Result<String, RuntimeError> {
         debug_assert!(!command.contains(['\n', ';']));
+        self.send(&format!("{command}\n"))
+    }
+
+    /// Sends one command with a payload (`COMMAND <<`, the payload's lines, an empty line)
+    /// and reads the whole answer. The payload must have no empty line.
+    pub fn command_payload(&self, command: &str, payload: &str) -> Result<String, RuntimeError> {
+        debug_assert!(!command.contains(['\n', ';']) && !payload.contains("\n\n"));
+        self.send(&format!("{command} <<\n{}\n\n", payload.trim_end()))
+    }
+
+    fn send(&self, text: &str) -> Result<String, RuntimeError> {
         let fail =
             |e: std::io::Error| RuntimeError::Socket(format!("{}: {e}", self.socket.display()));
         let mut s = UnixStream::connect(&self.socket).map_err(fail)?;
         s.set_read_timeout(Some(self.timeout)).map_err(fail)?;
         s.set_write_timeout(Some(self.timeout)).map_err(fail)?;
-        s.write_all(format!("{command}\n").as_bytes())
-            .map_err(fail)?;
+        s.write_all(text.as_bytes()).map_err(fail)?;
         let mut answer = Vec::new();
         (&mut s)
             .take(MAX_ANSWER)
@@ -292,21 +371,54 @@ impl Runtime {
     /// A command whose success is an empty answer (or one of `ok`, for those that say so).
     fn expect(&self, command: &str, ok: &[&str]) -> Result<(), RuntimeError> {
         let answer = self.command(command)?;
-        if answer.is_empty() || ok.iter().any(|o| answer.starts_with(o)) {
-            return Ok(());
+        judge(command, &answer, ok)
+    }
+
+    /// Serves the certificate `pem` under `path` for `names` (SNI filters) on the listener of
+    /// the crt-list `crt_list`: `new ssl cert`, `set ssl cert`, `commit ssl cert`, `add ssl
+    /// crt-list`. A failed step aborts the transaction and removes the certificate again.
+    pub fn cert_load(
+        &self,
+        crt_list: &Path,
+        path: &Path,
+        pem: &str,
+        names: &[String],
+    ) -> Result<(), RuntimeError> {
+        let p = path.display();
+        self.expect(
+            &format!("new ssl cert {p}"),
+            &["New empty certificate store"],
+        )?;
+        let loaded = (|| {
+            let set = format!("set ssl cert {p}");
+            let answer = self.command_payload(&set, pem)?;
+            judge(
+                &set,
+                &answer,
+                &["Transaction created", "Transaction updated"],
+            )?;
+            self.expect(&format!("commit ssl cert {p}"), &["Committing"])?;
+            let add = format!("add ssl crt-list {}", crt_list.display());
+            let line = format!("{p} {}", names.join(" "));
+            let answer = self.command_payload(&add, &line)?;
+            judge(&add, &answer, &["Inserting certificate"])
+        })();
+        if loaded.is_err() {
+            let _ = self.command(&format!("abort ssl cert {p}"));
+            let _ = self.command(&format!("del ssl cert {p}"));
         }
-        let text = format!("{command:?}: {}", one_line(&answer));
-        let missing = [
-            "No such server",
-            "No such backend",
-            "Key not found",
-            "Unknown map",
-        ];
-        Err(if missing.iter().any(|m| answer.contains(m)) {
-            RuntimeError::Missing(text)
-        } else {
-            RuntimeError::Refused(text)
-        })
+        loaded
+    }
+
+    /// Stops serving the certificate under `path`: `del ssl crt-list`, `del ssl cert`.
+    pub fn cert_unload(&self, crt_list: &Path, path: &Path) -> Result<(), RuntimeError> {
+        let p = path.display();
+        let del = format!("del ssl crt-list {} {p}", crt_list.display());
+        match self.expect(&del, &["Entry"]) {
+            Ok(()) | Err(RuntimeError::Missing(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.expect(&format!("del ssl cert {p}"), &["Certificate"])
     }
 
     /// Adds `backend/name` at `addr` with health checks and puts it in service: `add server`
@@ -402,6 +514,33 @@ impl Runtime {
             )))
         }
     }
+}
+
+/// Whether `answer` says `command` succeeded: empty, or starting with one of `ok` (and, for
+/// the multi-line answers of the certificate commands, not saying it failed).
+fn judge(command: &str, answer: &str, ok: &[&str]) -> Result<(), RuntimeError> {
+    let failed = [
+        "error", "Error", "failed", "Failed", "Can't", "can't", "Unable", "unable",
+    ];
+    if answer.is_empty()
+        || (ok.iter().any(|o| answer.starts_with(o)) && !failed.iter().any(|f| answer.contains(f)))
+    {
+        return Ok(());
+    }
+    let text = format!("{command:?}: {}", one_line(answer));
+    let missing = [
+        "No such server",
+        "No such backend",
+        "Key not found",
+        "Unknown map",
+        "doesn't exist",
+        "not found",
+    ];
+    Err(if missing.iter().any(|m| answer.contains(m)) {
+        RuntimeError::Missing(text)
+    } else {
+        RuntimeError::Refused(text)
+    })
 }
 
 fn one_line(text: &str) -> String {
@@ -551,6 +690,9 @@ mod tests {
                 prefix: "/app/db".into(),
                 backend: "tcp-1".into(),
             }],
+            https: Some("[::]:8443".into()),
+            redirect: true,
+            hsts: Some(Duration::from_secs(86_400)),
         };
         let mut servers = BTreeMap::new();
         servers.insert("b".to_owned(), Addr::parse("[fd00::2]:80").unwrap());
@@ -579,7 +721,39 @@ mod tests {
         ));
         assert!(cfg.contains("timeout http-request 10s\n"));
         assert!(cfg.contains("http-request set-header X-Forwarded-For %[src]\n"));
+        assert!(cfg.contains(
+            "    bind [::]:8443 ssl crt-list /run/lb/crt-list.txt strict-sni alpn h2,http/1.1 ssl-min-ver TLSv1.2\n"
+        ));
+        assert!(cfg.contains("http-request set-header Host %[var(txn.hecd_host)]:8443 if !{ ssl_fc } hecd_cert !hecd_acme\n"));
+        assert!(cfg.contains(
+            "http-request redirect scheme https code 308 if !{ ssl_fc } hecd_cert !hecd_acme\n"
+        ));
+        assert!(cfg.contains("set-header Strict-Transport-Security max-age=86400 if { ssl_fc }\n"));
         assert_eq!(parse_config(&cfg), backends);
+        // On 443 the redirect names no port; --no-redirect and no --hsts leave both out.
+        let on_443 = Frontend {
+            https: Some(":443".into()),
+            ..f.clone()
+        };
+        assert!(
+            on_443
+                .render(&backends)
+                .contains("set-header Host %[var(txn.hecd_host)] if")
+        );
+        let plain = Frontend {
+            redirect: false,
+            hsts: None,
+            ..f.clone()
+        }
+        .render(&backends);
+        assert!(plain.contains("strict-sni"));
+        assert!(!plain.contains("redirect") && !plain.contains("Strict-Transport"));
+        let no_https = Frontend {
+            https: None,
+            ..f.clone()
+        }
+        .render(&backends);
+        assert!(!no_https.contains("crt-list") && !no_https.contains("redirect"));
         let mut routes = BTreeMap::new();
         routes.insert("a.com/".to_owned(), "pool-1".to_owned());
         assert_eq!(render_map(&routes), "a.com/ pool-1\n");
