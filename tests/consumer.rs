@@ -10,6 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::echo::{EchoApp, exchange, header_values};
 use common::etcd::{Etcd, metric_sum};
 use common::hostile::{Hostile, all_malformed};
 use common::lb::{Lb, Load};
@@ -245,95 +246,6 @@ fn issue_25_no_watch_is_re_created_while_nothing_changes() {
             .is_some_and(|s| s.contains(" two 127.0.0.1 "))
     });
     assert!(added, "{}", lb.h.stderr());
-}
-
-/// An app for the edge tests, on a thread: answers each request with its own request head as
-/// the body, or, asked for `Upgrade: websocket`, switches protocols and echoes every byte.
-/// Stops accepting when dropped.
-struct EchoApp {
-    port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl EchoApp {
-    fn start() -> EchoApp {
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        thread::spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((c, _)) => {
-                        thread::spawn(move || EchoApp::serve(c));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        EchoApp { port, stop }
-    }
-
-    fn serve(mut c: TcpStream) {
-        let _ = c.set_nonblocking(false);
-        let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
-            match c.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => return,
-            }
-        }
-        let text = String::from_utf8_lossy(&head).to_string();
-        if text.to_ascii_lowercase().contains("upgrade: websocket") {
-            // HAProxy checks Sec-WebSocket-Accept; the tests send RFC 6455's sample key, and
-            // this is the accept value the RFC gives for it.
-            let _ = c.write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-            );
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = c.read(&mut buf) {
-                if n == 0 || c.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            return;
-        }
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-            text.len()
-        );
-        let _ = c.write_all(reply.as_bytes());
-    }
-}
-
-impl Drop for EchoApp {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Sends `request` (whole) to the balancer on `port`; the answer, whole.
-fn exchange(port: u16, request: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-/// The values of header `name` (any case) in an HTTP head.
-fn header_values(head: &str, name: &str) -> Vec<String> {
-    head.lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_owned())
-        .collect()
 }
 
 /// Issue 23, what the app expects behind an edge: the balancer tells it the client's address,

@@ -77,8 +77,9 @@ pub fn inspect(data: &[u8], now: UnixTime) -> Result<Cert, String> {
     if names.is_empty() {
         return Err("its certificate names no DNS name (subjectAltName)".into());
     }
-    // Only the validity dates and the usage are in question here: without trust anchors, a
-    // certificate that passes those ends at "unknown issuer".
+    // Only the certificate itself is in question here (its dates, that it is one, its usage):
+    // without trust anchors, one that passes those checks ends at "unknown issuer", and any
+    // other error is about the certificate (dates in the wrong order, a CA certificate).
     match parsed.verify_for_usage(
         &[],
         &[],
@@ -98,7 +99,10 @@ pub fn inspect(data: &[u8], now: UnixTime) -> Result<Cert, String> {
         Err(e @ webpki::Error::RequiredEkuNotFoundContext(_)) => {
             return Err(format!("its certificate is not for servers ({e})"));
         }
-        _ => {}
+        // As far as a check without trust anchors goes, it is fine.
+        Err(webpki::Error::UnknownIssuer) => {}
+        Err(e) => return Err(format!("its certificate is not usable ({e})")),
+        Ok(_) => {}
     }
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider

@@ -187,6 +187,24 @@ impl Lb {
             .unwrap_or_else(|| panic!("no --tcp listener {n} in the config:\n{config}"))
     }
 
+    /// The port of the `--https` listener, as the config file binds it.
+    pub fn https_port(&self) -> u16 {
+        let config = std::fs::read_to_string(self.dir.join("haproxy.cfg")).unwrap_or_default();
+        config
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("bind ") && l.contains(" ssl crt-list "))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no --https listener in the config:\n{config}"))
+    }
+
     /// The `server` lines of the config file hecd-haproxy keeps.
     pub fn config_servers(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("haproxy.cfg"))

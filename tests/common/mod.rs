@@ -415,10 +415,12 @@ impl Drop for TempDir {
     }
 }
 
+pub mod echo;
 pub mod etcd;
 pub mod hostile;
 pub mod lb;
 pub mod netns;
+pub mod tls;
 
 /// Starts `hecd-init ARGS...` with its stderr on a pipe whose reader has already closed (a log
 /// shipper that died). The app's stdout is read as usual.
