@@ -297,51 +297,104 @@ fn issue_23_the_app_learns_the_client_and_cannot_be_fooled() {
     );
 }
 
+/// A WebSocket handshake on `s` (RFC 6455's sample key), answered 101.
+fn upgrade_on<S: Read + Write>(s: &mut S) {
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = s.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        header_values(&head, "Sec-WebSocket-Accept"),
+        ["s3pPLMBiTxaQ9kYGzzhZRbK+xOo="],
+        "RFC 6455's sample"
+    );
+}
+
+/// Sends `text` on `s`, reads the echo.
+fn echo<S: Read + Write + ?Sized>(s: &mut S, text: &[u8]) -> Option<Vec<u8>> {
+    s.write_all(text).ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    (n > 0).then(|| buf[..n].to_vec())
+}
+
 /// Issue 23: an upgraded connection (a WebSocket handshake, then bytes echoed) stays open idle
-/// beyond the 30 s an ordinary request may be silent, for `--tunnel-timeout` (1 h by default),
-/// and a shorter `--tunnel-timeout` closes it; so does an idle connection through a `--tcp`
-/// listener; a client that sends half a request head is cut.
+/// for 40 s, beyond the 30 s an ordinary request may be silent, for `--tunnel-timeout` (1 h by
+/// default): over HTTP/1.1 in clear and over HTTPS, and over HTTP/2 (RFC 8441's extended
+/// CONNECT, HAProxy speaking HTTP/1.1 to the app); a shorter `--tunnel-timeout` closes it; an
+/// idle connection through a `--tcp` listener lives as long; a client that sends half a
+/// request head is cut.
 #[test]
 fn issue_23_an_idle_websocket_lives_its_tunnel_timeout() {
+    let tmp = TempDir::new("ws");
+    let ca = common::tls::Ca::new(&tmp.0);
+    let certs = tmp.0.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("ws.pem"), ca.issue(&["ws.example"], 30)).unwrap();
     let etcd = Etcd::start();
     let app = EchoApp::start();
     etcd.put("/app/servers/ws", &format!("127.0.0.1:{}", app.port));
     etcd.put("/app/wstcp/ws", &format!("127.0.0.1:{}", app.port));
-    // The long-lived one also has a --tcp service: an established TCP connection lives as long.
-    let long = Lb::start(&etcd.url(), &["--tcp", "127.0.0.1:{free}=/app/wstcp"]);
+    // The long-lived one also has a --tcp service (an established TCP connection lives as
+    // long) and HTTPS.
+    let certs_arg = certs.display().to_string();
+    let long = Lb::start(
+        &etcd.url(),
+        &[
+            "--tcp",
+            "127.0.0.1:{free}=/app/wstcp",
+            "--https",
+            "127.0.0.1:{free}",
+            "--certs",
+            &certs_arg,
+            // ws.example has a certificate: without this, plain HTTP to it is redirected.
+            "--no-redirect",
+        ],
+    );
     let short = Lb::start(&etcd.url(), &["--tunnel-timeout", "2s"]);
     long.expect_servers_in("tcp-1", &["ws"], Duration::from_secs(10));
-    let upgrade = |lb: &Lb, port: u16| {
-        lb.expect_servers(&["ws"], Duration::from_secs(10));
+    long.expect_servers(&["ws"], Duration::from_secs(10));
+    short.expect_servers(&["ws"], Duration::from_secs(10));
+    let plain = |port: u16| {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(
-            b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut head = [0u8; 512];
-        let n = s.read(&mut head).unwrap();
-        let head = String::from_utf8_lossy(&head[..n]).to_string();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        upgrade_on(&mut s);
         s
     };
-    let mut kept = upgrade(&long, long.port);
-    let mut cut = upgrade(&short, short.port);
-    let mut tcp = upgrade(&long, long.tcp_port(1));
+    let mut kept = plain(long.port);
+    let mut cut = plain(short.port);
+    let mut tcp = plain(long.tcp_port(1));
+    let mut tls =
+        common::tls::connect(long.https_port(), "ws.example", &ca.client(&["http/1.1"])).unwrap();
+    upgrade_on(&mut tls);
+    // Over HTTP/2: a Python h2 client (Debian's python3-h2) idles 40 s between two echoes.
+    let h2 = Command::new("/usr/bin/python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/h2_websocket.py"
+        ))
+        .arg(long.https_port().to_string())
+        .arg("ws.example")
+        .arg(ca.cert_path())
+        .arg("40")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tests/fixtures/h2_websocket.py");
+    let mut h2 = common::KillOnDrop(h2);
     // A slow client: half a request head, then nothing.
     let mut slow = TcpStream::connect(("127.0.0.1", long.port)).unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: ws.example\r\n")
         .unwrap();
-    let echo = |s: &mut TcpStream, text: &[u8]| -> Option<Vec<u8>> {
-        s.write_all(text).ok()?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).ok()?;
-        (n > 0).then(|| buf[..n].to_vec())
-    };
     assert_eq!(echo(&mut kept, b"hello").as_deref(), Some(&b"hello"[..]));
     assert_eq!(echo(&mut cut, b"hello").as_deref(), Some(&b"hello"[..]));
     assert_eq!(echo(&mut tcp, b"hello").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(echo(&mut tls, b"hello").as_deref(), Some(&b"hello"[..]));
     // The slow client is answered 408 and cut after `timeout http-request` (10 s), well before
     // `timeout client` (30 s) would.
     thread::sleep(Duration::from_secs(15));
@@ -356,24 +409,42 @@ fn issue_23_an_idle_websocket_lives_its_tunnel_timeout() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
         "{answer}"
     );
-    // Idle past `timeout client` and `timeout server` (30 s).
-    thread::sleep(Duration::from_secs(20));
-    assert_eq!(
-        echo(&mut kept, b"still here").as_deref(),
-        Some(&b"still here"[..]),
-        "the idle WebSocket was closed"
-    );
-    assert_eq!(
-        echo(&mut tcp, b"still here").as_deref(),
-        Some(&b"still here"[..]),
-        "the idle TCP connection was closed"
-    );
+    // Idle 40 s in all, past `timeout client` and `timeout server` (30 s).
+    thread::sleep(Duration::from_secs(25));
+    for (what, s) in [
+        ("WebSocket", &mut kept as &mut dyn ReadWrite),
+        ("TCP connection", &mut tcp),
+        ("WebSocket over HTTPS", &mut tls),
+    ] {
+        assert_eq!(
+            echo(s, b"still here").as_deref(),
+            Some(&b"still here"[..]),
+            "the idle {what} was closed"
+        );
+    }
     assert_eq!(
         echo(&mut cut, b"gone?"),
         None,
         "--tunnel-timeout 2s did not close it"
     );
+    let finished = wait_until(Duration::from_secs(15), || {
+        matches!(h2.0.try_wait(), Ok(Some(_)))
+    });
+    let mut out = String::new();
+    if finished {
+        let _ = h2.0.stdout.take().unwrap().read_to_string(&mut out);
+        let _ = h2.0.stderr.take().unwrap().read_to_string(&mut out);
+    }
+    assert!(
+        finished && h2.0.wait().unwrap().success(),
+        "the WebSocket over HTTP/2: {out}"
+    );
+    assert!(out.contains("echo after idle hello h2"), "{out}");
 }
+
+/// A stream of either kind, for one loop over them.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// Issue 23, TCP services: two instances of a service behind `--tcp`, reached over plain TCP
 /// (the test's requests are HTTP, which HAProxy passes on as bytes): connections go to both;

@@ -55,11 +55,18 @@ impl EchoApp {
         }
         let text = String::from_utf8_lossy(&head).to_string();
         if text.to_ascii_lowercase().contains("upgrade: websocket") {
-            // HAProxy checks Sec-WebSocket-Accept; the tests send RFC 6455's sample key, and
-            // this is the accept value the RFC gives for it.
+            // HAProxy checks Sec-WebSocket-Accept (and makes up a key itself for a WebSocket
+            // that came over HTTP/2): answered as RFC 6455 says.
+            let key = header_values(&text, "Sec-WebSocket-Key")
+                .pop()
+                .unwrap_or_default();
             let _ = c.write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Accept: {}\r\n\r\n",
+                    websocket_accept(&key)
+                )
+                .as_bytes(),
             );
             let mut buf = [0u8; 1024];
             while let Ok(n) = c.read(&mut buf) {
@@ -91,6 +98,16 @@ pub fn exchange(port: u16, request: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
+}
+
+/// RFC 6455's `Sec-WebSocket-Accept` for `key`.
+pub fn websocket_accept(key: &str) -> String {
+    use base64::Engine;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
 /// The values of header `name` (any case) in an HTTP head.

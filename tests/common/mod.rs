@@ -409,6 +409,19 @@ impl TempDir {
     }
 }
 
+/// Kills the process `0` (SIGKILL) when dropped, if it is still there: for a helper process a
+/// test starts itself.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
