@@ -206,7 +206,7 @@ pub fn help_text() -> String {
          alive while the app is healthy, and on SIGTERM deletes the key, drains, then passes the\n\
          signal on. Without --etcd it is a pure init.\n\n\
          Options (every long option may also be set as its environment variable; a flag wins;\n\
-         durations: 10s, 500ms, 1.5 (seconds), 2m, 1h):\n",
+         durations: 10s, 500ms, 1.5 (seconds), 2m, 1h, 1d):\n",
         env!("CARGO_PKG_VERSION")
     );
     out.push_str(&cli::options_help(OPTIONS));

@@ -182,8 +182,13 @@ pub fn parse_bool(g: &Given) -> Result<bool, UsageError> {
     }
 }
 
-/// Parses `10s`, `500ms`, `1.5` (seconds) or `2m`.
+/// Parses `10s`, `500ms`, `1.5` (seconds), `2m`, `1h` or `1d`, at most 24 h.
 pub fn parse_duration(text: &str) -> Option<Duration> {
+    parse_duration_upto(text, MAX_DURATION)
+}
+
+/// [`parse_duration`] with a limit of `max` instead of 24 h.
+pub fn parse_duration_upto(text: &str, max: Duration) -> Option<Duration> {
     let t = text.trim();
     let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
         (n, 0.001)
@@ -193,6 +198,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         (n, 60.0)
     } else if let Some(n) = t.strip_suffix('h') {
         (n, 3600.0)
+    } else if let Some(n) = t.strip_suffix('d') {
+        (n, 86_400.0)
     } else {
         (t, 1.0)
     };
@@ -202,7 +209,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     }
     let secs: f64 = number.parse().ok()?;
     let d = Duration::try_from_secs_f64(secs * scale).ok()?;
-    (d <= MAX_DURATION).then_some(d)
+    (d <= max).then_some(d)
 }
 
 pub fn parse_duration_at_least(g: &Given, min: Duration) -> Result<Duration, UsageError> {

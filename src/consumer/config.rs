@@ -244,11 +244,7 @@ pub fn parse(
     let https = errors.take(raw.get("https").map(bind_address).transpose());
     let certs = errors.take(raw.get("certs").map(certs_dir).transpose());
     let no_redirect = errors.take(raw.get("no-redirect").map_or(Ok(false), parse_bool));
-    let hsts = errors.take(
-        raw.get("hsts")
-            .map(|g| parse_duration_at_least(g, Duration::from_secs(1)))
-            .transpose(),
-    );
+    let hsts = errors.take(raw.get("hsts").map(parse_hsts).transpose());
     if let (Some(https), Some(certs)) = (&https, &certs) {
         let needs =
             |long: &str, what: &str| UsageError::new(format!("--{long}"), format!("needs {what}"));
@@ -381,6 +377,13 @@ fn bind_text(value: &str) -> Option<String> {
     })
 }
 
+/// `--hsts`: whole seconds from 1 s to two years (browsers cap max-age at about that).
+fn parse_hsts(g: &cli::Given) -> Result<Duration, UsageError> {
+    crate::options::parse_duration_upto(&g.value, Duration::from_secs(730 * 86_400))
+        .filter(|d| d.as_secs() >= 1)
+        .ok_or_else(|| expected(g, "a duration from 1s to 730d, such as 365d"))
+}
+
 /// `--certs DIR`: an existing directory, made absolute.
 fn certs_dir(g: &cli::Given) -> Result<PathBuf, UsageError> {
     let dir = std::path::absolute(&g.value)
@@ -451,7 +454,7 @@ pub fn help_text() -> String {
          route matches goes to --prefix. etcd down or answering garbage: the last known servers\n\
          stay. Bad keys and declarations are logged and skipped.\n\n\
          Options (every long option may also be set as its environment variable; a flag wins;\n\
-         durations: 10s, 500ms, 1.5 (seconds), 2m, 1h):\n",
+         durations: 10s, 500ms, 1.5 (seconds), 2m, 1h, 1d):\n",
         env!("CARGO_PKG_VERSION")
     );
     out.push_str(&cli::options_help(OPTIONS));
@@ -473,6 +476,7 @@ pub fn help_text() -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::path::Path;
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config, Vec<String>> {
         let env: HashMap<String, String> = env
@@ -562,6 +566,56 @@ mod tests {
             args.extend(taken);
             let e = run(&args, &[]).unwrap_err();
             assert!(e[0].contains("has a listener already"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn https_needs_its_certificates_and_the_other_way_round() {
+        let dir = std::env::temp_dir();
+        let dir = dir.to_str().unwrap();
+        let mut args = BASE.to_vec();
+        args.extend(["--https", ":443", "--certs", dir, "--hsts", "731d"]);
+        let c = run(&args, &[]);
+        assert!(c.unwrap_err()[0].starts_with("--hsts: expected a duration from 1s to 730d"));
+        let mut args = BASE.to_vec();
+        args.extend(["--https", "[::]:443", "--certs", dir, "--hsts", "8760h"]);
+        let c = run(&args, &[]).unwrap();
+        assert_eq!(c.frontend.https.as_deref(), Some("[::]:443"));
+        assert_eq!(c.certs.as_deref(), Some(Path::new(dir)));
+        assert_eq!(c.frontend.hsts, Some(Duration::from_secs(8760 * 3600)));
+        assert!(c.frontend.redirect);
+        let c = run(
+            BASE,
+            &[
+                ("HECD_HTTPS", ":8443"),
+                ("HECD_CERTS", dir),
+                ("HECD_NO_REDIRECT", "1"),
+            ],
+        )
+        .unwrap();
+        assert!(!c.frontend.redirect && c.frontend.hsts.is_none());
+        let c = run(BASE, &[]).unwrap();
+        assert!(c.frontend.https.is_none() && c.certs.is_none());
+        for (extra, message) in [
+            (&["--https", ":443"][..], "--https: needs --certs DIR"),
+            (&["--certs", dir][..], "--certs: needs --https ADDR:PORT"),
+            (&["--hsts", "1h"][..], "--hsts: needs --https ADDR:PORT"),
+            (&["--no-redirect"][..], "--no-redirect: needs --https ADDR:PORT"),
+            (
+                &["--https", ":443", "--certs", "/nonexistent/certs"][..],
+                "--certs: No such file or directory",
+            ),
+            (
+                &["--https", ":443", "--certs", "/etc/hostname"][..],
+                "--certs: not a directory",
+            ),
+            (&["--https", "443", "--certs", dir][..], "--https: expected ADDR:PORT"),
+        ] {
+            let mut args = BASE.to_vec();
+            args.extend(extra);
+            let e = run(&args, &[]).unwrap_err();
+            assert_eq!(e.len(), 1, "{extra:?}: {e:?}");
+            assert!(e[0].starts_with(message), "{extra:?}: {e:?}");
         }
     }
 
