@@ -402,6 +402,36 @@ mod tests {
         assert_ne!(rsa.id, cert.id);
     }
 
+    /// The compose file's and the stack's HTTPS secret is a file hecd-haproxy serves.
+    #[test]
+    fn the_demo_certificate_of_the_docker_files_is_served() {
+        let data = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docker/secrets/app.localhost.pem"
+        ))
+        .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let cert = inspect(&data, UnixTime::since_unix_epoch(now)).unwrap();
+        assert_eq!(cert.names, ["app.localhost"]);
+        for file in ["docker-compose.yml", "stack.yml"] {
+            let yaml = std::fs::read_to_string(format!(
+                "{}/docker/{file}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            for needed in [
+                "HECD_HTTPS: \":8443\"",
+                "HECD_CERTS: /run/secrets",
+                "target: app.localhost.pem",
+                "file: ./secrets/app.localhost.pem",
+            ] {
+                assert!(yaml.contains(needed), "{file} lacks {needed}");
+            }
+        }
+    }
+
     #[test]
     fn a_bad_file_says_why() {
         let a = fixture("a.pem");
