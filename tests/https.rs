@@ -213,6 +213,11 @@ fn issue_23_certificates_change_at_runtime_without_a_failed_request() {
     );
     lb.h.expect_stderr("certificate a.pem: serving a.test");
     // HAProxy's copy is the owner's alone.
+    let dir_mode = std::fs::metadata(lb.dir.join("certs")).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&dir_mode) & 0o777,
+        0o700
+    );
     for entry in std::fs::read_dir(lb.dir.join("certs")).unwrap() {
         use std::os::unix::fs::PermissionsExt;
         let mode = entry.unwrap().metadata().unwrap().permissions().mode();
@@ -301,6 +306,18 @@ fn issue_23_certificates_change_at_runtime_without_a_failed_request() {
             && https_get(port, "a.test", "/", &client).is_ok_and(|(_, leaf)| leaf == leaf_der(&v2))
     });
     assert!(reloaded, "{}", lb.h.stderr());
+
+    // No part of any private key in the log (docs/SECURITY.md).
+    let log = lb.h.stderr();
+    for text in [&v1, &v2].into_iter().chain(bad.iter().map(|(_, t)| t)) {
+        if let Some(at) = text.find("-----BEGIN PRIVATE KEY-----\n") {
+            let key = &text[at + 28..];
+            for line in key.lines().filter(|l| l.len() > 20 && !l.starts_with("-----")) {
+                assert!(!log.contains(line), "a key's line is in the log: {line}");
+            }
+        }
+    }
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
 
     // Removed: its host is no longer served.
     std::fs::remove_file(&file).unwrap();
