@@ -331,3 +331,125 @@ fn issue_23_certificates_change_at_runtime_without_a_failed_request() {
     });
     assert!(cleaned, "HAProxy's copy of the removed certificate is left");
 }
+
+/// Runs `one` from `threads` threads for `secs` seconds; completed calls a second (a failed
+/// call ends the benchmark with its error).
+fn rate(threads: usize, secs: u64, one: impl Fn() -> Result<(), String> + Sync) -> f64 {
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let done = std::sync::atomic::AtomicU64::new(0);
+    thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while Instant::now() < stop {
+                    one().unwrap();
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    done.into_inner() as f64 / secs as f64
+}
+
+/// Requests answered 200 over one keep-alive connection `s`, for `secs` seconds; a second.
+fn keep_alive_rate<S: std::io::Read + std::io::Write>(s: &mut S, secs: u64) -> f64 {
+    let request = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    while Instant::now() < stop {
+        s.write_all(request).unwrap();
+        // One answer: its head, then Content-Length bytes.
+        let mut got = Vec::new();
+        let (head_end, length) = loop {
+            let k = s.read(&mut buf).unwrap();
+            assert!(k > 0, "closed");
+            got.extend_from_slice(&buf[..k]);
+            if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..at]).to_string();
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                let length: usize = header_values(&head, "content-length")[0].parse().unwrap();
+                break (at + 4, length);
+            }
+        };
+        while got.len() < head_end + length {
+            let k = s.read(&mut buf).unwrap();
+            assert!(k > 0, "closed");
+            got.extend_from_slice(&buf[..k]);
+        }
+        n += 1;
+    }
+    n as f64 / secs as f64
+}
+
+/// The HTTPS benchmark (scripts/bench, section 10): through one HAProxy, plain HTTP against
+/// HTTPS (TLS 1.3, ECDSA P-256, full handshakes, no resumption) for new connections a second
+/// (each with one request) and requests a second over one keep-alive connection; then a
+/// certificate file written → its host served (new host each time, median of 10).
+#[test]
+#[ignore = "a benchmark: scripts/bench runs it"]
+fn bench_https() {
+    let tmp = TempDir::new("https-bench");
+    let ca = Ca::new(&tmp.0);
+    let certs = tmp.0.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("a.pem"), ca.issue(&["a.test"], 30)).unwrap();
+    let etcd = Etcd::start();
+    let app = EchoApp::named("a1");
+    etcd.put("/app/servers/a1", &format!("127.0.0.1:{}", app.port));
+    let lb = start_lb(&etcd, &https_args(&certs, &["--no-redirect"]));
+    lb.expect_servers(&["a1"], Duration::from_secs(10));
+    let (http, https) = (lb.port, lb.https_port());
+    let client = ca.client(&["http/1.1"]);
+    let secs = 5;
+    let threads = 2;
+    let http_conns = rate(threads, secs, || {
+        let answer = exchange(
+            http,
+            "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        );
+        answer
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+            .ok_or(answer)
+    });
+    let https_conns = rate(threads, secs, || {
+        let (answer, _) = https_get(https, "a.test", "/", &client)?;
+        answer
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+            .ok_or(answer)
+    });
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    let http_keep = keep_alive_rate(&mut plain, secs);
+    let mut tls = common::tls::connect(https, "a.test", &client).unwrap();
+    let https_keep = keep_alive_rate(&mut tls, secs);
+    // Certificate file → served: a new host each round.
+    let mut took = Vec::new();
+    for i in 0..10 {
+        let host = format!("n{i}.test");
+        let text = ca.issue(&[&host], 30);
+        replace_file(&certs.join(format!("{host}.pem")), &text);
+        let written = Instant::now();
+        let served = wait_until(Duration::from_secs(5), || {
+            https_get(https, &host, "/", &client).is_ok()
+        });
+        assert!(served, "{host} not served:\n{}", lb.h.stderr());
+        took.push(written.elapsed().as_secs_f64() * 1000.0);
+    }
+    took.sort_by(f64::total_cmp);
+    let median = (took[4] + took[5]) / 2.0;
+    println!("### HTTPS through one HAProxy (hecd-haproxy --https), client on the same machine");
+    println!("| | plain HTTP | HTTPS |");
+    println!("|---|---|---|");
+    println!(
+        "| new connections a second, one request each ({threads} client threads, {secs} s; HTTPS: a full TLS 1.3 handshake, ECDSA P-256) | {http_conns:.0} | {https_conns:.0} |"
+    );
+    println!(
+        "| requests a second over one keep-alive connection ({secs} s) | {http_keep:.0} | {https_keep:.0} |"
+    );
+    println!(
+        "| certificate file written → its host served (median of 10, min {:.0} ms, max {:.0} ms) | | {median:.0} ms |",
+        took[0], took[9]
+    );
+    assert!(!lb.h.stderr().contains("reloading"));
+}

@@ -24,18 +24,19 @@ impl EchoApp {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let me = name.to_owned();
+        // A blocking accept (a connection is served at once); the drop wakes it with a
+        // connection of its own after setting `stop`.
         thread::spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((c, _)) => {
-                        let me = me.clone();
-                        thread::spawn(move || EchoApp::serve(c, &me));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
+            for c in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Ok(c) = c {
+                    let me = me.clone();
+                    thread::spawn(move || EchoApp::serve(c, &me));
                 }
             }
         });
@@ -87,6 +88,7 @@ impl EchoApp {
 impl Drop for EchoApp {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
