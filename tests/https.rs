@@ -213,7 +213,9 @@ fn issue_23_certificates_change_at_runtime_without_a_failed_request() {
     );
     lb.h.expect_stderr("certificate a.pem: serving a.test");
     // HAProxy's copy is the owner's alone.
-    let dir_mode = std::fs::metadata(lb.dir.join("certs")).unwrap().permissions();
+    let dir_mode = std::fs::metadata(lb.dir.join("certs"))
+        .unwrap()
+        .permissions();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&dir_mode) & 0o777,
         0o700
@@ -312,7 +314,10 @@ fn issue_23_certificates_change_at_runtime_without_a_failed_request() {
     for text in [&v1, &v2].into_iter().chain(bad.iter().map(|(_, t)| t)) {
         if let Some(at) = text.find("-----BEGIN PRIVATE KEY-----\n") {
             let key = &text[at + 28..];
-            for line in key.lines().filter(|l| l.len() > 20 && !l.starts_with("-----")) {
+            for line in key
+                .lines()
+                .filter(|l| l.len() > 20 && !l.starts_with("-----"))
+            {
                 assert!(!log.contains(line), "a key's line is in the log: {line}");
             }
         }

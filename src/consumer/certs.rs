@@ -418,11 +418,9 @@ mod tests {
         let cert = inspect(&data, UnixTime::since_unix_epoch(now)).unwrap();
         assert_eq!(cert.names, ["app.localhost"]);
         for file in ["docker-compose.yml", "stack.yml"] {
-            let yaml = std::fs::read_to_string(format!(
-                "{}/docker/{file}",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap();
+            let yaml =
+                std::fs::read_to_string(format!("{}/docker/{file}", env!("CARGO_MANIFEST_DIR")))
+                    .unwrap();
             for needed in [
                 "HECD_HTTPS: \":8443\"",
                 "HECD_CERTS: /run/secrets",

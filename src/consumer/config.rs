@@ -600,7 +600,10 @@ mod tests {
             (&["--https", ":443"][..], "--https: needs --certs DIR"),
             (&["--certs", dir][..], "--certs: needs --https ADDR:PORT"),
             (&["--hsts", "1h"][..], "--hsts: needs --https ADDR:PORT"),
-            (&["--no-redirect"][..], "--no-redirect: needs --https ADDR:PORT"),
+            (
+                &["--no-redirect"][..],
+                "--no-redirect: needs --https ADDR:PORT",
+            ),
             (
                 &["--https", ":443", "--certs", "/nonexistent/certs"][..],
                 "--certs: No such file or directory",
@@ -609,7 +612,10 @@ mod tests {
                 &["--https", ":443", "--certs", "/etc/hostname"][..],
                 "--certs: not a directory",
             ),
-            (&["--https", "443", "--certs", dir][..], "--https: expected ADDR:PORT"),
+            (
+                &["--https", "443", "--certs", dir][..],
+                "--https: expected ADDR:PORT",
+            ),
         ] {
             let mut args = BASE.to_vec();
             args.extend(extra);
