@@ -173,6 +173,8 @@ impl Method {
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// The answer's headers (within the 16 KiB head limit), names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Why a request got no usable response. Every variant means "try another endpoint or later".
@@ -302,6 +304,11 @@ impl Http {
             None => self.run(builder.body(()).map_err(bad)?, timeout)?,
         };
         let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
         let body = response
             .body_mut()
             .with_config()
@@ -309,7 +316,11 @@ impl Http {
             .read_to_vec()?;
         let body = String::from_utf8(body)
             .map_err(|_| HttpError::Broken("answer body is not UTF-8".into()))?;
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            body,
+            headers,
+        })
     }
 }
 
@@ -618,12 +629,12 @@ mod tests {
         let url = serve_once(
             b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
         );
-        assert_eq!(
-            get(&url).unwrap(),
-            Reply {
-                status: 404,
-                body: "{\"a\":1}".into()
-            }
+        let reply = get(&url).unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (404, "{\"a\":1}"));
+        assert!(
+            reply
+                .headers
+                .contains(&("transfer-encoding".to_owned(), "chunked".to_owned()))
         );
     }
 

@@ -100,6 +100,28 @@ fn issue_23_each_host_gets_its_own_certificate_and_http_is_redirected() {
             "{host}: {out}"
         );
     }
+    // TLS 1.3 by default, TLS 1.2 for a client that offers only that.
+    let out = s_client(port, "a.test", &ca.cert_path());
+    assert!(out.contains("Protocol version: TLSv1.3"), "{out}");
+    let out = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-tls1_2", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "-servername",
+            "a.test",
+            "-verify_return_error",
+            "-brief",
+            "-CAfile",
+        ])
+        .arg(ca.cert_path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.contains("Protocol version: TLSv1.2") && out.contains("Verification: OK"),
+        "{out}"
+    );
     for host in ["c.test", "y.x.b.test"] {
         let out = s_client(port, host, &ca.cert_path());
         assert!(
@@ -196,6 +218,16 @@ fn issue_23_certificates_change_at_runtime_without_a_failed_request() {
     let port = lb.https_port();
     let client = ca.client(&["http/1.1"]);
     assert!(https_get(port, "a.test", "/", &client).is_err());
+    // A FIFO named like a certificate: refused, and it holds nothing up.
+    let fifo = Command::new("mkfifo")
+        .arg(certs.join("fifo.pem"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    let refused = wait_until(Duration::from_secs(5), || {
+        lb.h.stderr().contains("fifo.pem: not a regular file")
+    });
+    assert!(refused, "{}", lb.h.stderr());
 
     // Added to an empty directory.
     let v1 = ca.issue(&["a.test"], 30);

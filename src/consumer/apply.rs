@@ -10,6 +10,23 @@ use super::certs::{CertOp, Certs};
 use super::services::{Balancer, Op};
 use crate::haproxy::{Runtime, RuntimeError};
 
+/// The files HAProxy reads the certificates and their maps from.
+pub struct CertFiles {
+    pub crt_list: PathBuf,
+    pub hosts: PathBuf,
+    pub answers: PathBuf,
+}
+
+impl CertFiles {
+    pub fn of(frontend: &crate::haproxy::Frontend) -> Self {
+        Self {
+            crt_list: frontend.crt_list_path(),
+            hosts: frontend.hosts_map_path(),
+            answers: frontend.answers_map_path(),
+        }
+    }
+}
+
 pub struct Applier {
     pub runtime: Runtime,
     /// `check ...` options for `add server`.
@@ -106,33 +123,40 @@ impl Applier {
 
     /// Carries out one certificate operation. A certificate's copy is written (mode 0600)
     /// before HAProxy is told of it, so the crt-list file can name it at any time.
-    pub fn apply_cert(
-        &self,
-        op: &CertOp,
-        crt_list: &Path,
-        hosts: &Path,
-    ) -> Result<(), RuntimeError> {
+    pub fn apply_cert(&self, op: &CertOp, files: &CertFiles) -> Result<(), RuntimeError> {
         let r = &self.runtime;
         match op {
             CertOp::Load {
                 path, pem, names, ..
             } => {
                 write_private(path, pem).map_err(RuntimeError::Refused)?;
-                r.cert_load(crt_list, path, pem, names)
+                r.cert_load(&files.crt_list, path, pem, names)
             }
-            CertOp::Unload { path } => r.cert_unload(crt_list, path),
-            CertOp::HostAdd { name } => r.map_set(hosts, name, "1", false),
-            CertOp::HostDel { name } => r.map_del(hosts, name),
+            CertOp::Unload { path } => r.cert_unload(&files.crt_list, path),
+            CertOp::HostAdd { name } => r.map_set(&files.hosts, name, "1", false),
+            CertOp::HostDel { name } => r.map_del(&files.hosts, name),
+            CertOp::AnswerSet {
+                token,
+                answer,
+                exists,
+            } => r.map_set(&files.answers, token, answer, *exists),
+            CertOp::AnswerDel { token } => r.map_del(&files.answers, token),
         }
     }
 
-    /// One pass over the certificates: new ones loaded, the hosts map made equal to what is
-    /// served, old ones removed, in that order. Whether HAProxy changed.
-    pub fn pass_certs(&self, certs: &mut Certs, crt_list: &Path, hosts: &Path) -> bool {
+    /// One pass over the certificates: the challenges' answers, new certificates loaded, the
+    /// hosts map made equal to what is served, old certificates removed, in that order.
+    /// Whether HAProxy changed.
+    pub fn pass_certs(&self, certs: &mut Certs, files: &CertFiles) -> bool {
         let mut changed = false;
-        for step in [Certs::plan_loads, Certs::plan_hosts, Certs::plan_unloads] {
+        for step in [
+            Certs::plan_answers,
+            Certs::plan_loads,
+            Certs::plan_hosts,
+            Certs::plan_unloads,
+        ] {
             for op in step(certs) {
-                let result = self.apply_cert(&op, crt_list, hosts);
+                let result = self.apply_cert(&op, files);
                 changed |= certs.applied(&op, result);
             }
         }

@@ -170,7 +170,14 @@ fn wait(inotify: &Inotify, timeout: Duration) -> bool {
 
 /// A file's contents, at most [`MAX_FILE`] bytes.
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: opening a FIFO named *.pem must not hang the thread (it is then refused
+    // as not a regular file); reading a regular file is not affected.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
     if !file.metadata().is_ok_and(|m| m.is_file()) {
         return Err("not a regular file".into());
     }

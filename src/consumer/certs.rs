@@ -29,6 +29,9 @@ use rustls::pki_types::{
 
 use crate::haproxy::RuntimeError;
 
+/// The source name of a certificate from the store: `etcd/HOST` (a file's name has no `/`).
+pub const STORE: &str = "etcd/";
+
 /// Largest certificate file read (a chain of a few certificates and a key is a few KiB).
 pub const MAX_FILE: u64 = 256 * 1024;
 
@@ -133,6 +136,13 @@ pub fn inspect(data: &[u8], now: UnixTime) -> Result<Cert, String> {
     Ok(Cert { id, pem, names })
 }
 
+/// `der` as one PEM block labelled `label`.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let mut out = String::new();
+    pem_block(&mut out, label, der);
+    out
+}
+
 fn pem_block(out: &mut String, label: &str, der: &[u8]) {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     out.push_str(&format!("-----BEGIN {label}-----\n"));
@@ -164,6 +174,14 @@ pub enum CertOp {
     HostAdd { name: String },
     /// The hosts map: `del map NAME`.
     HostDel { name: String },
+    /// The challenges map: `add map` (or `set map`, `exists`) `TOKEN ANSWER`.
+    AnswerSet {
+        token: String,
+        answer: String,
+        exists: bool,
+    },
+    /// The challenges map: `del map TOKEN`.
+    AnswerDel { token: String },
 }
 
 /// The certificates: what the files want, what HAProxy serves.
@@ -181,6 +199,10 @@ pub struct Certs {
     refused: BTreeSet<PathBuf>,
     /// An operation failed on the socket: the next pass plans again.
     pub retry: bool,
+    /// The pending ACME challenges (token → key authorization), from the store.
+    answers: BTreeMap<String, String>,
+    /// The challenges map as HAProxy has it.
+    answered: BTreeMap<String, String>,
 }
 
 impl Certs {
@@ -201,7 +223,9 @@ impl Certs {
     /// anything changed.
     pub fn update(&mut self, found: &Found) -> bool {
         let before = self.wanted.clone();
-        self.wanted.retain(|file, _| found.contains_key(file));
+        // Store sources (`etcd/HOST`: a file name has no `/`) are not the directory's.
+        self.wanted
+            .retain(|source, _| source.contains('/') || found.contains_key(source));
         for (file, verdict) in found {
             if let Ok(cert) = verdict {
                 if self.wanted.get(file) != Some(cert) {
@@ -213,6 +237,95 @@ impl Certs {
         let live: BTreeSet<PathBuf> = self.wanted.values().map(|c| self.path(c)).collect();
         self.refused.retain(|p| live.contains(p));
         before != self.wanted
+    }
+
+    /// The store's certificate for `host` (ACME, `CERT_PREFIX/certs/HOST`), checked at `now`:
+    /// served under the source `etcd/HOST` when good; a bad one changes nothing (the last
+    /// good one stays), and `None` (the key went) stops serving it. Whether anything changed.
+    pub fn update_store(&mut self, host: &str, pem: Option<&str>, now: UnixTime) -> bool {
+        let source = format!("{STORE}{host}");
+        let Some(pem) = pem else {
+            return self.wanted.remove(&source).is_some();
+        };
+        match inspect(pem.as_bytes(), now) {
+            Ok(cert) if self.wanted.get(&source) == Some(&cert) => false,
+            Ok(cert) => {
+                log::info!("certificate {source}: serving {}", cert.names.join(", "));
+                self.wanted.insert(source, cert);
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "certificate {source}: {e}; not served (what served it before still does)"
+                );
+                false
+            }
+        }
+    }
+
+    /// Everything the store holds (a full read): store sources it no longer has go, the
+    /// others are updated as [`Certs::update_store`] does. Whether anything changed.
+    pub fn replace_store(&mut self, certs: &BTreeMap<String, String>, now: UnixTime) -> bool {
+        let before = self.wanted.len();
+        self.wanted.retain(|source, _| {
+            source
+                .strip_prefix(STORE)
+                .is_none_or(|host| certs.contains_key(host))
+        });
+        let mut changed = before != self.wanted.len();
+        for (host, pem) in certs {
+            changed |= self.update_store(host, Some(pem), now);
+        }
+        changed
+    }
+
+    /// The answer to the pending ACME challenge `token` (`None`: withdrawn).
+    pub fn set_answer(&mut self, token: &str, answer: Option<&str>) {
+        match answer {
+            Some(a) => self.answers.insert(token.to_owned(), a.to_owned()),
+            None => self.answers.remove(token),
+        };
+    }
+
+    /// Every pending challenge's answer (a full read of the store).
+    pub fn replace_answers(&mut self, answers: &BTreeMap<String, String>) {
+        self.answers.clone_from(answers);
+    }
+
+    /// Step 0: the challenges map (`DIR/acme.map`) made equal to the pending challenges.
+    pub fn plan_answers(&self) -> Vec<CertOp> {
+        let sets = self
+            .answers
+            .iter()
+            .filter(|(t, a)| self.answered.get(*t) != Some(*a))
+            .map(|(t, a)| CertOp::AnswerSet {
+                token: t.clone(),
+                answer: a.clone(),
+                exists: self.answered.contains_key(t),
+            });
+        let dels = self
+            .answered
+            .keys()
+            .filter(|t| !self.answers.contains_key(*t))
+            .map(|t| CertOp::AnswerDel { token: t.clone() });
+        sets.chain(dels).collect()
+    }
+
+    /// The challenges map file: `TOKEN ANSWER` per pending challenge.
+    pub fn answers_map(&self) -> String {
+        self.answered
+            .iter()
+            .map(|(t, a)| format!("{t} {a}\n"))
+            .collect()
+    }
+
+    /// The names of each certificate from `--certs` (ACME leaves what they cover alone).
+    pub fn file_names(&self) -> Vec<Vec<String>> {
+        self.wanted
+            .iter()
+            .filter(|(source, _)| !source.starts_with(STORE))
+            .map(|(_, c)| c.names.clone())
+            .collect()
     }
 
     /// Wanted certificates by path, with the files that want each.
@@ -300,6 +413,12 @@ impl Certs {
             (CertOp::HostDel { name }, Ok(()) | Err(RuntimeError::Missing(_))) => {
                 self.hosts.remove(name);
             }
+            (CertOp::AnswerSet { token, answer, .. }, Ok(())) => {
+                self.answered.insert(token.clone(), answer.clone());
+            }
+            (CertOp::AnswerDel { token }, Ok(()) | Err(RuntimeError::Missing(_))) => {
+                self.answered.remove(token);
+            }
             (op, Err(e)) => {
                 log::warn!("{}: {e}; trying again", Short(op));
                 self.retry = true;
@@ -318,6 +437,7 @@ impl Certs {
             .map(|(p, (c, _))| (p.clone(), c.names.clone()))
             .collect();
         self.hosts = self.loaded.values().flatten().cloned().collect();
+        self.answered.clone_from(&self.answers);
     }
 
     /// Nothing served (HAProxy refused to start with them: they are then loaded one by one).
@@ -363,6 +483,9 @@ impl std::fmt::Display for Short<'_> {
             CertOp::Unload { path } => write!(f, "removing certificate {}", path.display()),
             CertOp::HostAdd { name } | CertOp::HostDel { name } => {
                 write!(f, "hosts map entry {name}")
+            }
+            CertOp::AnswerSet { token, .. } | CertOp::AnswerDel { token } => {
+                write!(f, "ACME challenge {token}")
             }
         }
     }
@@ -516,7 +639,12 @@ mod tests {
     /// Runs a whole pass as the applier does, every operation succeeding; the operations.
     fn pass(certs: &mut Certs) -> Vec<CertOp> {
         let mut all = Vec::new();
-        for step in [Certs::plan_loads, Certs::plan_hosts, Certs::plan_unloads] {
+        for step in [
+            Certs::plan_answers,
+            Certs::plan_loads,
+            Certs::plan_hosts,
+            Certs::plan_unloads,
+        ] {
             for op in step(certs) {
                 certs.applied(&op, Ok(()));
                 all.push(op);
@@ -532,6 +660,8 @@ mod tests {
                 CertOp::Unload { path } => format!("unload {}", path.display()),
                 CertOp::HostAdd { name } => format!("host+ {name}"),
                 CertOp::HostDel { name } => format!("host- {name}"),
+                CertOp::AnswerSet { token, .. } => format!("answer+ {token}"),
+                CertOp::AnswerDel { token } => format!("answer- {token}"),
             })
             .collect()
     }

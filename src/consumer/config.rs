@@ -103,6 +103,42 @@ pub const OPTIONS: &[OptSpec] = &[
         "add Strict-Transport-Security: max-age=DURATION to HTTPS answers",
     ),
     opt(
+        "acme",
+        "URL",
+        "none",
+        "an ACME (RFC 8555) CA's directory, https://: certificates for the declared hosts under --acme-domains, by HTTP-01, shared by every balancer through etcd",
+    ),
+    opt(
+        "acme-domains",
+        "SUFFIX[,SUFFIX...]",
+        "none (required with --acme)",
+        "only hosts equal to or under these get ACME certificates",
+    ),
+    opt(
+        "acme-email",
+        "EMAIL",
+        "none",
+        "the ACME account's contact (the CA's expiry notices)",
+    ),
+    opt(
+        "acme-cacert",
+        "FILE",
+        "the system bundle",
+        "CA bundle to verify the ACME CA's directory",
+    ),
+    opt(
+        "acme-renew-before",
+        "DURATION",
+        "30d",
+        "renew an ACME certificate when less than this is left (less up to a third, per host)",
+    ),
+    opt(
+        "cert-prefix",
+        "PATH",
+        crate::acme::keys::DEFAULT_CERT_PREFIX,
+        "the certificate store in etcd: PATH/account, PATH/certs/HOST, PATH/locks/HOST, PATH/challenges/TOKEN",
+    ),
+    opt(
         "lb-id",
         "ID",
         "the hostname",
@@ -171,6 +207,8 @@ pub struct Config {
     pub haproxy: PathBuf,
     /// `--certs`: the directory of certificate files, made absolute.
     pub certs: Option<PathBuf>,
+    /// `--acme` and its options.
+    pub acme: Option<AcmeConfig>,
     /// `--max-services`.
     pub max_services: usize,
     /// TLS files and credentials.
@@ -179,6 +217,21 @@ pub struct Config {
     /// Where the command line holds a password, for `main` to overwrite (see
     /// `cli::RawArgs::password_spans`).
     pub password_spans: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+/// ACME: the CA and the store.
+#[derive(Clone, Debug)]
+pub struct AcmeConfig {
+    /// `--acme`: the directory URL.
+    pub directory: String,
+    /// `--acme-domains`, lower case.
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    /// TLS to the CA (`--acme-cacert`, else the system bundle).
+    pub tls: crate::http::Tls,
+    pub renew_before: Duration,
+    /// `--cert-prefix`, normalised.
+    pub cert_prefix: String,
 }
 
 /// What the command line asks for.
@@ -245,13 +298,47 @@ pub fn parse(
     let certs = errors.take(raw.get("certs").map(certs_dir).transpose());
     let no_redirect = errors.take(raw.get("no-redirect").map_or(Ok(false), parse_bool));
     let hsts = errors.take(raw.get("hsts").map(parse_hsts).transpose());
+    let acme = errors.take(acme_options(&raw, https.as_ref().and_then(Option::as_ref)));
+    let tcp_prefixes: Vec<String> = raw
+        .all("tcp")
+        .iter()
+        .filter_map(|g| {
+            g.value
+                .split_once('=')
+                .map(|(_, p)| p.trim_matches('/').to_owned())
+        })
+        .collect();
+    if let (Some(Some(a)), Some(p)) = (&acme, &prefix) {
+        let lb = raw
+            .or_default("lb-prefix")
+            .value
+            .trim_matches('/')
+            .to_owned();
+        let within = |a: &str, b: &str| format!("{a}/").starts_with(&format!("{b}/"));
+        let cp = &a.cert_prefix;
+        let others = std::iter::once(p.clone())
+            .chain(std::iter::once(format!("/{lb}")))
+            .chain(tcp_prefixes.iter().map(|t| format!("/{t}")));
+        for other in others {
+            if within(cp, &other) || within(&other, cp) {
+                errors.0.push(UsageError::new(
+                    "--cert-prefix",
+                    format!(
+                        "must lie outside {other}/ (and not contain it): instances read there, the store holds private keys; got {cp:?}"
+                    ),
+                ));
+                break;
+            }
+        }
+    }
     if let (Some(https), Some(certs)) = (&https, &certs) {
         let needs =
             |long: &str, what: &str| UsageError::new(format!("--{long}"), format!("needs {what}"));
+        let acme_on = matches!(acme, Some(Some(_)));
         match (https.is_some(), certs.is_some()) {
-            (true, false) => errors.0.push(needs(
+            (true, false) if !acme_on => errors.0.push(needs(
                 "https",
-                "--certs DIR (the directory of its certificates)",
+                "--certs DIR (the directory of its certificates) or --acme URL",
             )),
             (false, true) => errors.0.push(needs("certs", "--https ADDR:PORT")),
             _ => {}
@@ -304,6 +391,7 @@ pub fn parse(
         Some(certs),
         Some(no_redirect),
         Some(hsts),
+        Some(acme),
     ) = (
         endpoints,
         listen,
@@ -320,6 +408,7 @@ pub fn parse(
         certs,
         no_redirect,
         hsts,
+        acme,
     )
     else {
         unreachable!("a missing value is an error above");
@@ -343,12 +432,14 @@ pub fn parse(
             https,
             redirect: !no_redirect,
             hsts,
+            acme: acme.is_some(),
         },
         drain_timeout,
         lb_id,
         lb_prefix,
         haproxy,
         certs,
+        acme,
         max_services,
         access,
         log_filter,
@@ -375,6 +466,125 @@ fn bind_text(value: &str) -> Option<String> {
             format!("{host}:{port}")
         }
     })
+}
+
+/// `--acme` and the options that go with it (an error for one given without it).
+fn acme_options(
+    raw: &cli::RawArgs,
+    https: Option<&String>,
+) -> Result<Option<AcmeConfig>, UsageError> {
+    let Some(g) = raw.get("acme") else {
+        for long in [
+            "acme-domains",
+            "acme-email",
+            "acme-cacert",
+            "acme-renew-before",
+            "cert-prefix",
+        ] {
+            if raw.get(long).is_some() {
+                return Err(UsageError::new(format!("--{long}"), "needs --acme URL"));
+            }
+        }
+        return Ok(None);
+    };
+    let directory = g.value.trim().to_owned();
+    let url_ok = directory.starts_with("https://")
+        && directory.len() > "https://".len()
+        && !directory
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control());
+    if !url_ok {
+        return Err(expected(g, "an https:// URL of an ACME directory"));
+    }
+    if https.is_none() {
+        return Err(UsageError::new(
+            "--acme",
+            "needs --https ADDR:PORT (where its certificates are served)",
+        ));
+    }
+    let d = raw.get("acme-domains").ok_or_else(|| {
+        UsageError::new(
+            "--acme-domains",
+            "required with --acme: only hosts under these get certificates, e.g. --acme-domains example.com",
+        )
+    })?;
+    let domains: Vec<String> = d
+        .value
+        .split(',')
+        .map(|x| x.trim().trim_start_matches("*.").to_ascii_lowercase())
+        .collect();
+    for x in &domains {
+        let ok = contract::Route::parse(x).is_ok_and(|r| r.path.is_none() && &r.host == x);
+        if !ok {
+            return Err(expected(
+                d,
+                "DNS names separated by commas, such as example.com,example.org",
+            ));
+        }
+    }
+    let email = raw
+        .get("acme-email")
+        .map(|e| {
+            let v = e.value.trim();
+            let ok = v.len() <= 254
+                && v.split_once('@')
+                    .is_some_and(|(a, b)| !a.is_empty() && b.contains('.'))
+                && !v
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == ',');
+            if ok {
+                Ok(v.to_owned())
+            } else {
+                Err(expected(e, "an e-mail address"))
+            }
+        })
+        .transpose()?;
+    let renew = raw.or_default("acme-renew-before");
+    let renew_before =
+        crate::options::parse_duration_upto(&renew.value, Duration::from_secs(3650 * 86_400))
+            .filter(|d| d.as_secs() >= 1)
+            .ok_or_else(|| expected(&renew, "a duration from 1s to 3650d, such as 30d"))?;
+    let cert_prefix = parse_prefix(&raw.or_default("cert-prefix"))?;
+    if cert_prefix.is_empty() {
+        return Err(expected(
+            &raw.or_default("cert-prefix"),
+            "a key path such as /hecd-certs, not /",
+        ));
+    }
+    let (path, data) = match raw.get("acme-cacert") {
+        Some(c) => {
+            let data = std::fs::read(&c.value).map_err(|e| {
+                UsageError::new("--acme-cacert", format!("cannot read {}: {e}", c.value))
+            })?;
+            (c.value.clone(), data)
+        }
+        None => {
+            let path = crate::registrar::plan::SYSTEM_CA_BUNDLE;
+            let data = std::fs::read(path).map_err(|e| {
+                UsageError::new(
+                    "--acme-cacert",
+                    format!("the CA's certificate needs a CA bundle: give --acme-cacert FILE ({path}: {e})"),
+                )
+            })?;
+            (path.to_owned(), data)
+        }
+    };
+    let tls = crate::http::Tls::from_pem(
+        crate::http::PemFile {
+            path: &path,
+            data: &data,
+        },
+        None,
+    )
+    .map_err(|(_, e)| UsageError::new("--acme-cacert", e))?;
+    Ok(Some(AcmeConfig {
+        directory,
+        domains,
+        email,
+        tls,
+        renew_before,
+        cert_prefix,
+    }))
 }
 
 /// `--hsts`: whole seconds from 1 s to two years (browsers cap max-age at about that).

@@ -76,6 +76,9 @@ pub struct Follower {
     /// names a service beyond this is skipped with a warning, so hostile declarations cannot
     /// make hecd-haproxy watch, and HAProxy hold backends for, any number of prefixes.
     pub max_services: usize,
+    /// Key prefixes no declared service may overlap (`--cert-prefix`: the certificate
+    /// store's private keys are not servers, and must not be read as such).
+    pub forbidden: Vec<String>,
     /// Seeds the retry jitter ([`crate::etcd::jitter_seed`] of `--lb-id`).
     pub seed: u64,
     /// Keeps an eye on the member the watch stream is on.
@@ -101,6 +104,14 @@ struct Watching {
     declared: BTreeMap<String, BTreeSet<String>>,
     /// Services refused for `--max-services`, warned about once.
     refused: BTreeSet<String>,
+    /// Prefixes no service may overlap.
+    forbidden: Vec<String>,
+}
+
+/// Whether one of the key prefixes `a` and `b` holds the other.
+fn overlaps(a: &str, b: &str) -> bool {
+    let within = |x: &str, y: &str| format!("{x}/").starts_with(&format!("{y}/"));
+    within(a, b) || within(b, a)
 }
 
 /// What one message of the watch stream means ([`Watching::take`]).
@@ -216,6 +227,11 @@ impl Watching {
         if self.refused.contains(prefix) {
             return false;
         }
+        if let Some(f) = self.forbidden.iter().find(|f| overlaps(prefix, f)) {
+            self.refused.insert(prefix.clone());
+            log::warn!("not following {prefix}/: it overlaps the certificate store {f}/");
+            return false;
+        }
         let unfollowed = !self.services.contains_key(prefix);
         if declaration.is_some()
             && unfollowed
@@ -328,6 +344,16 @@ impl Follower {
                 }
             })
             .map_err(|e| e.to_string())?;
+        // Never a service in the certificate store.
+        let forbidden = &self.forbidden;
+        let mut refused = BTreeSet::new();
+        declarations.retain(|(p, _), _| {
+            let bad = forbidden.iter().any(|f| overlaps(p, f));
+            if bad && refused.insert(p.clone()) {
+                log::warn!("not following {p}/: it overlaps the certificate store");
+            }
+            !bad
+        });
         // Over the limit: the services declared first (lowest revision) are followed.
         let mut first: BTreeMap<&str, i64> = BTreeMap::new();
         for ((p, _), d) in &declarations {
@@ -338,7 +364,6 @@ impl Follower {
         by_age.sort();
         let mut prefixes: BTreeSet<String> = BTreeSet::new();
         prefixes.extend(self.fixed.iter().cloned());
-        let mut refused = BTreeSet::new();
         for (_, p) in by_age {
             if prefixes.len() < self.max_services || prefixes.contains(p) {
                 prefixes.insert(p.to_owned());
@@ -390,6 +415,7 @@ impl Follower {
             services: prefixes.into_iter().map(|p| (p, revision + 1)).collect(),
             declared,
             refused,
+            forbidden: self.forbidden.clone(),
         };
         Ok((
             Update::Snapshot {
@@ -712,6 +738,36 @@ mod tests {
         assert!(taken.new_services.is_empty() && taken.unfollowed.is_empty());
         let created = w.take(1, WatchMessage::Created);
         assert!(created.created && created.changes.is_empty());
+    }
+
+    #[test]
+    fn a_declaration_naming_the_certificate_store_is_never_followed() {
+        let mut w = watching();
+        w.forbidden = vec!["/hecd-certs".into()];
+        for (i, key) in [
+            "/hecd/routes/hecd-certs/x",
+            "/hecd/routes/hecd-certs/certs/x",
+            "/hecd/routes/x",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let taken = w.take(
+                0,
+                WatchMessage::Events(vec![put(key, "evil.example.com", 30 + i as i64)]),
+            );
+            if *key == "/hecd/routes/x" {
+                continue; // not a declaration at all (no NAME): skipped elsewhere
+            }
+            assert!(
+                taken.changes.is_empty() && taken.new_services.is_empty(),
+                "{key}"
+            );
+        }
+        assert!(!w.services.keys().any(|p| p.starts_with("/hecd-certs")));
+        assert!(overlaps("/hecd-certs", "/hecd-certs/certs"));
+        assert!(overlaps("/", "/hecd-certs") || !overlaps("/a", "/hecd-certs"));
+        assert!(!overlaps("/hecd-certsx", "/hecd-certs"));
     }
 
     #[test]

@@ -19,8 +19,10 @@ pub mod certdir;
 pub mod certs;
 pub mod config;
 pub mod follow;
+pub mod orderer;
 pub mod probe;
 pub mod services;
+pub mod store;
 
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -45,6 +47,8 @@ pub enum Input {
     Signal(Signal),
     /// What a look at `--certs` found.
     Certs(certs::Found),
+    /// The certificate store in etcd changed (`--acme`).
+    Store(store::StoreUpdate),
 }
 
 /// How long to wait for the first read from etcd before starting HAProxy with the servers of
@@ -107,6 +111,16 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             &config.lb_id,
         )
     };
+    let acme = match &config.acme {
+        Some(a) => match start_acme(a, &config.lb_id, client, &tx) {
+            Ok(side) => Some(side),
+            Err(e) => {
+                log::error!("cannot start the ACME threads: {e}");
+                return status::SETUP;
+            }
+        },
+        None => None,
+    };
     let follower = Follower {
         client: client(),
         fixed: std::iter::once(config.prefix.clone())
@@ -114,6 +128,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             .collect(),
         lb_prefix: config.lb_prefix.clone(),
         max_services: config.max_services,
+        forbidden: config.acme.iter().map(|a| a.cert_prefix.clone()).collect(),
         seed: crate::etcd::jitter_seed(&config.lb_id),
         probe: match probe::Probe::start(client()) {
             Ok(p) => p,
@@ -239,6 +254,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         changed: true,
         deaths: Deaths::default(),
         certs,
+        acme,
     };
     main.run(&rx, early)
 }
@@ -265,6 +281,78 @@ struct Main {
     deaths: Deaths,
     /// The certificates, with `--https`.
     certs: Option<Certs>,
+    /// ACME, with `--acme`.
+    acme: Option<AcmeSide>,
+}
+
+/// The main loop's side of ACME: what the store holds and which hosts the orderer was told
+/// are due.
+struct AcmeSide {
+    domains: Vec<String>,
+    renew_before: Duration,
+    /// host → chain and key, as the store has them.
+    stored: std::collections::BTreeMap<String, String>,
+    due: mpsc::Sender<Vec<String>>,
+    /// The last list sent.
+    sent: Option<Vec<String>>,
+    /// The routed hosts when last looked at.
+    hosts: std::collections::BTreeSet<String>,
+    /// When the hosts were last looked at (at least once a minute: certificates age).
+    looked: Instant,
+}
+
+/// How often the hosts are looked at for renewal while nothing changes.
+const RENEW_LOOK: Duration = Duration::from_secs(60);
+
+/// Starts the store follower and the orderer.
+fn start_acme(
+    a: &config::AcmeConfig,
+    lb_id: &str,
+    client: impl Fn() -> Client,
+    tx: &mpsc::Sender<Input>,
+) -> std::io::Result<AcmeSide> {
+    let tell = tx.clone();
+    let store = store::StoreFollower {
+        client: client(),
+        cert_prefix: a.cert_prefix.clone(),
+        seed: crate::etcd::jitter_seed(lb_id) ^ 0x5707e,
+        probe: probe::Probe::start(client())?,
+        tell: Box::new(move |u| tell.send(Input::Store(u)).is_ok()),
+    };
+    std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || store.run())?;
+    let (due, due_rx) = mpsc::channel();
+    let orderer = orderer::Orderer {
+        client: client(),
+        http: Http::new(Some(&a.tls)),
+        directory: a.directory.clone(),
+        email: a.email.clone(),
+        cert_prefix: a.cert_prefix.clone(),
+        lb_id: lb_id.to_owned(),
+        renew_before: a.renew_before,
+        due: due_rx,
+    };
+    std::thread::Builder::new()
+        .name("acme".into())
+        .spawn(move || orderer.run())?;
+    Ok(AcmeSide {
+        domains: a.domains.clone(),
+        renew_before: a.renew_before,
+        stored: Default::default(),
+        due,
+        sent: None,
+        hosts: Default::default(),
+        looked: Instant::now(),
+    })
+}
+
+fn unix_now() -> rustls::pki_types::UnixTime {
+    rustls::pki_types::UnixTime::since_unix_epoch(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }
 
 /// `haproxy -c` on the files written; if HAProxy refuses them while certificates are in the
@@ -292,6 +380,75 @@ fn check(
 }
 
 impl Main {
+    /// A change of the certificate store: certificates loaded or dropped, challenge answers
+    /// set or withdrawn, and the hosts due looked at again.
+    fn store(&mut self, update: store::StoreUpdate) {
+        let (Some(acme), Some(certs)) = (&mut self.acme, &mut self.certs) else {
+            return;
+        };
+        let now = unix_now();
+        match update {
+            store::StoreUpdate::All(all) => {
+                certs.replace_store(&all.certs, now);
+                certs.replace_answers(&all.challenges);
+                acme.stored = all.certs;
+            }
+            store::StoreUpdate::Cert(host, pem) => {
+                certs.update_store(&host, pem.as_deref(), now);
+                match pem {
+                    Some(p) => acme.stored.insert(host, p),
+                    None => acme.stored.remove(&host),
+                };
+            }
+            store::StoreUpdate::Challenge(token, answer) => {
+                certs.set_answer(&token, answer.as_deref());
+            }
+        }
+        self.changed = true;
+        self.look_for_due(true);
+    }
+
+    /// Tells the orderer which hosts are due, when that changed: when the store or the
+    /// certificate files changed (`force`), when the routed hosts changed, and once a minute
+    /// besides (certificates age). Nothing without `--acme`.
+    fn look_for_due(&mut self, force: bool) {
+        let (Some(acme), Some(certs)) = (&mut self.acme, &self.certs) else {
+            return;
+        };
+        let hosts: std::collections::BTreeSet<String> = self
+            .balancer
+            .routes
+            .keys()
+            .filter_map(|k| k.split('/').next())
+            .map(str::to_owned)
+            .collect();
+        if !force && hosts == acme.hosts && acme.looked.elapsed() < RENEW_LOOK {
+            return;
+        }
+        acme.looked = Instant::now();
+        acme.hosts.clone_from(&hosts);
+        let wanted = crate::acme::plan::wanted(&hosts, &acme.domains, &certs.file_names());
+        let at = unix_now();
+        let due: Vec<String> = wanted
+            .into_iter()
+            .filter(|h| {
+                crate::acme::plan::due(
+                    h,
+                    acme.stored.get(h).map(String::as_str),
+                    at,
+                    acme.renew_before,
+                )
+            })
+            .collect();
+        if acme.sent.as_ref() != Some(&due) {
+            if !due.is_empty() {
+                log::info!("ACME: due: {}", due.join(", "));
+            }
+            let _ = acme.due.send(due.clone());
+            acme.sent = Some(due);
+        }
+    }
+
     /// Takes inputs until a stop or a failure; returns the exit status.
     fn run(&mut self, rx: &mpsc::Receiver<Input>, mut pending: Vec<Input>) -> u8 {
         loop {
@@ -334,7 +491,9 @@ impl Main {
                     if let Some(certs) = &mut self.certs {
                         self.changed |= certs.update(&found);
                     }
+                    self.look_for_due(true);
                 }
+                Some(Input::Store(update)) => self.store(update),
                 Some(Input::Signal(sig @ (Signal::SIGTERM | Signal::SIGINT))) => self.stop(sig),
                 Some(Input::Signal(Signal::SIGHUP)) => reload = Some("SIGHUP".to_owned()),
                 // SIGCHLD, or a quiet second: a master that ended is seen either way.
@@ -350,6 +509,7 @@ impl Main {
                 }
                 continue;
             }
+            self.look_for_due(false);
             self.apply(reload);
         }
     }
@@ -460,11 +620,13 @@ impl Main {
         let (mut changed, needs_reload) = self.applier.pass(&mut self.balancer);
         if let Some(certs) = &mut self.certs {
             certs.retry = false;
-            changed |= self.applier.pass_certs(
-                certs,
-                &self.frontend.crt_list_path(),
-                &self.frontend.hosts_map_path(),
-            );
+            changed |= self
+                .applier
+                .pass_certs(certs, &apply::CertFiles::of(&self.frontend));
+        }
+        if changed {
+            // Routes may have come or gone: hosts to order for with them.
+            self.look_for_due(false);
         }
         for (prefix, name) in self.balancer.drained.drain(..) {
             let _ = self.announce.send(announce::Message::Drained(prefix, name));
@@ -554,6 +716,7 @@ struct Files {
     map: String,
     crt_list: Option<String>,
     hosts: Option<String>,
+    answers: Option<String>,
     /// The last write that failed.
     error: Option<String>,
 }
@@ -610,6 +773,11 @@ impl Files {
                 frontend.hosts_map_path(),
                 certs.hosts_map(),
                 &mut self.hosts,
+            ),
+            (
+                frontend.answers_map_path(),
+                certs.answers_map(),
+                &mut self.answers,
             ),
         ] {
             if last.as_ref() != Some(&text) || !path.exists() {

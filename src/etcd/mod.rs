@@ -450,6 +450,59 @@ impl Client {
         })
     }
 
+    /// Puts `key = value` under `lease` (v3; 0: no lease) only if the key does not exist, in
+    /// one transaction: whether it was put. A lock, or a value only the first writer sets.
+    pub fn put_if_absent(
+        &mut self,
+        key: &str,
+        value: &str,
+        lease: i64,
+        deadline: Instant,
+    ) -> Result<bool, EtcdError> {
+        let txn = v3::put_if_absent(key, value, lease);
+        self.each_endpoint(deadline, |c, base, t| match c.api {
+            Some(Api::V3(prefix)) => c.v3_call(base, prefix, v3::TXN, &txn, t, v3::parse_succeeded),
+            _ => Attempt::Stop(not_v3(base)),
+        })
+    }
+
+    /// Puts `key = value` with no lease (v3): it stays until deleted.
+    pub fn put_forever(
+        &mut self,
+        key: &str,
+        value: &str,
+        deadline: Instant,
+    ) -> Result<(), EtcdError> {
+        let put = v3::put(key, value, 0);
+        self.each_endpoint(deadline, |c, base, t| match c.api {
+            Some(Api::V3(prefix)) => c.v3_call(base, prefix, v3::PUT, &put, t, v3::parse_done),
+            _ => Attempt::Stop(not_v3(base)),
+        })
+    }
+
+    /// Deletes `key` (v3); a key already gone counts as done.
+    pub fn delete_key(&mut self, key: &str, deadline: Instant) -> Result<(), EtcdError> {
+        let body = v3::delete(key);
+        self.each_endpoint(deadline, |c, base, t| match c.api {
+            Some(Api::V3(prefix)) => c.v3_call(base, prefix, v3::DELETE, &body, t, v3::parse_done),
+            _ => Attempt::Stop(not_v3(base)),
+        })
+    }
+
+    /// Revokes `lease` (v3); one already gone counts as done.
+    pub fn revoke(&mut self, lease: i64, deadline: Instant) -> Result<(), EtcdError> {
+        let body = v3::lease_id(lease);
+        self.each_endpoint(deadline, |c, base, t| match c.api {
+            Some(Api::V3(prefix)) => {
+                match c.v3_call(base, prefix, v3::REVOKE, &body, t, v3::parse_done) {
+                    Attempt::Stop(EtcdError::Gone) => Attempt::Done(()),
+                    other => other,
+                }
+            }
+            _ => Attempt::Stop(not_v3(base)),
+        })
+    }
+
     /// Whether the API in use is v2 (known after the first call).
     pub fn is_v2(&self) -> bool {
         self.api == Some(Api::V2)
@@ -849,11 +902,11 @@ impl Client {
         let url = format!("{base}{}", v2::key_path(key));
         let body = form.map(|f| ("application/x-www-form-urlencoded", f));
         log::trace!("{method:?} {url} {}", form.unwrap_or(""));
-        let Reply { status, body } = match self.http.request(method, &url, &headers, body, timeout)
-        {
-            Ok(reply) => reply,
-            Err(e) => return Attempt::Next(e.to_string()),
-        };
+        let Reply { status, body, .. } =
+            match self.http.request(method, &url, &headers, body, timeout) {
+                Ok(reply) => reply,
+                Err(e) => return Attempt::Next(e.to_string()),
+            };
         log::trace!("{status} {body}");
         match v2::parse(status, &body, missing_ok) {
             Ok(()) => Attempt::Done(()),

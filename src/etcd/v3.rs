@@ -158,6 +158,34 @@ pub fn put_all(puts: &[(&str, &str)], lease: i64) -> String {
     json!({ "success": ops }).to_string()
 }
 
+/// A transaction that puts `key = value` (under `lease`; 0 for none) only if the key does not
+/// exist (its create revision is 0).
+pub fn put_if_absent(key: &str, value: &str, lease: i64) -> String {
+    let key64 = base64(key.as_bytes());
+    json!({
+        "compare": [{ "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
+        "success": [{ "request_put": {
+            "key": key64,
+            "value": base64(value.as_bytes()),
+            "lease": lease.to_string(),
+        }}],
+    })
+    .to_string()
+}
+
+/// Whether a transaction's compare held (`succeeded`; etcd leaves a false out).
+pub fn parse_succeeded(status: u16, body: &str) -> Result<bool, Fault> {
+    let v = parse_ok(status, body)?;
+    match v.get("succeeded") {
+        None | Some(Value::Bool(false)) => Ok(false),
+        Some(Value::Bool(true)) => Ok(true),
+        Some(_) => Err(Fault::Malformed(format!(
+            "transaction answer: succeeded is not a boolean: {}",
+            clip(body)
+        ))),
+    }
+}
+
 /// Parses a range answer.
 pub fn parse_range(status: u16, body: &str) -> Result<Page, Fault> {
     let v = parse_ok(status, body)?;

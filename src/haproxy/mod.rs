@@ -104,6 +104,8 @@ pub struct Frontend {
     pub redirect: bool,
     /// `--hsts`: `Strict-Transport-Security: max-age` of HTTPS answers, if any.
     pub hsts: Option<Duration>,
+    /// `--acme`: answer HTTP-01 challenges from the challenges map.
+    pub acme: bool,
 }
 
 impl Frontend {
@@ -148,9 +150,29 @@ impl Frontend {
         self.dir.join("tls-hosts.map")
     }
 
+    /// The pending ACME challenges: `TOKEN KEY-AUTHORIZATION` per line.
+    pub fn answers_map_path(&self) -> PathBuf {
+        self.dir.join("acme.map")
+    }
+
     /// HAProxy's copies of the certificates, each named by its contents' SHA-256.
     pub fn certs_dir(&self) -> PathBuf {
         self.dir.join("certs")
+    }
+
+    /// With `--acme`: the answer to an HTTP-01 challenge, on either listener, from the map
+    /// every balancer keeps equal to the store's pending challenges (the CA may ask any of
+    /// them). Other tokens fall through to the routing.
+    fn acme_lines(&self) -> String {
+        if !self.acme {
+            return String::new();
+        }
+        let map = self.answers_map_path();
+        let token = format!("path,field(4,/),map({})", map.display());
+        format!(
+            "    # ACME HTTP-01: a pending challenge's key authorization, whichever balancer is asked.\n\
+             \x20   http-request return status 200 content-type text/plain lf-string %[{token}] if {{ path_beg /.well-known/acme-challenge/ }} {{ {token} -m found }}\n"
+        )
     }
 
     /// The HTTPS listener's lines of the frontend: its `bind`, the redirect of plain-HTTP
@@ -239,10 +261,12 @@ impl Frontend {
              \x20   default_backend {DEFAULT_BACKEND}\n",
             self.tunnel_timeout.as_millis().max(1),
             self.listen,
-            self.https
-                .as_deref()
-                .map(|h| self.https_lines(h))
-                .unwrap_or_default(),
+            self.acme_lines()
+                + &self
+                    .https
+                    .as_deref()
+                    .map(|h| self.https_lines(h))
+                    .unwrap_or_default(),
             self.map_path().display()
         );
         for t in &self.tcp {
@@ -693,6 +717,7 @@ mod tests {
             https: Some("[::]:8443".into()),
             redirect: true,
             hsts: Some(Duration::from_secs(86_400)),
+            acme: true,
         };
         let mut servers = BTreeMap::new();
         servers.insert("b".to_owned(), Addr::parse("[fd00::2]:80").unwrap());
@@ -729,6 +754,7 @@ mod tests {
             "http-request redirect scheme https code 308 if !{ ssl_fc } hecd_cert !hecd_acme\n"
         ));
         assert!(cfg.contains("set-header Strict-Transport-Security max-age=86400 if { ssl_fc }\n"));
+        assert!(cfg.contains("http-request return status 200 content-type text/plain lf-string %[path,field(4,/),map(/run/lb/acme.map)] if { path_beg /.well-known/acme-challenge/ } { path,field(4,/),map(/run/lb/acme.map) -m found }\n"));
         assert_eq!(parse_config(&cfg), backends);
         // On 443 the redirect names no port; --no-redirect and no --hsts leave both out.
         let on_443 = Frontend {

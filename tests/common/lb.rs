@@ -44,6 +44,43 @@ impl Lb {
         lb
     }
 
+    /// hecd-haproxy listening on `ip:port` exactly, in a temporary directory: `Err` (with
+    /// its stderr) when HAProxy could not bind it, so the caller can try another port.
+    pub fn start_listening(
+        etcd_urls: &str,
+        ip: &str,
+        port: u16,
+        args: &[&str],
+    ) -> Result<Lb, String> {
+        let tmp = TempDir::new("lb");
+        let mut cmd = Command::new(super::hecd_haproxy());
+        cmd.args(["--etcd", etcd_urls, "--listen"])
+            .arg(format!("{ip}:{port}"))
+            .arg("--dir")
+            .arg(&tmp.0)
+            .args(["--check-inter", "200ms"])
+            .args(
+                args.iter()
+                    .map(|a| a.replace("{free}", &free_port().to_string())),
+            );
+        let h = start_command(cmd);
+        let mut lb = Lb {
+            h,
+            dir: tmp.0.clone(),
+            port,
+            _tmp: Some(tmp),
+        };
+        let mut exited = false;
+        let up = wait_until(Duration::from_secs(20), || {
+            exited = lb.h.wait(Duration::ZERO).is_some();
+            exited || lb.admin("show info").is_some()
+        });
+        if exited || !up {
+            return Err(lb.h.stderr_final());
+        }
+        Ok(lb)
+    }
+
     fn start_in_env(etcd_urls: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Lb {
         // A port chosen free may be taken before HAProxy binds it: then HAProxy says so and
         // hecd-haproxy exits, and it is started again on another port. `{free}` in an

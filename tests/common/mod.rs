@@ -433,6 +433,7 @@ pub mod etcd;
 pub mod hostile;
 pub mod lb;
 pub mod netns;
+pub mod pebble;
 pub mod tls;
 
 /// Starts `hecd-init ARGS...` with its stderr on a pipe whose reader has already closed (a log

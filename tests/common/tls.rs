@@ -189,22 +189,28 @@ impl Ca {
     /// A rustls client configuration trusting only this CA, offering `alpn`, without session
     /// resumption.
     pub fn client(&self, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(self.cert_path()).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-        // Every connection a full handshake: a resumed session presents no certificate (rustls
-        // would report the first session's), and the tests look at the one presented now.
-        config.resumption = rustls::client::Resumption::disabled();
-        Arc::new(config)
+        client_trusting(&std::fs::read_to_string(self.cert_path()).unwrap(), alpn)
     }
+}
+
+/// A rustls client configuration trusting only the certificates of `pem`, offering `alpn`,
+/// without session resumption.
+pub fn client_trusting(pem: &str, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    // Every connection a full handshake: a resumed session presents no certificate (rustls
+    // would report the first session's), and the tests look at the one presented now.
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
 }
 
 /// Writes `text` to `path` as a secret update does: a new file renamed over the old one.
@@ -229,9 +235,19 @@ pub fn leaf_der(pem: &str) -> Vec<u8> {
 pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 pub fn connect(port: u16, host: &str, config: &Arc<rustls::ClientConfig>) -> Result<Tls, String> {
+    connect_at("127.0.0.1", port, host, config)
+}
+
+/// [`connect`] to `ip:port`.
+pub fn connect_at(
+    ip: &str,
+    port: u16,
+    host: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<Tls, String> {
     let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
     let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect((ip, port)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -260,7 +276,18 @@ pub fn https_get(
     path: &str,
     config: &Arc<rustls::ClientConfig>,
 ) -> Result<(String, Vec<u8>), String> {
-    let mut tls = connect(port, host, config)?;
+    https_get_at("127.0.0.1", port, host, path, config)
+}
+
+/// [`https_get`] from `ip:port`.
+pub fn https_get_at(
+    ip: &str,
+    port: u16,
+    host: &str,
+    path: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<(String, Vec<u8>), String> {
+    let mut tls = connect_at(ip, port, host, config)?;
     let leaf = presented(&tls);
     tls.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
