@@ -299,3 +299,35 @@ fn issue_24_a_balancer_killed_holding_the_lock_hands_the_host_over() {
     assert!(took >= Duration::from_secs(11), "{took:?}");
     eprintln!("killed → served by lb-b: {took:?}");
 }
+
+/// The ACME benchmark (scripts/bench, section 11): a host declared → its first HTTPS answer
+/// with a certificate pebble issued (`PEBBLE_VA_NOSLEEP=1`), a new host each round, median of 5.
+#[test]
+#[ignore = "a benchmark: scripts/bench runs it"]
+fn bench_acme() {
+    let tmp = TempDir::new("acme-bench");
+    let etcd = Etcd::start();
+    let (pebble, lbs, _port) = start(&tmp.0, &etcd, &[("127.0.0.2", "lb-a")], &[]);
+    let root = pebble.root();
+    let mut took = Vec::new();
+    for i in 0..5 {
+        let host = format!("h{i}.acme.test");
+        pebble.point(&host, "127.0.0.2");
+        let declared = Instant::now();
+        declare(&etcd, &format!("h{i}"), &host);
+        let served = wait_until(Duration::from_secs(30), || {
+            presented(&lbs[0], "127.0.0.2", &host, &root).is_some()
+        });
+        assert!(served, "{host}: {}", lbs[0].h.stderr());
+        took.push(declared.elapsed().as_secs_f64() * 1000.0);
+    }
+    took.sort_by(f64::total_cmp);
+    println!("### ACME: a declared host → its first HTTPS answer with a CA-issued certificate");
+    println!("| | median of 5 | min | max |");
+    println!("|---|---|---|---|");
+    println!(
+        "| declared → served (pebble, HTTP-01 validated, `PEBBLE_VA_NOSLEEP=1`) | {:.0} ms | {:.0} ms | {:.0} ms |",
+        took[2], took[0], took[4]
+    );
+    assert_eq!(pebble.orders(), 5);
+}

@@ -561,6 +561,7 @@ fn issue_16_the_documented_etcd_roles_are_enough_and_no_more() {
         ("hecd-app:app-pass", "/hecd/lbs/forged"),
         ("hecd-app:app-pass", "/hecd/routes/app/other/forged"),
         ("hecd-lb:lb-pass", "/app/servers/forged"),
+        ("hecd-app:app-pass", "/hecd-certs/certs/roles.example.com"),
     ] {
         let out = etcd.etcdctl(&["--user", user, "put", key, "1.2.3.4:5"]);
         assert!(
@@ -568,6 +569,30 @@ fn issue_16_the_documented_etcd_roles_are_enough_and_no_more() {
             "{user} may write {key}: {out}"
         );
     }
+    // The certificate store: hecd-lb reads and writes it; hecd-app cannot read a private key.
+    let out = etcd.etcdctl(&[
+        "--user",
+        "hecd-lb:lb-pass",
+        "put",
+        "/hecd-certs/certs/roles.example.com",
+        "a PRIVATE KEY",
+    ]);
+    assert!(out.contains("OK"), "hecd-lb cannot write the store: {out}");
+    for key in ["/hecd-certs/certs/roles.example.com", "/hecd-certs/account"] {
+        let out = etcd.etcdctl(&["--user", "hecd-app:app-pass", "get", key]);
+        assert!(
+            out.contains("permission denied") && !out.contains("PRIVATE KEY"),
+            "hecd-app may read {key}: {out}"
+        );
+    }
+    let out = etcd.etcdctl(&[
+        "--user",
+        "hecd-app:app-pass",
+        "get",
+        "--prefix",
+        "/hecd-certs/",
+    ]);
+    assert!(out.contains("permission denied"), "{out}");
 }
 
 #[test]

@@ -282,7 +282,7 @@ impl Acme {
             }
             let wait = header(&reply, "retry-after")
                 .and_then(|r| r.trim().parse::<u64>().ok())
-                .map_or(Duration::from_millis(500), Duration::from_secs)
+                .map_or(Duration::from_millis(250), Duration::from_secs)
                 .min(MAX_POLL);
             std::thread::sleep(wait);
         }

@@ -662,7 +662,10 @@ pub fn help_text() -> String {
          server and removes it once idle (or after --drain-timeout). Each service (a prefix) has\n\
          a backend of its own; requests go by Host and the longest path prefix, and what no\n\
          route matches goes to --prefix. etcd down or answering garbage: the last known servers\n\
-         stay. Bad keys and declarations are logged and skipped.\n\n\
+         stay. Bad keys and declarations are logged and skipped. With --https, a TLS listener\n\
+         serves the certificates of --certs files and, with --acme, certificates an ACME CA\n\
+         issues for the declared hosts, shared by every balancer through etcd (--cert-prefix);\n\
+         both are loaded at runtime, without reloads.\n\n\
          Options (every long option may also be set as its environment variable; a flag wins;\n\
          durations: 10s, 500ms, 1.5 (seconds), 2m, 1h, 1d):\n",
         env!("CARGO_PKG_VERSION")
@@ -833,6 +836,109 @@ mod tests {
             assert_eq!(e.len(), 1, "{extra:?}: {e:?}");
             assert!(e[0].starts_with(message), "{extra:?}: {e:?}");
         }
+    }
+
+    #[test]
+    fn acme_needs_https_and_domains_and_keeps_its_store_apart() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/certs/a.crt");
+        let acme = |extra: &[&str]| {
+            let mut args = BASE.to_vec();
+            args.extend(["--https", ":443", "--acme-cacert", ca]);
+            args.extend(extra);
+            run(&args, &[])
+        };
+        let c = acme(&[
+            "--acme",
+            "https://ca.example/dir",
+            "--acme-domains",
+            "Example.com,*.example.org",
+            "--acme-email",
+            "ops@example.com",
+        ])
+        .unwrap();
+        let a = c.acme.unwrap();
+        assert_eq!(a.domains, ["example.com", "example.org"]);
+        assert_eq!(a.renew_before, Duration::from_secs(30 * 86_400));
+        assert_eq!(a.cert_prefix, "/hecd-certs");
+        assert_eq!(a.email.as_deref(), Some("ops@example.com"));
+        assert!(
+            c.frontend.acme && c.certs.is_none(),
+            "--certs is optional with --acme"
+        );
+        let base = [
+            "--acme",
+            "https://ca.example/dir",
+            "--acme-domains",
+            "example.com",
+        ];
+        for (extra, message) in [
+            (
+                &["--acme", "http://ca.example/dir", "--acme-domains", "a.com"][..],
+                "--acme: expected an https:// URL",
+            ),
+            (
+                &["--acme", "https://ca.example/dir"][..],
+                "--acme-domains: required with --acme",
+            ),
+            (
+                &["--acme", "https://ca.example/dir", "--acme-domains", "a b"][..],
+                "--acme-domains: expected DNS names",
+            ),
+        ] {
+            let e = acme(extra).unwrap_err();
+            assert!(e.iter().any(|x| x.starts_with(message)), "{extra:?}: {e:?}");
+        }
+        for (extra, message) in [
+            (
+                &["--cert-prefix", "/hecd/certs"][..],
+                "--cert-prefix: must lie outside /hecd/",
+            ),
+            (
+                &["--cert-prefix", "/app"][..],
+                "--cert-prefix: must lie outside /app/servers/",
+            ),
+            (
+                &["--cert-prefix", "/"][..],
+                "--cert-prefix: expected a key path",
+            ),
+            (
+                &["--acme-email", "not mail"][..],
+                "--acme-email: expected an e-mail address",
+            ),
+            (
+                &["--acme-renew-before", "3651d"][..],
+                "--acme-renew-before: expected a duration",
+            ),
+            (
+                &["--acme-cacert", "/nonexistent"][..],
+                "--acme-cacert: cannot read /nonexistent",
+            ),
+        ] {
+            let mut all = base.to_vec();
+            all.extend(extra);
+            let e = acme(&all).unwrap_err();
+            assert!(e.iter().any(|x| x.starts_with(message)), "{extra:?}: {e:?}");
+        }
+        // Its options without it.
+        for (extra, message) in [
+            (
+                ["--acme-domains", "a.com"],
+                "--acme-domains: needs --acme URL",
+            ),
+            (["--cert-prefix", "/x"], "--cert-prefix: needs --acme URL"),
+            (["--acme-cacert", ca], "--acme-cacert: needs --acme URL"),
+        ] {
+            let mut args = BASE.to_vec();
+            args.extend(extra);
+            let e = run(&args, &[]).unwrap_err();
+            assert_eq!(e, [message], "{extra:?}");
+        }
+        // Without --https.
+        let mut args = BASE.to_vec();
+        args.extend(base);
+        args.extend(["--acme-cacert", ca]);
+        let e = run(&args, &[]).unwrap_err();
+        assert!(e[0].starts_with("--acme: needs --https"), "{e:?}");
     }
 
     #[test]

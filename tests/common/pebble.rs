@@ -165,11 +165,12 @@ impl Pebble {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Orders pebble was asked for (`POST /order-plz`).
+    /// Orders pebble created (`Added order ... to the db`; a `POST /order-plz` it refused
+    /// with `badNonce`, which the client sends again, is none).
     pub fn orders(&self) -> usize {
         self.log()
             .lines()
-            .filter(|l| l.contains("POST /order-plz"))
+            .filter(|l| l.contains("Added order"))
             .count()
     }
 }
