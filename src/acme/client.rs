@@ -377,3 +377,169 @@ impl Acme {
         result.map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// A CA that is not one: answers each request with the reply its path maps to (`{base}`
+    /// in a reply is the server's own URL), for as long as the test runs.
+    fn hostile(replies: Vec<(&'static str, String)>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let me = base.clone();
+        std::thread::spawn(move || {
+            for mut c in listener.incoming().flatten() {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if c.read(&mut byte).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                // Read (and drop) a body, if any.
+                let length = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                let _ = c.read_exact(&mut body);
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let reply = replies
+                    .iter()
+                    .find(|(p, _)| path.starts_with(p))
+                    .map_or_else(
+                        || "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                        |(_, r)| {
+                            // The body's length once `{base}` is in it.
+                            let r = r.replace("{base}", &me);
+                            let body = r.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+                            r.replace("{len}", &body.to_string())
+                        },
+                    );
+                let _ = c.write_all(reply.as_bytes());
+            }
+        });
+        base
+    }
+
+    fn answer(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\n{headers}Content-Length: {{len}}\r\nConnection: close\r\n\r\n{body}"
+        )
+    }
+
+    fn register(base: &str) -> Result<String, AcmeError> {
+        let key = AccountKey::generate().unwrap();
+        Acme::new(Http::new(None), &format!("{base}/dir"), key).register(Some("a@b.example"))
+    }
+
+    const DIRECTORY: &str =
+        r#"{"newNonce":"{base}/nonce","newAccount":"{base}/acct","newOrder":"{base}/order"}"#;
+
+    #[test]
+    fn a_ca_that_answers_garbage_is_an_error_never_a_panic() {
+        let huge = "x".repeat(2 << 20);
+        for dir in [
+            answer("200 OK", "", "garbage"),
+            answer("200 OK", "", "{}"),
+            answer(
+                "200 OK",
+                "",
+                r#"{"newNonce":"ftp://x","newAccount":"a","newOrder":"b"}"#,
+            ),
+            answer(
+                "200 OK",
+                "",
+                r#"{"newNonce":"{base}/n\u0000","newAccount":"{base}/a","newOrder":"{base}/o"}"#,
+            ),
+            answer("500 Oops", "", DIRECTORY),
+            answer("200 OK", "", &huge),
+            "SSH-2.0-OpenSSH\r\n".to_owned(),
+        ] {
+            let base = hostile(vec![("/dir", dir)]);
+            match register(&base) {
+                Err(AcmeError::Ca(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        // A directory, then a nonce endpoint without a nonce.
+        let base = hostile(vec![
+            ("/dir", answer("200 OK", "", DIRECTORY)),
+            ("/nonce", answer("204 No Content", "", "")),
+        ]);
+        let r = register(&base);
+        assert!(
+            matches!(&r, Err(AcmeError::Ca(e)) if e.contains("Replay-Nonce")),
+            "{r:?}"
+        );
+        // The CA refuses: its problem, with its reason.
+        let nonce = "Replay-Nonce: n1\r\n";
+        let base = hostile(vec![
+            ("/dir", answer("200 OK", "", DIRECTORY)),
+            ("/nonce", answer("204 No Content", nonce, "")),
+            (
+                "/acct",
+                answer(
+                    "403 Forbidden",
+                    nonce,
+                    r#"{"type":"urn:ietf:params:acme:error:unauthorized","detail":"no"}"#,
+                ),
+            ),
+        ]);
+        assert!(
+            matches!(register(&base), Err(AcmeError::Problem(e)) if e.contains(":unauthorized no"))
+        );
+        // badNonce for ever: tried three times, then an error.
+        let base = hostile(vec![
+            ("/dir", answer("200 OK", "", DIRECTORY)),
+            ("/nonce", answer("204 No Content", nonce, "")),
+            (
+                "/acct",
+                answer(
+                    "400 Bad Request",
+                    nonce,
+                    r#"{"type":"urn:ietf:params:acme:error:badNonce"}"#,
+                ),
+            ),
+        ]);
+        assert!(matches!(register(&base), Err(AcmeError::Problem(e)) if e.contains("badNonce")));
+        // An account without a Location, or with one that is not a URL.
+        for location in ["", "Location: javascript:alert(1)\r\n"] {
+            let base = hostile(vec![
+                ("/dir", answer("200 OK", "", DIRECTORY)),
+                ("/nonce", answer("204 No Content", nonce, "")),
+                (
+                    "/acct",
+                    answer("201 Created", &format!("{nonce}{location}"), "{}"),
+                ),
+            ]);
+            assert!(
+                matches!(register(&base), Err(AcmeError::Ca(_))),
+                "{location:?}"
+            );
+        }
+        // And one that works.
+        let base = hostile(vec![
+            ("/dir", answer("200 OK", "", DIRECTORY)),
+            ("/nonce", answer("204 No Content", nonce, "")),
+            (
+                "/acct",
+                answer(
+                    "201 Created",
+                    &format!("{nonce}Location: {{base}}/acct/1\r\n"),
+                    "{}",
+                ),
+            ),
+        ]);
+        assert_eq!(register(&base).unwrap(), format!("{base}/acct/1"));
+    }
+}
