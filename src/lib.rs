@@ -13,8 +13,10 @@ pub mod config;
 pub mod consumer;
 pub mod contract;
 pub mod discovery;
+pub mod entry;
 pub mod error;
 pub mod etcd;
+pub mod exit;
 #[cfg(test)]
 mod fuzz;
 pub mod haproxy;

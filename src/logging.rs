@@ -2,7 +2,7 @@
 //! prefixed with the program's name (`hecd-init:`, `hecd-haproxy:`). Stdout belongs to the app, so nothing here ever writes there.
 //!
 //! Logging never blocks the caller and never fails loudly: env_logger formats the line and
-//! hands it to [`Spool`], which queues it for a writer thread, started at the first line (a
+//! hands it to `Spool`, which queues it for a writer thread, started at the first line (a
 //! silent pure init starts none). When the reader of stderr is slow or gone, lines are dropped
 //! (and counted) instead of stalling the supervisor, and the EPIPE/SIGPIPE of a closed stderr
 //! land on the writer thread, whose signals nobody reads, never on the supervisor.

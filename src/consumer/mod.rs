@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::etcd::Client;
+use crate::exit as status;
 use crate::haproxy::process::{DEATH_WINDOW, Deaths, MAX_DEATHS, Process, Verdict};
 use crate::haproxy::{Frontend, Runtime, parse_config, render_map};
 use crate::http::Http;
@@ -65,24 +66,17 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Longest wait for the announcement to be withdrawn on a stop.
 const WITHDRAW: Duration = Duration::from_secs(2);
 
-/// Exit statuses besides HAProxy's own.
-pub mod status {
-    pub const OK: u8 = 0;
-    pub const SETUP: u8 = 1;
-    pub const USAGE: u8 = 2;
-}
-
 /// Runs hecd-haproxy until a stop signal or HAProxy's end; returns the exit status.
 pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     let (tx, rx) = mpsc::channel();
     if let Err(e) = spawn_signal_thread(tx.clone()) {
         log::error!("cannot set up signal handling: {e}");
-        return status::SETUP;
+        return status::FAILED;
     }
     let frontend = config.frontend.clone();
     if let Err(e) = std::fs::create_dir_all(&frontend.dir) {
         log::error!("--dir {}: {e}", frontend.dir.display());
-        return status::SETUP;
+        return status::FAILED;
     }
     let mut certs = frontend
         .https
@@ -99,7 +93,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             .spawn(move || watched.run(move |found| tx.send(Input::Certs(found)).is_ok()))
         {
             log::error!("cannot start the certificates thread: {e}");
-            return status::SETUP;
+            return status::FAILED;
         }
     }
     let client = || {
@@ -116,7 +110,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             Ok(side) => Some(side),
             Err(e) => {
                 log::error!("cannot start the ACME threads: {e}");
-                return status::SETUP;
+                return status::FAILED;
             }
         },
         None => None,
@@ -134,7 +128,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             Ok(p) => p,
             Err(e) => {
                 log::error!("cannot start the probe thread: {e}");
-                return status::SETUP;
+                return status::FAILED;
             }
         },
         tell: Box::new(move |update| tx.send(Input::Etcd(update)).is_ok()),
@@ -144,7 +138,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         .spawn(move || follower.run())
     {
         log::error!("cannot start the etcd thread: {e}");
-        return status::SETUP;
+        return status::FAILED;
     }
 
     let mut balancer = Balancer::new(config.drain_timeout, config.prefix.clone(), &frontend.tcp);
@@ -200,7 +194,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     }
     if let Some(e) = written.error.take() {
         log::error!("{e}");
-        return status::SETUP;
+        return status::FAILED;
     }
     let mut haproxy = Process::new(
         &config.haproxy,
@@ -209,7 +203,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
     );
     if let Err(e) = check(&haproxy, &frontend, certs.as_mut(), &mut written) {
         log::error!("{e}");
-        return status::SETUP;
+        return status::FAILED;
     }
     // HAProxy warns at start when the state file named in the config is missing.
     if !frontend.state_path().exists() {
@@ -219,7 +213,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         Ok(pid) => pid,
         Err(e) => {
             log::error!("{e}");
-            return status::SETUP;
+            return status::FAILED;
         }
     };
     log::info!(
@@ -466,7 +460,7 @@ impl Main {
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => {
                         log::error!("the etcd and signal threads are gone");
-                        return status::SETUP;
+                        return status::FAILED;
                     }
                 },
             };
@@ -544,7 +538,7 @@ impl Main {
                     log::error!(
                         "HAProxy's master {why}: {MAX_DEATHS} times within {window} s; giving up"
                     );
-                    return Some(status::SETUP);
+                    return Some(status::FAILED);
                 }
                 Verdict::Restart(n) => log::error!(
                     "HAProxy's master {why}; starting it again ({n} of {MAX_DEATHS} within {window} s)"

@@ -5,11 +5,11 @@
 //!   alive at TTL/3) ⇄ unhealthy (key removed after two failed checks), with backoff on etcd
 //!   errors. Its probes, Docker calls and etcd requests block; its deadlines are times it sleeps
 //!   until on its wake channel.
-//! - the stop path ([`stop`]): idle until the supervisor asks for deregistration, then deletes
+//! - the stop path (`stop`): idle until the supervisor asks for deregistration, then deletes
 //!   the key and revokes the lease at once over its own connection, whatever the registrar is
 //!   in the middle of. A request in flight on the registrar is abandoned, never waited for.
 //!
-//! They share [`Shared`]: the key, the lease that may carry it, and a `stopping` flag. The
+//! They share `Shared`: the key, the lease that may carry it, and a `stopping` flag. The
 //! registrar records a lease there *before* sending the put that uses it, and sends nothing new
 //! once `stopping` is set, so whatever it has in flight, the stop path's delete and revoke leave
 //! no key behind (a put that lands late is under a revoked lease, and fails). Neither thread

@@ -18,7 +18,7 @@ use nix::sys::signal::SigSet;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::config::Config;
-use crate::error::status;
+use crate::exit as status;
 use crate::lifecycle::{self, Action, Event, Phase, Settings};
 use crate::registrar::{self, News, Plan};
 use crate::signal;
@@ -69,7 +69,7 @@ pub fn run(
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot set up signal handling: {e}");
-            return status::INTERNAL;
+            return status::FAILED;
         }
     };
     if std::process::id() != 1 {

@@ -2,7 +2,7 @@
 //! or child subreaper) and maps the app's end to hecd-init's exit status. One SIGCHLD can stand
 //! for many exits, so it reaps until nothing is left.
 
-use crate::error::status;
+use crate::exit as status;
 use crate::signal;
 use crate::sys::{self, Ended};
 

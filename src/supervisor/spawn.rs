@@ -8,7 +8,7 @@ use std::process::Command;
 
 use nix::errno::Errno;
 
-use crate::error::status;
+use crate::exit as status;
 use crate::sys::{self, InheritedSignals};
 
 /// The command could not be started.
