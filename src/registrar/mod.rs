@@ -3,8 +3,9 @@
 //!
 //! - the registrar: discovery → waiting for the first passing check → registered (lease kept
 //!   alive at TTL/3) ⇄ unhealthy (key removed after two failed checks), with backoff on etcd
-//!   errors. Its probes, Docker calls and etcd requests block; its deadlines are times it sleeps
-//!   until on its wake channel.
+//!   errors. Every decision is [`machine`]'s, a pure state machine; the thread carries out its
+//!   actions. Its probes, Docker calls and etcd requests block; its deadlines are times it
+//!   sleeps until on its wake channel.
 //! - the stop path (`stop`): idle until the supervisor asks for deregistration, then deletes
 //!   the key and revokes the lease at once over its own connection, whatever the registrar is
 //!   in the middle of. A request in flight on the registrar is abandoned, never waited for.
@@ -17,6 +18,7 @@
 //! channel plus a byte on a pipe the supervisor polls.
 
 mod confirm;
+pub mod machine;
 pub mod plan;
 mod stop;
 
@@ -36,10 +38,8 @@ use crate::discovery::{Discovery, Found};
 use crate::etcd::{Backoff, Client, EtcdError, Lease};
 use crate::http::Http;
 
+use machine::{Action, Event, Machine, State};
 pub use plan::{Plan, plan};
-
-/// How often the check runs before the app has passed it once (at most).
-const READINESS_POLL: Duration = Duration::from_millis(100);
 
 /// From the registrar threads to the supervisor.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,43 +223,33 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The registrar thread: carries out what [`machine::Machine`] decides (discovery, checks,
+/// grants, puts, keepalives, removals) and feeds back what came of it.
 struct Registrar {
+    machine: Machine,
     client: Client,
     probe_http: Http,
     check: Check,
     check_interval: Duration,
     discovery: Discovery,
     prefix: String,
-    /// Set once discovery has found the name and address.
+    /// What discovery found: the key `PREFIX/NAME`, its value `HOST:PORT`, where the check
+    /// goes, and the route declaration (`LB_PREFIX/routes/PREFIX/NAME` = the routes, put with
+    /// the key under the same lease; `None` without `--route`).
     key: String,
     value: String,
+    check_addr: SocketAddr,
+    declaration: Option<(String, String)>,
     /// `--route` (sorted), and `--lb-prefix` for the declaration's key.
     routes: Vec<crate::contract::Route>,
     lb_prefix: String,
-    /// The route declaration, `LB_PREFIX/routes/PREFIX/NAME` = the routes, put with the key
-    /// under the same lease (v3); `None` without `--route`.
-    declaration: Option<(String, String)>,
     /// v2 was found although routes are declared: said once.
     told_v2_routes: bool,
-    check_addr: SocketAddr,
-    found: bool,
-    next_discovery: Instant,
     ttl: Duration,
-    /// A lease granted and not known to be gone (it may carry no key yet).
-    lease: Option<Lease>,
-    /// The TTL etcd granted that lease (it raises TTLs below its minimum), when it said.
+    /// The TTL etcd granted the lease (it raises TTLs below its minimum), when it said.
     granted_ttl: Option<u64>,
-    /// The key is in etcd under `lease`, as far as the last answer said.
-    registered: bool,
-    /// Passed the last check, or failed fewer than two in a row since.
-    healthy: bool,
-    /// Has passed a check at least once.
-    passed_once: bool,
-    failures: u32,
-    next_check: Instant,
-    next_keepalive: Instant,
-    retry_at: Instant,
-    backoff: Backoff,
+    /// Why the last check, put or keepalive failed, for the message that follows the decision.
+    last_error: String,
     shared: Arc<Mutex<Shared>>,
     notifier: Notifier,
 }
@@ -280,11 +270,19 @@ impl Registrar {
         // Jitter only needs instances started together to differ.
         let seed = crate::etcd::jitter_seed(&identity(&reg));
         let cap = (reg.ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(5));
+        let settings = machine::Settings {
+            has_check: reg.check != Check::None,
+            check_interval: reg.check_interval,
+            ttl: reg.ttl,
+        };
         Self {
+            machine: Machine::new(
+                settings,
+                Backoff::new(Duration::from_millis(200), cap, seed),
+                now,
+            ),
             client,
             probe_http: Http::new(None),
-            healthy: reg.check == Check::None,
-            passed_once: false,
             check: reg.check.clone(),
             check_interval: reg.check_interval,
             prefix: reg.prefix.clone(),
@@ -297,16 +295,8 @@ impl Registrar {
             key: String::new(),
             value: String::new(),
             check_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            found: false,
-            next_discovery: now,
-            lease: None,
             granted_ttl: None,
-            registered: false,
-            failures: 0,
-            next_check: now,
-            next_keepalive: now,
-            retry_at: now,
-            backoff: Backoff::new(Duration::from_millis(200), cap, seed),
+            last_error: String::new(),
             shared,
             notifier,
         }
@@ -314,10 +304,8 @@ impl Registrar {
 
     fn run(mut self, wake: &Receiver<()>) {
         loop {
-            let woken = match self.next_due() {
-                Some(due) => wake.recv_timeout(due.saturating_duration_since(Instant::now())),
-                None => wake.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            let due = self.machine.deadline();
+            let woken = wake.recv_timeout(due.saturating_duration_since(Instant::now()));
             let stop = match woken {
                 Err(RecvTimeoutError::Timeout) => self.work().is_err(),
                 // Woken by a stop, or the supervisor is gone: hecd-init is exiting.
@@ -329,45 +317,76 @@ impl Registrar {
         }
     }
 
-    /// The earliest time something is due.
-    fn next_due(&self) -> Option<Instant> {
-        if !self.found {
-            return Some(self.next_discovery);
+    /// Carries out what is due, each answer fed back, until nothing is.
+    fn work(&mut self) -> Result<(), Stopping> {
+        while let Some(action) = self.machine.next(Instant::now()) {
+            let event = match action {
+                Action::Discover => self.discover(),
+                Action::Probe => self.run_check(),
+                Action::Register(lease) => self.register(lease)?,
+                Action::Keepalive(lease) => self.keepalive(lease)?,
+                // `next` gives only those four; the others follow from answers.
+                other => {
+                    self.carry_out(other)?;
+                    continue;
+                }
+            };
+            let was_healthy = self.machine.healthy();
+            let follow = self.machine.step(event.clone(), Instant::now());
+            self.tell(&event, was_healthy);
+            for action in follow {
+                self.carry_out(action)?;
+            }
         }
-        let check = (self.check != Check::None).then_some(self.next_check);
-        let keepalive = self.registered.then_some(self.next_keepalive);
-        let retry = (!self.registered && self.healthy).then_some(self.retry_at);
-        [check, keepalive, retry].into_iter().flatten().min()
+        Ok(())
     }
 
-    fn work(&mut self) -> Result<(), Stopping> {
-        if !self.found {
-            self.discover();
-            return Ok(());
-        }
+    /// The log line of a decision the machine made.
+    fn tell(&self, event: &Event, was_healthy: bool) {
         let now = Instant::now();
-        if self.check != Check::None && now >= self.next_check {
-            self.run_check()?;
-            // Until the app first passes, look more often, so a fresh instance takes traffic
-            // soon after it listens rather than up to a whole interval later.
-            let every = if self.passed_once {
-                self.check_interval
-            } else {
-                self.check_interval.min(READINESS_POLL)
-            };
-            self.next_check = Instant::now() + every;
+        match (event, &self.machine.state) {
+            (Event::CheckPassed, _) if !was_healthy => {
+                log::info!("check passed: {} on {}", self.check, self.check_addr);
+            }
+            (Event::CheckFailed, State::Unhealthy { .. }) if was_healthy => log::warn!(
+                "check failed twice in a row ({}); removing {}",
+                self.last_error,
+                self.key
+            ),
+            (Event::PutFailed { .. }, State::Ready { at }) => log::warn!(
+                "cannot register {}: {}; retrying in {}ms",
+                self.key,
+                self.last_error,
+                at.saturating_duration_since(now).as_millis()
+            ),
+            (Event::KeepaliveFailed, State::Registered { keepalive }) => log::warn!(
+                "keepalive of {} failed: {}; retrying in {}ms",
+                self.machine
+                    .lease()
+                    .map_or_else(String::new, |l| l.to_string()),
+                self.last_error,
+                keepalive.saturating_duration_since(now).as_millis()
+            ),
+            _ => {}
         }
-        if self.registered && now >= self.next_keepalive {
-            self.keepalive()?;
-        }
-        if !self.registered && self.healthy && Instant::now() >= self.retry_at {
-            self.register()?;
+    }
+
+    fn carry_out(&mut self, action: Action) -> Result<(), Stopping> {
+        match action {
+            Action::Notify(present) => self.notifier.send(News::Registered(present)),
+            Action::ForgetLease => self.sync(|s| {
+                s.lease = None;
+                s.maybe_present = false;
+            })?,
+            Action::Remove(lease) => self.remove(lease)?,
+            // Asked for by `next`, carried out in `work`.
+            Action::Discover | Action::Probe | Action::Register(_) | Action::Keepalive(_) => {}
         }
         Ok(())
     }
 
     /// Finds the name and address; retried every 100 ms until the app listens.
-    fn discover(&mut self) {
+    fn discover(&mut self) -> Event {
         match self.discovery.discover() {
             Ok(Found {
                 name,
@@ -383,8 +402,6 @@ impl Registrar {
                     ));
                 }
                 self.check_addr = check;
-                self.found = true;
-                self.next_check = Instant::now();
                 lock(&self.shared).key = self.key.clone();
                 log::info!(
                     "will register {} = {} once the {} check on {check} passes",
@@ -392,38 +409,27 @@ impl Registrar {
                     self.value,
                     self.check
                 );
+                Event::Found
             }
             Err(why) => {
                 log::debug!("discovery: {why}");
-                self.next_discovery = Instant::now() + READINESS_POLL;
+                Event::NotFound
             }
         }
     }
 
-    fn run_check(&mut self) -> Result<(), Stopping> {
+    fn run_check(&mut self) -> Event {
         let timeout = self
             .check_interval
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
         match check::probe(&self.check, &self.probe_http, self.check_addr, timeout) {
-            Ok(()) => {
-                if !self.healthy {
-                    log::info!("check passed: {} on {}", self.check, self.check_addr);
-                }
-                self.healthy = true;
-                self.passed_once = true;
-                self.failures = 0;
-            }
+            Ok(()) => Event::CheckPassed,
             Err(e) => {
-                self.failures = self.failures.saturating_add(1);
-                log::debug!("check failed ({} in a row): {e}", self.failures);
-                if self.failures == 2 && self.healthy {
-                    self.healthy = false;
-                    log::warn!("check failed twice in a row ({e}); removing {}", self.key);
-                    self.remove()?;
-                }
+                log::debug!("check failed: {e}");
+                self.last_error = e.to_string();
+                Event::CheckFailed
             }
         }
-        Ok(())
     }
 
     /// Publishes the client's state (API, endpoint, token) for the stop path, and says whether
@@ -438,10 +444,12 @@ impl Registrar {
         Ok(())
     }
 
-    fn register(&mut self) -> Result<(), Stopping> {
+    /// Grants a lease if there is none, records it for the stop path, then puts the key (and
+    /// the route declaration) under it in one transaction.
+    fn register(&mut self, lease: Option<Lease>) -> Result<Event, Stopping> {
         let deadline = Instant::now() + (self.ttl / 3).max(Duration::from_secs(2));
         let ttl = self.ttl.as_secs();
-        let lease = match self.lease {
+        let granted = match lease {
             Some(lease) => Ok(lease),
             None => self
                 .client
@@ -457,8 +465,8 @@ impl Registrar {
                     lease
                 }),
         };
-        let result = lease.and_then(|lease| {
-            self.lease = Some(lease);
+        let kept = granted.as_ref().ok().copied();
+        let result = granted.and_then(|lease| {
             // Recorded before the put is sent: a stop from now on revokes this lease, so the
             // put either lands before the revoke (and is deleted with it) or fails after it.
             self.sync(|s| {
@@ -489,7 +497,7 @@ impl Registrar {
             }
             return Err(Stopping);
         }
-        match result {
+        Ok(match result {
             Ok(lease) => {
                 log::info!(
                     "registered {} = {} ({lease}, ttl {}s)",
@@ -497,77 +505,45 @@ impl Registrar {
                     self.value,
                     self.granted_ttl.unwrap_or(self.ttl.as_secs())
                 );
-                self.registered = true;
-                self.next_keepalive = Instant::now() + self.ttl / 3;
-                self.backoff.reset();
-                self.notifier.send(News::Registered(true));
+                Event::Put(lease)
             }
             Err(e) => {
-                if e == EtcdError::Gone {
-                    // The lease expired before the put: grant a fresh one next time.
-                    self.lease = None;
-                }
-                let delay = self.backoff.next_delay();
-                log::warn!(
-                    "cannot register {}: {e}; retrying in {}ms",
-                    self.key,
-                    delay.as_millis()
-                );
-                self.retry_at = Instant::now() + delay;
+                self.last_error = e.to_string();
+                // The lease expired before the put: grant a fresh one next time.
+                let lease = if e == EtcdError::Gone { None } else { kept };
+                Event::PutFailed { lease }
             }
-        }
-        Ok(())
+        })
     }
 
-    fn keepalive(&mut self) -> Result<(), Stopping> {
-        let Some(lease) = self.lease else {
-            return Ok(());
-        };
+    fn keepalive(&mut self, lease: Lease) -> Result<Event, Stopping> {
         let deadline = Instant::now() + self.ttl / 3;
         let result = self
             .client
             .keepalive(lease, &self.key, self.ttl.as_secs(), deadline);
         self.sync(|_| {})?;
-        match result {
+        Ok(match result {
             Ok(()) => {
                 log::debug!("kept {lease} alive");
-                self.next_keepalive = Instant::now() + self.ttl / 3;
-                self.backoff.reset();
+                Event::KeptAlive
             }
             Err(EtcdError::Gone) => {
                 log::warn!(
                     "{lease} is gone (expired, revoked, or etcd lost it); registering {} again",
                     self.key
                 );
-                self.lease = None;
-                self.registered = false;
-                self.retry_at = Instant::now();
-                self.sync(|s| {
-                    s.lease = None;
-                    s.maybe_present = false;
-                })?;
-                self.notifier.send(News::Registered(false));
+                Event::LeaseGone
             }
             Err(e) => {
-                let delay = self.backoff.next_delay().min(self.ttl / 3);
-                log::warn!(
-                    "keepalive of {lease} failed: {e}; retrying in {}ms",
-                    delay.as_millis()
-                );
-                self.next_keepalive = Instant::now() + delay;
+                self.last_error = e.to_string();
+                Event::KeepaliveFailed
             }
-        }
-        Ok(())
+        })
     }
 
     /// Deletes the key and revokes the lease (two failed checks); on failure the lease runs
     /// out by itself, since it is no longer kept alive.
-    fn remove(&mut self) -> Result<(), Stopping> {
-        let Some(lease) = self.lease.take() else {
-            return Ok(());
-        };
-        self.registered = false;
-        self.notifier.send(News::Registered(false));
+    fn remove(&mut self, lease: Lease) -> Result<(), Stopping> {
         let deadline = Instant::now() + Duration::from_secs(2);
         match self.client.deregister(lease, &self.key, deadline) {
             Ok(_) => {
