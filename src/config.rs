@@ -644,6 +644,49 @@ mod tests {
         build(raw, extra).map_err(|errs| errs.iter().map(ToString::to_string).collect())
     }
 
+    /// Every row's default, given as its variable, is what the parser takes when the option
+    /// is not given at all; the rows whose default is a sentence (computed at run time) are
+    /// named here, so a new row either agrees or is listed on purpose.
+    #[test]
+    fn every_rows_default_is_what_the_parser_takes_without_it() {
+        let base = ["--etcd", "http://e:2379"];
+        let plain = format!("{:?}", build_with(&base, &[]).unwrap());
+        let mut sentences = Vec::new();
+        for o in OPTIONS.iter().filter(|o| o.env && o.long != "etcd") {
+            let var = cli::env_name(o.long);
+            let same = build_with(&base, &[(var.as_str(), o.default)])
+                .is_ok_and(|c| format!("{c:?}") == plain);
+            if !same {
+                sentences.push(o.long);
+            }
+        }
+        assert_eq!(
+            sentences, COMPUTED_DEFAULTS,
+            "a row whose --help default is not what the parser takes without it"
+        );
+    }
+
+    /// The options whose `--help` default is a sentence: what they take is worked out when
+    /// hecd-init starts (the container's name, the discovered address, the Docker socket if
+    /// present, ...), or "none" means the option is off.
+    const COMPUTED_DEFAULTS: &[&str] = &[
+        "name",         // the container's name, else the hostname
+        "port",         // the port the app listens on
+        "advertise",    // discovered
+        "host-ip",      // the binding's HostIp, else the Swarm node address, else the gateway
+        "docker",       // the socket, if present
+        "route",        // none
+        "drain",        // 2s when registering, else 0
+        "stop-timeout", // none
+        "rewrite",      // TSTP, TTIN, TTOU → STOP, none with --single-child
+        "user",         // none
+        "etcd-cacert",  // the system bundle, for https:// endpoints
+        "etcd-cert",
+        "etcd-key",
+        "etcd-user",
+        "etcd-password-file",
+    ];
+
     #[test]
     fn lb_prefix_lies_outside_the_server_prefix() {
         let reg = |args: &[&str]| {

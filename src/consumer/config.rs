@@ -344,10 +344,12 @@ pub fn parse(
             _ => {}
         }
         if https.is_none() {
-            for long in ["no-redirect", "hsts"] {
-                if raw.get(long).is_some() {
-                    errors.0.push(needs(long, "--https ADDR:PORT"));
-                }
+            // `HECD_NO_REDIRECT=0` says what no flag says: only turning it on needs --https.
+            if no_redirect == Some(true) {
+                errors.0.push(needs("no-redirect", "--https ADDR:PORT"));
+            }
+            if raw.get("hsts").is_some() {
+                errors.0.push(needs("hsts", "--https ADDR:PORT"));
             }
         }
     }
@@ -939,6 +941,49 @@ mod tests {
         args.extend(["--acme-cacert", ca]);
         let e = run(&args, &[]).unwrap_err();
         assert!(e[0].starts_with("--acme: needs --https"), "{e:?}");
+    }
+
+    /// Every row's default, given as its variable, is what the parser takes when the option
+    /// is not given; the rows whose default is a sentence are named, on purpose.
+    #[test]
+    fn every_rows_default_is_what_the_parser_takes_without_it() {
+        let plain = format!("{:?}", run(BASE, &[]).unwrap());
+        let mut sentences = Vec::new();
+        for o in OPTIONS
+            .iter()
+            .filter(|o| o.env && !["etcd", "listen", "dir"].contains(&o.long))
+        {
+            let var = cli::env_name(o.long);
+            let same =
+                run(BASE, &[(var.as_str(), o.default)]).is_ok_and(|c| format!("{c:?}") == plain);
+            if !same {
+                sentences.push(o.long);
+            }
+        }
+        assert_eq!(
+            sentences,
+            [
+                "stats",             // none
+                "tcp",               // none
+                "https",             // none
+                "certs",             // none (required with --https)
+                "hsts",              // none
+                "acme",              // none
+                "acme-domains",      // none (required with --acme)
+                "acme-email",        // none
+                "acme-cacert",       // the system bundle
+                "acme-renew-before", // 30d, only with --acme
+                "cert-prefix",       // /hecd-certs, only with --acme
+                "lb-id",             // the hostname
+                "haproxy",           // haproxy from PATH
+                "etcd-cacert",       // the system bundle, for https://
+                "etcd-cert",
+                "etcd-key",
+                "etcd-user",
+                "etcd-password-file",
+            ],
+            "a row whose --help default is not what the parser takes without it"
+        );
     }
 
     #[test]
