@@ -14,7 +14,7 @@ use std::ffi::{OsStr, OsString};
 use crate::error::UsageError;
 
 /// One option of the table.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct OptSpec {
     /// Long name without dashes, e.g. `check-interval`.
     pub long: &'static str,
@@ -47,6 +47,55 @@ pub const fn opt(
         env: true,
         repeat: false,
     }
+}
+
+/// The etcd access options, the same rows in both programs' tables (each program's table is
+/// its own rows, these, then `-v`, `--help` and `--version`: see [`join`]).
+pub const ETCD_ACCESS: [OptSpec; 5] = [
+    opt(
+        "etcd-cacert",
+        "FILE",
+        "/etc/ssl/certs/ca-certificates.crt for https://",
+        "CA bundle to verify etcd's certificate",
+    ),
+    opt(
+        "etcd-cert",
+        "FILE",
+        "none",
+        "client certificate for etcd (with --etcd-key)",
+    ),
+    opt("etcd-key", "FILE", "none", "client key for etcd"),
+    opt(
+        "etcd-user",
+        "USER[:PASSWORD]",
+        "none",
+        "etcd user; the password may come from HECD_ETCD_PASSWORD or --etcd-password-file",
+    ),
+    opt(
+        "etcd-password-file",
+        "FILE",
+        "none",
+        "read the etcd password from FILE (Docker/Swarm secrets: /run/secrets/NAME); one trailing newline is dropped",
+    ),
+];
+
+/// `head`, then `tail`: one table out of two, at compile time (`N` must be `A + B`).
+pub const fn join<const A: usize, const B: usize, const N: usize>(
+    head: [OptSpec; A],
+    tail: [OptSpec; B],
+) -> [OptSpec; N] {
+    assert!(A + B == N, "join: N must be A + B");
+    let mut out = [HELP; N];
+    let mut i = 0;
+    while i < A {
+        out[i] = head[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = tail[i - A];
+        i += 1;
+    }
+    out
 }
 
 /// `-h`, `--help`, in every program's table.

@@ -21,8 +21,8 @@ use crate::options::{
 use crate::signal::Rewrites;
 use crate::user::{self, UserSpec};
 
-/// Every option hecd-init accepts, in `--help` order.
-pub const OPTIONS: &[OptSpec] = &[
+/// hecd-init's own rows, before the shared etcd access rows.
+const OWN: [OptSpec; 20] = [
     opt(
         "etcd",
         "URL[,URL...]",
@@ -150,32 +150,22 @@ pub const OPTIONS: &[OptSpec] = &[
         env: true,
         repeat: false,
     },
-    opt(
-        "etcd-cacert",
-        "FILE",
-        "/etc/ssl/certs/ca-certificates.crt for https://",
-        "CA bundle to verify etcd's certificate",
-    ),
-    opt("etcd-cert", "FILE", "none", "client certificate for etcd"),
-    opt("etcd-key", "FILE", "none", "client key for etcd"),
-    opt(
-        "etcd-user",
-        "USER[:PASSWORD]",
-        "none",
-        "etcd user; the password may come from HECD_ETCD_PASSWORD or --etcd-password-file",
-    ),
-    opt(
-        "etcd-password-file",
-        "FILE",
-        "none",
-        "read the etcd password from FILE (Docker/Swarm secrets: /run/secrets/NAME); one trailing newline is dropped",
-    ),
+];
+
+/// The last rows: `-v`, `--help`, `--version`.
+const LAST: [OptSpec; 3] = [
     verbose(
         "hecd-init's debug lines (twice: trace); HECD_LOG takes an env_logger filter (default: warn for a pure init, info when registering)",
     ),
     HELP,
     VERSION,
 ];
+
+const WITH_ETCD: [OptSpec; 25] = cli::join(OWN, cli::ETCD_ACCESS);
+const ALL: [OptSpec; 28] = cli::join(WITH_ETCD, LAST);
+
+/// Every option hecd-init accepts, in `--help` order.
+pub const OPTIONS: &[OptSpec] = &ALL;
 
 /// Scans hecd-init's `args` (without the program name), falling back to `env` for options not
 /// given as flags. `env` is a parameter so tests need not touch the process environment.

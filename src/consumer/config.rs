@@ -16,8 +16,8 @@ use crate::options::{
     valid_host, verbosity,
 };
 
-/// Every option hecd-haproxy accepts, in `--help` order.
-pub const OPTIONS: &[OptSpec] = &[
+/// hecd-haproxy's own rows, before the shared etcd access rows.
+const OWN: [OptSpec; 23] = [
     opt(
         "etcd",
         "URL[,URL...]",
@@ -162,35 +162,20 @@ pub const OPTIONS: &[OptSpec] = &[
         "haproxy (from PATH)",
         "the HAProxy 2.x binary to run",
     ),
-    opt(
-        "etcd-cacert",
-        "FILE",
-        "system bundle for https://",
-        "CA bundle to verify etcd's certificate",
-    ),
-    opt(
-        "etcd-cert",
-        "FILE",
-        "none",
-        "client certificate for etcd (with --etcd-key)",
-    ),
-    opt("etcd-key", "FILE", "none", "client key for etcd"),
-    opt(
-        "etcd-user",
-        "USER[:PASSWORD]",
-        "none",
-        "etcd user; the password may come from HECD_ETCD_PASSWORD",
-    ),
-    opt(
-        "etcd-password-file",
-        "FILE",
-        "none",
-        "read the etcd password from FILE; one trailing newline is dropped",
-    ),
+];
+
+/// The last rows: `-v`, `--help`, `--version`.
+const LAST: [OptSpec; 3] = [
     cli::verbose("debug lines (twice: trace); HECD_LOG takes an env_logger filter (default: info)"),
     cli::HELP,
     cli::VERSION,
 ];
+
+const WITH_ETCD: [OptSpec; 28] = cli::join(OWN, cli::ETCD_ACCESS);
+const ALL: [OptSpec; 31] = cli::join(WITH_ETCD, LAST);
+
+/// Every option hecd-haproxy accepts, in `--help` order.
+pub const OPTIONS: &[OptSpec] = &ALL;
 
 /// Everything hecd-haproxy needs to run.
 #[derive(Clone, Debug)]
