@@ -999,11 +999,7 @@ mod tests {
         // ones that are words are checked here.
         let help = help_text();
         let cacert = OPTIONS.iter().find(|o| o.long == "etcd-cacert").unwrap();
-        assert!(
-            cacert
-                .default
-                .starts_with(crate::registrar::plan::SYSTEM_CA_BUNDLE)
-        );
+        assert!(cacert.default.starts_with(crate::access::SYSTEM_CA_BUNDLE));
         assert!(help.contains("default warn for a pure init, info when registering"));
         let c = build_with(&[], &[]).unwrap();
         assert_eq!(c.log_filter, "warn");

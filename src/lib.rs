@@ -6,6 +6,7 @@
 //! Linux only.
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod acme;
 pub mod check;
 pub mod cli;

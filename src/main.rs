@@ -91,7 +91,7 @@ fn run(args: &[OsString], scrub_args: &mut dyn FnMut(Spans)) -> u8 {
     }
     // Everything is read: overwrite the passwords where /proc/<pid>/environ and /cmdline show
     // them, before any thread starts. The app's environment is built from what is left.
-    registrar::plan::scrub_credentials();
+    hecd_init::access::scrub_credentials();
     scrub_args(password_spans);
     logging::init(&config.log_filter);
     // On the registrar threads a panic ends only that thread (they catch it); the supervisor

@@ -9,9 +9,9 @@
 
 use std::ffi::OsString;
 
+use hecd_init::access;
 use hecd_init::consumer::{self, config};
 use hecd_init::entry::{Program, Spans};
-use hecd_init::registrar::plan;
 use hecd_init::{exit, logging, sys};
 
 const ME: Program = Program("hecd-haproxy");
@@ -48,7 +48,7 @@ fn run(args: &[OsString], scrub_args: &mut dyn FnMut(Spans)) -> u8 {
     };
     let mut config = config;
     let access = &config.access;
-    let tls = match plan::access(
+    let tls = match access::access(
         &config.endpoints,
         access.cacert.as_deref(),
         access.cert.as_deref(),
@@ -65,7 +65,7 @@ fn run(args: &[OsString], scrub_args: &mut dyn FnMut(Spans)) -> u8 {
     };
     // Everything is read: overwrite the passwords where /proc/<pid>/environ and /cmdline show
     // them, before any thread starts.
-    plan::scrub_credentials();
+    access::scrub_credentials();
     scrub_args(std::mem::take(&mut config.password_spans));
     logging::init_as("hecd-haproxy", &config.log_filter);
     ME.guarded(|| consumer::run(config, tls))

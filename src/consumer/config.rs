@@ -546,7 +546,7 @@ fn acme_options(
             (c.value.clone(), data)
         }
         None => {
-            let path = crate::registrar::plan::SYSTEM_CA_BUNDLE;
+            let path = crate::access::SYSTEM_CA_BUNDLE;
             let data = std::fs::read(path).map_err(|e| {
                 UsageError::new(
                     "--acme-cacert",
