@@ -4,8 +4,8 @@
 //! read. It sends nothing anywhere.
 
 use crate::error::UsageError;
+use crate::etcd::Endpoint;
 use crate::http::{PemFile, Tls};
-use crate::options::Endpoint;
 
 /// CA bundle used for `https://` endpoints when `--etcd-cacert` is not given.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";

@@ -6,8 +6,25 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::config::Check;
 use crate::http::{Http, Method};
+
+/// The readiness and liveness check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    Tcp,
+    Http(String),
+    None,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Check::Tcp => write!(f, "tcp"),
+            Check::Http(path) => write!(f, "http:{path}"),
+            Check::None => write!(f, "none"),
+        }
+    }
+}
 
 /// Runs one probe against the app at `addr` (from inside the container: its listening address,
 /// or loopback for a wildcard bind). `Err` says what failed.

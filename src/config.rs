@@ -9,10 +9,12 @@ use std::ffi::OsString;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
+use crate::check::Check;
 use crate::cli::{self, Given, HELP, OptSpec, RawArgs, Request, VERSION, opt, verbose};
 use crate::contract::{self, Route};
+use crate::discovery::{Advertise, DockerApi, Mode};
 use crate::error::UsageError;
-pub use crate::options::{Credentials, Endpoint, EtcdApi};
+use crate::etcd::{Credentials, Endpoint, EtcdApi};
 use crate::options::{
     Errors, checked_log_filter, choice, etcd_access, expected, lb_prefix, parse_bool,
     parse_duration, parse_duration_at_least, parse_endpoints, parse_port, parse_prefix,
@@ -240,46 +242,6 @@ pub struct Config {
     pub user: Option<(UserSpec, String)>,
     /// `--no-new-privileges`: the app starts with the no-new-privileges bit.
     pub no_new_privileges: bool,
-}
-
-/// Which address to advertise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Auto,
-    Container,
-    Published,
-}
-
-/// The readiness and liveness check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Check {
-    Tcp,
-    Http(String),
-    None,
-}
-
-impl std::fmt::Display for Check {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Check::Tcp => write!(f, "tcp"),
-            Check::Http(path) => write!(f, "http:{path}"),
-            Check::None => write!(f, "none"),
-        }
-    }
-}
-
-/// `--advertise`: either part may be left to discovery.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Advertise {
-    pub host: Option<String>,
-    pub port: Option<u16>,
-}
-
-/// `--docker`: where the Engine API is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DockerApi {
-    Unix(String),
-    Tcp { host: String, port: u16 },
 }
 
 /// Settings of registration in etcd (present only with `--etcd`).

@@ -9,45 +9,11 @@ use std::time::Duration;
 
 use crate::cli::{Given, RawArgs};
 use crate::error::UsageError;
+use crate::etcd::{Credentials, Endpoint};
 
 /// Longest duration any option accepts; longer values are typos, and this keeps deadline
 /// arithmetic far from overflow.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
-
-/// Which etcd API to speak.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EtcdApi {
-    Auto,
-    V3,
-    V2,
-}
-
-/// One etcd client endpoint, e.g. `http://10.0.0.1:2379`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub tls: bool,
-    /// Host as written (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-}
-
-/// `--etcd-user`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub user: String,
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for Credentials {
-    // Never print the password, even in debug logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Credentials {{ user: {:?}, password: <redacted> }}",
-            self.user
-        )
-    }
-}
 
 /// The etcd access options both programs take: TLS files and credentials.
 #[derive(Clone, Debug, Default)]

@@ -9,9 +9,10 @@ use std::time::Duration;
 use crate::cli::{self, OptSpec, Request, opt};
 use crate::contract;
 use crate::error::UsageError;
+use crate::etcd::Endpoint;
 use crate::haproxy::Frontend;
 use crate::options::{
-    Endpoint, Errors, EtcdAccess, checked_log_filter, etcd_access, expected, lb_prefix, parse_bool,
+    Errors, EtcdAccess, checked_log_filter, etcd_access, expected, lb_prefix, parse_bool,
     parse_duration_at_least, parse_endpoints, parse_key_segment, parse_prefix, split_host_port,
     valid_host, verbosity,
 };

@@ -100,7 +100,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         Client::new(
             Http::new(tls.as_ref()),
             &config.endpoints,
-            crate::config::EtcdApi::Auto,
+            crate::etcd::EtcdApi::Auto,
             config.access.credentials.clone(),
             &config.lb_id,
         )

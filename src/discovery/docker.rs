@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::config::DockerApi;
+use super::DockerApi;
 use crate::http::{Http, Method};
 use crate::json::{self, Value};
 

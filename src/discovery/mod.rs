@@ -19,11 +19,33 @@ pub mod net;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::config::{DockerApi, Mode, Registration};
+use crate::config::Registration;
 use crate::http::Http;
 
 /// The advertised address: the contract's (`crate::contract`).
 pub use crate::contract::Address;
+
+/// Which address to advertise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    Container,
+    Published,
+}
+
+/// `--advertise`: either part may be left to discovery.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Advertise {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// `--docker`: where the Engine API is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DockerApi {
+    Unix(String),
+    Tcp { host: String, port: u16 },
+}
 
 /// What discovery settled on.
 #[derive(Clone, Debug, PartialEq, Eq)]

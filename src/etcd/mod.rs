@@ -13,9 +13,43 @@ pub mod v3;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::config::{Credentials, Endpoint, EtcdApi};
 use crate::http::{Http, HttpError, Method, Reply};
 use crate::json;
+
+/// Which etcd API to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EtcdApi {
+    Auto,
+    V3,
+    V2,
+}
+
+/// One etcd client endpoint, e.g. `http://10.0.0.1:2379`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    /// Host as written (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+/// `--etcd-user`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print the password, even in debug logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
+    }
+}
 
 /// What an answer from one endpoint means.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 
 use crate::check;
-use crate::config::Check;
+use crate::check::Check;
 use crate::discovery::{Discovery, Found};
 use crate::etcd::{Backoff, Client, EtcdError, Lease};
 use crate::http::Http;

@@ -4,7 +4,8 @@
 //! registrar thread.
 
 use crate::access::access;
-use crate::config::{DockerApi, Registration};
+use crate::config::Registration;
+use crate::discovery::DockerApi;
 use crate::error::UsageError;
 use crate::http::Tls;
 
