@@ -283,65 +283,88 @@ pub struct Extra {
 pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     let Extra { password, log } = extra;
     let mut errors = Errors::default();
-    // Every problem is reported: unknown options first, then every bad value.
+    // Every problem is reported: unknown options first, then every bad value, section by
+    // section; a section with a bad value gives `None`, and then its errors are returned.
     errors.0.extend(raw.unknown.iter().cloned());
-    let dur = |long: &str,
-               default: Option<Duration>,
-               min: Duration|
-     -> Result<Option<Duration>, UsageError> {
+    let had_password_variable = password.is_some();
+    let registration = registration_section(&raw, &mut errors);
+    let app = app_section(&raw, &mut errors);
+    let verbose = errors.take(verbosity(&raw));
+    let access = etcd_access(&raw, password, &mut errors);
+    let log = checked_log_filter(log, &mut errors);
+    let (Some(registration), Some(app), Some(verbose)) = (registration, app, verbose) else {
+        return Err(errors.into_errors());
+    };
+    if !errors.0.is_empty() {
+        return Err(errors.0);
+    }
+    let registration = registration.map(|r| Registration {
+        cacert: access.cacert,
+        cert: access.cert,
+        key: access.key,
+        credentials: access.credentials,
+        password_file: access.password_file,
+        ..r
+    });
+    let registering = registration.is_some();
+    let log_filter = match (verbose, log) {
+        (0, Some(filter)) => filter,
+        // A pure init is silent like tini and dumb-init: the terminal and the container's log
+        // belong to the app. Registering, info shows the registration events.
+        (0, None) if registering => "info".into(),
+        (0, None) => "warn".into(),
+        // -v is about hecd-init: the HTTP and TLS crates stay at warnings (their debug lines
+        // are per-request plumbing; their trace lines could show what hecd-init never logs).
+        (1, _) => "warn,hecd_init=debug".into(),
+        _ => "warn,hecd_init=trace".into(),
+    };
+    let default_drain = if registering {
+        Duration::from_secs(2)
+    } else {
+        Duration::ZERO
+    };
+    Ok(Config {
+        command: raw.command.clone(),
+        registration,
+        drain: app.drain.unwrap_or(default_drain),
+        stop_timeout: app.stop_timeout,
+        single_child: app.single_child,
+        rewrites: Rewrites::new(app.rewrites, !app.single_child),
+        log_filter,
+        app_env: app_env(&raw, had_password_variable),
+        user: app.user,
+        no_new_privileges: app.no_new_privileges,
+    })
+}
+
+/// What the app's side of the options says (`drain` before its default, which depends on
+/// registering).
+struct AppSection {
+    drain: Option<Duration>,
+    stop_timeout: Option<Duration>,
+    single_child: bool,
+    rewrites: Vec<(i32, i32)>,
+    user: Option<(UserSpec, String)>,
+    no_new_privileges: bool,
+}
+
+/// The options about the app and its signals; `None` when one is bad (its error is in
+/// `errors`).
+fn app_section(raw: &RawArgs, errors: &mut Errors) -> Option<AppSection> {
+    let dur = |long: &str, min: Duration| -> Result<Option<Duration>, UsageError> {
         raw.get(long)
             .map(|g| parse_duration_at_least(g, min).map(Some))
-            .unwrap_or(Ok(default))
+            .unwrap_or(Ok(None))
     };
-
-    let endpoints = errors
-        .take(raw.get("etcd").map(parse_endpoints).transpose())
-        .flatten();
-    let api = errors.take(choice(
-        &raw,
-        "etcd-api",
-        &[
-            ("auto", EtcdApi::Auto),
-            ("v3", EtcdApi::V3),
-            ("v2", EtcdApi::V2),
-        ],
-    ));
-    let prefix = errors.take(parse_prefix(&raw.or_default("prefix")));
-    let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
-    let name = errors.take(raw.get("name").map(parse_name).transpose());
-    let port = errors.take(raw.get("port").map(|g| parse_port(&g.value, g)).transpose());
-    let advertise = errors.take(
-        raw.get("advertise")
-            .map_or(Ok(Advertise::default()), parse_advertise),
-    );
-    let mode = errors.take(choice(
-        &raw,
-        "mode",
-        &[
-            ("auto", Mode::Auto),
-            ("container", Mode::Container),
-            ("published", Mode::Published),
-        ],
-    ));
-    let host_ip = errors.take(raw.get("host-ip").map(parse_ip).transpose());
-    let docker = errors.take(raw.get("docker").map(parse_docker).transpose());
-    let ttl = errors.take(parse_ttl(&raw.or_default("ttl")));
-    let check_kind = errors.take(parse_check(&raw.or_default("check")));
-    let check_interval = errors.take(parse_duration_at_least(
-        &raw.or_default("check-interval"),
-        Duration::from_millis(1),
-    ));
-    let drain = errors.take(dur("drain", None, Duration::ZERO));
-    let stop_timeout = errors.take(dur("stop-timeout", None, Duration::from_millis(1)));
-    let single_child = errors.take(flag(&raw, "single-child"));
-    let no_new_privileges = errors.take(flag(&raw, "no-new-privileges"));
+    let drain = errors.take(dur("drain", Duration::ZERO));
+    let stop_timeout = errors.take(dur("stop-timeout", Duration::from_millis(1)));
+    let single_child = errors.take(flag(raw, "single-child"));
+    let no_new_privileges = errors.take(flag(raw, "no-new-privileges"));
     let user = errors.take(
         raw.get("user")
             .map(|g| user::parse_spec(&g.value, &g.source).map(|u| (u, g.source.clone())))
             .transpose(),
     );
-    let routes = errors.take(parse_route_options(&raw, prefix.as_deref(), api));
-    let verbose = errors.take(verbosity(&raw));
     let rewrites = errors.take(
         raw.all("rewrite")
             .iter()
@@ -358,81 +381,98 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
             })
             .collect::<Result<Vec<_>, _>>(),
     );
-    let had_password_variable = password.is_some();
-    let access = etcd_access(&raw, password, &mut errors);
-    // Secrets are hecd-init's, not the app's: the password variable goes, and a password in
-    // HECD_ETCD_USER is cut off (the user name stays, it may matter to a wrapper script).
-    let mut app_env = Vec::new();
+    Some(AppSection {
+        drain: drain?,
+        stop_timeout: stop_timeout?,
+        single_child: single_child?,
+        rewrites: rewrites?,
+        user: user?,
+        no_new_privileges: no_new_privileges?,
+    })
+}
+
+/// The registration's options: `Some(None)` without `--etcd` (a pure init), `None` when one
+/// is bad (its error is in `errors`). Every option is looked at either way, so every problem
+/// is reported. The etcd access fields are left empty: [`build`] fills them in.
+fn registration_section(raw: &RawArgs, errors: &mut Errors) -> Option<Option<Registration>> {
+    let endpoints = errors.take(raw.get("etcd").map(parse_endpoints).transpose());
+    let api = errors.take(choice(
+        raw,
+        "etcd-api",
+        &[
+            ("auto", EtcdApi::Auto),
+            ("v3", EtcdApi::V3),
+            ("v2", EtcdApi::V2),
+        ],
+    ));
+    let prefix = errors.take(parse_prefix(&raw.or_default("prefix")));
+    let lb_prefix = errors.take(lb_prefix(raw, prefix.as_deref()));
+    let name = errors.take(raw.get("name").map(parse_name).transpose());
+    let port = errors.take(raw.get("port").map(|g| parse_port(&g.value, g)).transpose());
+    let advertise = errors.take(
+        raw.get("advertise")
+            .map_or(Ok(Advertise::default()), parse_advertise),
+    );
+    let mode = errors.take(choice(
+        raw,
+        "mode",
+        &[
+            ("auto", Mode::Auto),
+            ("container", Mode::Container),
+            ("published", Mode::Published),
+        ],
+    ));
+    let host_ip = errors.take(raw.get("host-ip").map(parse_ip).transpose());
+    let docker = errors.take(raw.get("docker").map(parse_docker).transpose());
+    let ttl = errors.take(parse_ttl(&raw.or_default("ttl")));
+    let check = errors.take(parse_check(&raw.or_default("check")));
+    let check_interval = errors.take(parse_duration_at_least(
+        &raw.or_default("check-interval"),
+        Duration::from_millis(1),
+    ));
+    let routes = errors.take(parse_route_options(raw, prefix.as_deref(), api));
+    let Some(endpoints) = endpoints? else {
+        return Some(None);
+    };
+    Some(Some(Registration {
+        endpoints,
+        api: api?,
+        prefix: prefix?,
+        name: name?,
+        port: port?,
+        advertise: advertise?,
+        mode: mode?,
+        host_ip: host_ip?,
+        docker: docker?,
+        ttl: ttl?,
+        check: check?,
+        check_interval: check_interval?,
+        cacert: None,
+        cert: None,
+        key: None,
+        credentials: None,
+        password_file: None,
+        lb_prefix: lb_prefix?,
+        routes: routes?,
+    }))
+}
+
+/// What changes in the app's environment: secrets are hecd-init's, not the app's. The
+/// password variable goes, and a password in `HECD_ETCD_USER` is cut off (the user name stays,
+/// it may matter to a wrapper script).
+fn app_env(raw: &RawArgs, had_password_variable: bool) -> Vec<(String, Option<String>)> {
+    let mut env = Vec::new();
     if had_password_variable {
-        app_env.push(("HECD_ETCD_PASSWORD".to_owned(), None));
+        env.push(("HECD_ETCD_PASSWORD".to_owned(), None));
     }
     if let Some(g) = raw
         .get("etcd-user")
         .filter(|g| g.source.starts_with("HECD_"))
         && let Some((user, _)) = g.value.split_once(':')
     {
-        app_env.push((g.source.clone(), Some(user.to_owned())));
+        env.push((g.source.clone(), Some(user.to_owned())));
     }
-    let log = checked_log_filter(log, &mut errors);
-    if !errors.0.is_empty() {
-        return Err(errors.0);
-    }
-    // Every value below was checked above: those with a default are all there.
-    let (Some(api), Some(prefix), Some(mode), Some(ttl), Some(check), Some(check_interval)) =
-        (api, prefix, mode, ttl, check_kind, check_interval)
-    else {
-        unreachable!("a value with a default is either there or an error above");
-    };
-    let registering = endpoints.is_some();
-    let registration = endpoints.map(|endpoints| Registration {
-        endpoints,
-        api,
-        prefix,
-        name: name.flatten(),
-        port: port.flatten(),
-        advertise: advertise.clone().unwrap_or_default(),
-        mode,
-        host_ip: host_ip.flatten(),
-        docker: docker.clone().flatten(),
-        ttl,
-        check,
-        check_interval,
-        cacert: access.cacert.clone(),
-        cert: access.cert.clone(),
-        key: access.key.clone(),
-        credentials: access.credentials.clone(),
-        password_file: access.password_file.clone(),
-        lb_prefix: lb_prefix.clone().unwrap_or_default(),
-        routes: routes.clone().unwrap_or_default(),
-    });
-    let default_drain = if registering {
-        Duration::from_secs(2)
-    } else {
-        Duration::ZERO
-    };
-    let log_filter = match (verbose.unwrap_or(0), log) {
-        (0, Some(filter)) => filter,
-        // A pure init is silent like tini and dumb-init: the terminal and the container's log
-        // belong to the app. Registering, info shows the registration events.
-        (0, None) if registering => "info".into(),
-        (0, None) => "warn".into(),
-        // -v is about hecd-init: the HTTP and TLS crates stay at warnings (their debug lines
-        // are per-request plumbing; their trace lines could show what hecd-init never logs).
-        (1, _) => "warn,hecd_init=debug".into(),
-        _ => "warn,hecd_init=trace".into(),
-    };
-    Ok(Config {
-        command: raw.command,
-        registration,
-        drain: drain.flatten().unwrap_or(default_drain),
-        stop_timeout: stop_timeout.flatten(),
-        single_child: single_child.unwrap_or(false),
-        rewrites: Rewrites::new(rewrites.unwrap_or_default(), !single_child.unwrap_or(false)),
-        log_filter,
-        app_env,
-        user: user.flatten(),
-        no_new_privileges: no_new_privileges.unwrap_or(false),
-    })
+    env
 }
 
 fn flag(raw: &RawArgs, long: &str) -> Result<bool, UsageError> {
