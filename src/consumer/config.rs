@@ -399,7 +399,8 @@ pub fn parse(
         acme,
     )
     else {
-        unreachable!("a missing value is an error above");
+        // A value is missing only with its error reported.
+        return Err(errors.into_errors());
     };
     let log_filter = match (verbose.unwrap_or(0), log) {
         (0, Some(filter)) => filter,
