@@ -201,6 +201,12 @@ impl Etcd {
             );
             return false;
         }
+        if !ok && self.log_text().trim().is_empty() {
+            // Not a word in 15 s: it never really started (a machine busy with containers
+            // and builds has been seen to do that). Started again, like a lost port.
+            eprintln!("etcd {}: silent for 15 s; started again", self.name);
+            return false;
+        }
         assert!(
             ok,
             "etcd {} did not become healthy; log:\n{}",
