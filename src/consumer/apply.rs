@@ -149,12 +149,7 @@ impl Applier {
     /// Whether HAProxy changed.
     pub fn pass_certs(&self, certs: &mut Certs, files: &CertFiles) -> bool {
         let mut changed = false;
-        for step in [
-            Certs::plan_answers,
-            Certs::plan_loads,
-            Certs::plan_hosts,
-            Certs::plan_unloads,
-        ] {
+        for step in Certs::STEPS {
             for op in step(certs) {
                 let result = self.apply_cert(&op, files);
                 changed |= certs.applied(&op, result);

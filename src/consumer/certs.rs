@@ -343,6 +343,15 @@ impl Certs {
         out
     }
 
+    /// The steps of one pass, in order: the challenges' answers, new certificates, the hosts
+    /// map, old certificates (see the module's doc for why this order).
+    pub const STEPS: [fn(&Certs) -> Vec<CertOp>; 4] = [
+        Certs::plan_answers,
+        Certs::plan_loads,
+        Certs::plan_hosts,
+        Certs::plan_unloads,
+    ];
+
     /// Step 1: the certificates to load.
     pub fn plan_loads(&self) -> Vec<CertOp> {
         self.wanted_paths()
@@ -639,12 +648,7 @@ mod tests {
     /// Runs a whole pass as the applier does, every operation succeeding; the operations.
     fn pass(certs: &mut Certs) -> Vec<CertOp> {
         let mut all = Vec::new();
-        for step in [
-            Certs::plan_answers,
-            Certs::plan_loads,
-            Certs::plan_hosts,
-            Certs::plan_unloads,
-        ] {
+        for step in Certs::STEPS {
             for op in step(certs) {
                 certs.applied(&op, Ok(()));
                 all.push(op);

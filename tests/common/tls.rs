@@ -61,9 +61,10 @@ impl Ca {
         self.dir.join("ca.pem")
     }
 
-    /// A certificate for `names` (DNS subjectAltNames; the first is the CN) valid for
-    /// `days`, with its key: the PEM chain and key as one file's text.
-    pub fn issue(&self, names: &[&str], days: i32) -> String {
+    /// A fresh key and a CSR for `names` (the first is the CN), and the extension file with
+    /// their subjectAltNames: the paths of key, CSR, certificate-to-be, extensions, and the
+    /// number that names them (the certificate's serial).
+    fn request(&self, names: &[&str]) -> (String, String, String, String, u32) {
         let n = self
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -90,6 +91,21 @@ impl Ca {
         ]);
         let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
         std::fs::write(&ext, format!("subjectAltName={}\n", sans.join(","))).unwrap();
+        (key, csr, crt, ext, n)
+    }
+
+    /// The certificate at `crt`, then the key at `key`: one file's text.
+    fn chain_and_key(crt: &str, key: &str) -> String {
+        let mut text = std::fs::read_to_string(crt).unwrap();
+        text.push_str(&std::fs::read_to_string(key).unwrap());
+        text
+    }
+
+    /// A certificate for `names` (DNS subjectAltNames; the first is the CN) valid for
+    /// `days`, with its key: the PEM chain and key as one file's text.
+    pub fn issue(&self, names: &[&str], days: i32) -> String {
+        let (key, csr, crt, ext, n) = self.request(names);
+        let d = self.dir.display();
         openssl(&[
             "x509",
             "-req",
@@ -108,41 +124,15 @@ impl Ca {
             "-extfile",
             &ext,
         ]);
-        let mut text = std::fs::read_to_string(&crt).unwrap();
-        text.push_str(&std::fs::read_to_string(&key).unwrap());
-        text
+        Self::chain_and_key(&crt, &key)
     }
 
     /// A certificate for `names` that expired in 2020 (valid for January 2020 only), with its
     /// key, as [`Ca::issue`] gives it.
     pub fn issue_expired(&self, names: &[&str]) -> String {
-        let n = self
-            .serial
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (key, csr, crt, ext, n) = self.request(names);
         let d = self.dir.display();
-        let (key, csr, crt, ext, cnf) = (
-            format!("{d}/{n}.key"),
-            format!("{d}/{n}.csr"),
-            format!("{d}/{n}.crt"),
-            format!("{d}/{n}.ext"),
-            format!("{d}/{n}.cnf"),
-        );
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={}", names[0]),
-        ]);
-        let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-        std::fs::write(&ext, format!("subjectAltName={}\n", sans.join(","))).unwrap();
+        let cnf = format!("{d}/{n}.cnf");
         // `openssl x509 -req` (3.0) cannot set dates in the past; `openssl ca` can.
         std::fs::write(format!("{d}/{n}.index"), "").unwrap();
         std::fs::write(
@@ -175,9 +165,7 @@ impl Ca {
             "-extfile",
             &ext,
         ]);
-        let mut text = std::fs::read_to_string(&crt).unwrap();
-        text.push_str(&std::fs::read_to_string(&key).unwrap());
-        text
+        Self::chain_and_key(&crt, &key)
     }
 
     /// Just the private key of a fresh certificate (to pair with another one's chain).
