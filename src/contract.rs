@@ -185,6 +185,13 @@ pub fn drained_key(lb_prefix: &str, prefix: &str, name: &str, id: &str) -> Strin
 }
 
 /// `LB/routes/`: every route declaration.
+/// Whether one of the key prefixes `a` and `b` holds the other (`/app` holds `/app/api`, not
+/// `/apps`): two trees that must stay apart overlap.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let within = |x: &str, y: &str| format!("{x}/").starts_with(&format!("{y}/"));
+    within(a, b) || within(b, a)
+}
+
 pub fn routes_dir(lb_prefix: &str) -> String {
     format!("{lb_prefix}/routes/")
 }

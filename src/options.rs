@@ -90,10 +90,9 @@ pub fn lb_prefix(raw: &RawArgs, prefix: Option<&str>) -> Result<String, UsageErr
         // The default, even with `--prefix /` (which holds every key).
         return Ok(lb);
     }
-    let within = |a: &str, b: &str| format!("{a}/").starts_with(&format!("{b}/"));
     match prefix {
         _ if lb.is_empty() => Err(expected(g, "a key path such as /hecd, not /")),
-        Some(p) if within(&lb, p) || within(p, &lb) => Err(UsageError::new(
+        Some(p) if crate::contract::overlaps(&lb, p) => Err(UsageError::new(
             &g.source,
             format!(
                 "must lie outside the server prefix {p}/ (and not contain it), got {:?}",

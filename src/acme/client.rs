@@ -100,6 +100,13 @@ fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The answer's `Replay-Nonce`, if it has a usable one (not empty, bounded).
+fn nonce_of(reply: &Reply) -> Option<String> {
+    header(reply, "replay-nonce")
+        .filter(|n| n.len() <= 256 && !n.is_empty())
+        .map(str::to_owned)
+}
+
 /// A URL the CA gave: `https://` (or `http://`, for a CA on loopback in tests), short, one line.
 fn url_from(text: &str, what: &str) -> Result<String, AcmeError> {
     let ok = (text.starts_with("https://") || text.starts_with("http://"))
@@ -161,10 +168,7 @@ impl Acme {
             .http
             .request(Method::Get, &url, &[], None, CALL)
             .map_err(|e| AcmeError::Ca(format!("newNonce: {e}")))?;
-        header(&reply, "replay-nonce")
-            .filter(|n| n.len() <= 256 && !n.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| AcmeError::Ca("newNonce: no Replay-Nonce".into()))
+        nonce_of(&reply).ok_or_else(|| AcmeError::Ca("newNonce: no Replay-Nonce".into()))
     }
 
     /// A signed POST to `url` (`payload` `None`: POST-as-GET), identified by the account's
@@ -198,9 +202,7 @@ impl Acme {
                     CALL,
                 )
                 .map_err(|e| AcmeError::Ca(format!("{url}: {e}")))?;
-            self.nonce = header(&reply, "replay-nonce")
-                .filter(|n| n.len() <= 256 && !n.is_empty())
-                .map(str::to_owned);
+            self.nonce = nonce_of(&reply);
             if reply.status < 400 {
                 return Ok(reply);
             }

@@ -9,11 +9,10 @@
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use rustls::pki_types::UnixTime;
 
 use super::certs::{Found, MAX_FILE, inspect};
 
@@ -63,11 +62,7 @@ impl CertDir {
                 return None;
             }
         };
-        let now = UnixTime::since_unix_epoch(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
+        let now = super::certs::unix_now();
         let mut found = Found::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -47,6 +47,15 @@ pub struct Cert {
     pub names: Vec<String>,
 }
 
+/// The wall clock as the certificate checks take it.
+pub fn unix_now() -> UnixTime {
+    UnixTime::since_unix_epoch(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
 /// Checks one certificate file's contents at `now`; the reason it cannot be served, else the
 /// certificate.
 pub fn inspect(data: &[u8], now: UnixTime) -> Result<Cert, String> {

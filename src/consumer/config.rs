@@ -285,38 +285,6 @@ pub fn parse(
     let no_redirect = errors.take(raw.get("no-redirect").map_or(Ok(false), parse_bool));
     let hsts = errors.take(raw.get("hsts").map(parse_hsts).transpose());
     let acme = errors.take(acme_options(&raw, https.as_ref().and_then(Option::as_ref)));
-    let tcp_prefixes: Vec<String> = raw
-        .all("tcp")
-        .iter()
-        .filter_map(|g| {
-            g.value
-                .split_once('=')
-                .map(|(_, p)| p.trim_matches('/').to_owned())
-        })
-        .collect();
-    if let (Some(Some(a)), Some(p)) = (&acme, &prefix) {
-        let lb = raw
-            .or_default("lb-prefix")
-            .value
-            .trim_matches('/')
-            .to_owned();
-        let within = |a: &str, b: &str| format!("{a}/").starts_with(&format!("{b}/"));
-        let cp = &a.cert_prefix;
-        let others = std::iter::once(p.clone())
-            .chain(std::iter::once(format!("/{lb}")))
-            .chain(tcp_prefixes.iter().map(|t| format!("/{t}")));
-        for other in others {
-            if within(cp, &other) || within(&other, cp) {
-                errors.0.push(UsageError::new(
-                    "--cert-prefix",
-                    format!(
-                        "must lie outside {other}/ (and not contain it): instances read there, the store holds private keys; got {cp:?}"
-                    ),
-                ));
-                break;
-            }
-        }
-    }
     if let (Some(https), Some(certs)) = (&https, &certs) {
         let needs =
             |long: &str, what: &str| UsageError::new(format!("--{long}"), format!("needs {what}"));
@@ -341,6 +309,19 @@ pub fn parse(
     }
     let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
     let tcp = errors.take(tcp_services(&raw, prefix.as_deref()));
+    // The certificate store holds private keys: apart from every tree others read.
+    if let (Some(Some(a)), Some(p), Some(lb), Some(tcp)) = (&acme, &prefix, &lb_prefix, &tcp) {
+        let cp = &a.cert_prefix;
+        let others = [p, lb].into_iter().chain(tcp.iter().map(|t| &t.prefix));
+        if let Some(other) = others.into_iter().find(|o| contract::overlaps(cp, o)) {
+            errors.0.push(UsageError::new(
+                "--cert-prefix",
+                format!(
+                    "must lie outside {other}/ (and not contain it): instances read there, the store holds private keys; got {cp:?}"
+                ),
+            ));
+        }
+    }
     let lb_id = errors.take(
         raw.get("lb-id")
             .map_or_else(|| Ok(crate::discovery::hostname()), parse_key_segment),

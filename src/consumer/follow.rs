@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::contract::{self, Route};
+use crate::contract::{self, Route, overlaps};
 use crate::etcd::v3::{self, Event, Kv, WatchMessage};
 use crate::etcd::{Backoff, Client, EtcdError};
 use crate::haproxy::Addr;
@@ -106,12 +106,6 @@ struct Watching {
     refused: BTreeSet<String>,
     /// Prefixes no service may overlap.
     forbidden: Vec<String>,
-}
-
-/// Whether one of the key prefixes `a` and `b` holds the other.
-fn overlaps(a: &str, b: &str) -> bool {
-    let within = |x: &str, y: &str| format!("{x}/").starts_with(&format!("{y}/"));
-    within(a, b) || within(b, a)
 }
 
 /// What one message of the watch stream means ([`Watching::take`]).

@@ -341,14 +341,6 @@ fn start_acme(
     })
 }
 
-fn unix_now() -> rustls::pki_types::UnixTime {
-    rustls::pki_types::UnixTime::since_unix_epoch(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
-}
-
 /// `haproxy -c` on the files written; if HAProxy refuses them while certificates are in the
 /// crt-list, it is tried once more with none (they are then loaded one by one at runtime,
 /// where one HAProxy refuses is skipped with a warning).
@@ -380,7 +372,7 @@ impl Main {
         let (Some(acme), Some(certs)) = (&mut self.acme, &mut self.certs) else {
             return;
         };
-        let now = unix_now();
+        let now = certs::unix_now();
         match update {
             store::StoreUpdate::All(all) => {
                 certs.replace_store(&all.certs, now);
@@ -422,7 +414,7 @@ impl Main {
         acme.looked = Instant::now();
         acme.hosts.clone_from(&hosts);
         let wanted = crate::acme::plan::wanted(&hosts, &acme.domains, &certs.file_names());
-        let at = unix_now();
+        let at = certs::unix_now();
         let due: Vec<String> = wanted
             .into_iter()
             .filter(|h| {

@@ -16,13 +16,14 @@
 //! once and tried again later with capped backoff, for that host alone.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::UnixTime;
 
 use crate::acme::client::{Acme, AcmeError, Hooks};
 use crate::acme::jws::AccountKey;
 use crate::acme::{keys, plan};
+use crate::consumer::certs::unix_now;
 use crate::etcd::{Client, EtcdError, Lease};
 use crate::http::Http;
 
@@ -49,14 +50,6 @@ pub struct Orderer {
     pub renew_before: Duration,
     /// The hosts due, from the main loop; each list replaces the last.
     pub due: Receiver<Vec<String>>,
-}
-
-fn now() -> UnixTime {
-    UnixTime::since_unix_epoch(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
 }
 
 /// What one host's turn came to.
@@ -243,7 +236,7 @@ impl Orderer {
         let result = (|| {
             let stored = get(client, &keys::cert(prefix, host)).map_err(etcd)?;
             let stored = stored.and_then(|v| String::from_utf8(v).ok());
-            if !plan::due(host, stored.as_deref(), now(), renew_before) {
+            if !plan::due(host, stored.as_deref(), unix_now(), renew_before) {
                 return Ok(Turn::Nothing("the store has a good certificate now"));
             }
             log::info!("ACME: ordering a certificate for {host}");
@@ -256,11 +249,11 @@ impl Orderer {
             let issued = acme.order(host, &mut hooks)?;
             let text = format!(
                 "{}{}\n{}",
-                plan::ordered_line(now(), lb_id),
+                plan::ordered_line(unix_now(), lb_id),
                 issued.chain.trim_end_matches('\n'),
                 issued.key
             );
-            let cert = crate::consumer::certs::inspect(text.as_bytes(), now())
+            let cert = crate::consumer::certs::inspect(text.as_bytes(), unix_now())
                 .map_err(|e| AcmeError::Ca(format!("the certificate issued: {e}")))?;
             if !plan::names_cover(&cert.names, host) {
                 return Err(AcmeError::Ca(format!(
@@ -273,7 +266,7 @@ impl Orderer {
                 .put_forever(&keys::cert(prefix, host), &text, Instant::now() + CALL)
                 .map_err(etcd)?;
             let later = UnixTime::since_unix_epoch(
-                Duration::from_secs(now().as_secs()) + plan::MIN_REORDER,
+                Duration::from_secs(unix_now().as_secs()) + plan::MIN_REORDER,
             );
             if plan::due(host, Some(&text), later, renew_before) {
                 log::warn!(
