@@ -185,3 +185,35 @@ fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     }
     Ok(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file over the bound, a device that never ends, a directory and a FIFO named like
+    /// certificates: each an error, read no further than the bound, never a hang.
+    #[test]
+    fn files_that_are_not_certificates_are_refused_within_the_bound() {
+        let dir = std::env::temp_dir().join(format!("hecd-certdir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.pem");
+        std::fs::write(&big, vec![b'x'; MAX_FILE as usize + 1]).unwrap();
+        assert!(read_file(&big).unwrap_err().starts_with("larger than"));
+        let endless = dir.join("zero.pem");
+        let _ = std::fs::remove_file(&endless);
+        std::os::unix::fs::symlink("/dev/zero", &endless).unwrap();
+        assert_eq!(read_file(&endless).unwrap_err(), "not a regular file");
+        let sub = dir.join("sub.pem");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert_eq!(read_file(&sub).unwrap_err(), "not a regular file");
+        let fifo = dir.join("fifo.pem");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(read_file(&fifo).unwrap_err(), "not a regular file");
+        // And a look at the directory finds all four, each with its reason.
+        let found = CertDir::new(&dir).look().unwrap();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(found.values().all(Result::is_err));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

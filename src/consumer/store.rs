@@ -189,3 +189,60 @@ impl StoreFollower {
         outcome.unwrap_or_else(|| Err(format!("{endpoint} ended the watch stream")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever etcd (or whatever answers on its port) holds under the store: only keys of
+    /// its layout, with values of the right form and size, reach the main loop.
+    #[test]
+    fn only_well_formed_store_values_pass() {
+        let p = "/hecd-certs";
+        let thumb = "b".repeat(43);
+        let good = format!("tok.{thumb}");
+        assert_eq!(
+            update_of(p, b"/hecd-certs/challenges/tok", Some(good.as_bytes())),
+            Some(StoreUpdate::Challenge("tok".into(), Some(good.clone())))
+        );
+        for bad in [
+            format!("other.{thumb}"),
+            format!("tok.{thumb}\n"),
+            "tok.".to_owned(),
+            format!("tok.{thumb}; evil"),
+        ] {
+            assert_eq!(
+                update_of(p, b"/hecd-certs/challenges/tok", Some(bad.as_bytes())),
+                Some(StoreUpdate::Challenge("tok".into(), None)),
+                "{bad:?}"
+            );
+        }
+        let pem = "-----BEGIN CERTIFICATE-----\n";
+        assert_eq!(
+            update_of(p, b"/hecd-certs/certs/a.test", Some(pem.as_bytes())),
+            Some(StoreUpdate::Cert("a.test".into(), Some(pem.into())))
+        );
+        let huge = format!("{pem}{}", "x".repeat(keys::MAX_CERT));
+        for bad in [&b"\xff\xfe"[..], b"garbage", huge.as_bytes()] {
+            assert_eq!(
+                update_of(p, b"/hecd-certs/certs/a.test", Some(bad)),
+                Some(StoreUpdate::Cert("a.test".into(), None))
+            );
+        }
+        // Not the store's keys: nothing.
+        for key in [
+            &b"/hecd-certs/account"[..],
+            b"/hecd-certs/locks/a.test",
+            b"/hecd-certs/certs/A B",
+            b"/hecd-certs/challenges/a.b",
+            b"\xff/hecd-certs/certs/a.test",
+            b"/other/certs/a.test",
+        ] {
+            assert_eq!(update_of(p, key, Some(b"x")), None, "{key:?}");
+        }
+        assert_eq!(
+            update_of(p, b"/hecd-certs/certs/a.test", None),
+            Some(StoreUpdate::Cert("a.test".into(), None))
+        );
+    }
+}

@@ -701,6 +701,62 @@ mod tests {
         }
     }
 
+    /// The certificate commands' answers, as HAProxy 2.6 gives them, and what is not one.
+    #[test]
+    fn certificate_answers_are_judged() {
+        let ok = |answer: &str, prefixes: &[&str]| judge("cmd", answer, prefixes).is_ok();
+        assert!(ok(
+            "New empty certificate store '/lb/certs/a.pem'!",
+            &["New empty certificate store"]
+        ));
+        assert!(ok(
+            "Transaction created for certificate /lb/certs/a.pem!",
+            &["Transaction created"]
+        ));
+        assert!(ok("Committing /lb/certs/a.pem\nSuccess!", &["Committing"]));
+        assert!(ok(
+            "Inserting certificate '/lb/certs/a.pem' in crt-list '/lb/crt-list.txt'.\nSuccess!",
+            &["Inserting certificate"]
+        ));
+        assert!(ok(
+            "Entry '/lb/certs/a.pem' deleted in crtlist '/lb/crt-list.txt'!",
+            &["Entry"]
+        ));
+        assert!(ok(
+            "Certificate '/lb/certs/a.pem' deleted!",
+            &["Certificate"]
+        ));
+        // A right start with a failure after it, or anything else, is refused.
+        assert!(!ok(
+            "Committing /lb/certs/a.pem\nFailed!\nunable to load the key",
+            &["Committing"]
+        ));
+        assert!(matches!(
+            judge(
+                "cmd",
+                "Can't replace a certificate which is not referenced by the configuration!",
+                &["Transaction"]
+            ),
+            Err(RuntimeError::Refused(_))
+        ));
+        assert!(matches!(
+            judge(
+                "cmd",
+                "certificate '/lb/certs/x.pem' doesn't exist!",
+                &["Certificate"]
+            ),
+            Err(RuntimeError::Missing(_))
+        ));
+        let mut m = crate::fuzz::Mutator::new(0xce7);
+        for _ in 0..2_000 {
+            let _ = judge(
+                "cmd",
+                &m.mutate(b"Committing /lb/certs/a.pem\nSuccess!"),
+                &["Committing"],
+            );
+        }
+    }
+
     #[test]
     fn config_routes_and_reads_back() {
         let f = Frontend {
