@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use crate::http::{Http, Method};
 
-/// The readiness and liveness check.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The readiness and liveness check. (`Default` only so that hecd-init's arguments struct
+/// can start empty: what `--check` takes when not given is written in its row, in `config`.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Check {
+    #[default]
     Tcp,
     Http(String),
     None,

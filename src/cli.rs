@@ -1,7 +1,10 @@
-//! The command-line scanner both programs use: option tables (`OptSpec`; hecd-init's lives in
-//! `config`, hecd-haproxy's in `consumer::config`), the scan with its `HECD_*` environment
-//! fallback, and the option list of `--help` generated from a table. It only finds which option
-//! got which text from where; turning text into typed values is each program's config's job.
+//! The option tables and the command-line scanner both programs use. A row ([`OptSpec`])
+//! holds everything about one option: its name, variable, `--help` line, default, and its
+//! parser, which writes the typed value into the program's arguments struct (hecd-init's
+//! table lives in `config`, hecd-haproxy's in `consumer::config`, the rows both share in
+//! `options`). [`scan`] finds which option got which text from where (the command line, else
+//! `HECD_*`); [`read`] runs each row's parser on it, or on the row's default. What is left to
+//! each program's `build` is only what lies between options (`--https` needs `--certs`, ...).
 //!
 //! Options end at `--` or at the first word that is not an option: everything from there on is
 //! the app's command line, so `hecd-init my-server --port 80` leaves `--port 80` to the app.
@@ -11,33 +14,71 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 
-use crate::error::UsageError;
+use crate::error::{Errors, UsageError};
 
-/// One option of the table.
-#[derive(Clone, Copy, Debug)]
-pub struct OptSpec {
+/// What an option takes when it is not given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Absent {
+    /// This text, parsed by the row's parser as if given (`--ttl 10s`): the default `--help`
+    /// shows is, by construction, the one the program takes.
+    Value(&'static str),
+    /// The field stays as the arguments struct starts it (off, none, empty), and the program
+    /// works out what that means when it runs; the text says what (`the hostname`).
+    Says(&'static str),
+    /// A usage error naming the option.
+    Required,
+}
+
+/// A row's parser: one given value (or the default) into the arguments struct `T`.
+pub type Setter<T> = fn(&Given, &mut T) -> Result<(), UsageError>;
+
+/// One option: one row of a program's table.
+pub struct OptSpec<T: 'static> {
     /// Long name without dashes, e.g. `check-interval`.
     pub long: &'static str,
     /// One-letter alias, if any.
     pub short: Option<char>,
     /// Placeholder of the value, or `None` for a flag.
     pub value: Option<&'static str>,
-    /// The default, as shown in `--help`.
-    pub default: &'static str,
+    /// What it takes when not given; shown in `--help`.
+    pub default: Absent,
     /// One-line description for `--help` and the README.
     pub help: &'static str,
     /// Whether `HECD_<LONG>` may set it.
     pub env: bool,
-    /// Whether it may be given several times (values accumulate).
+    /// Whether it may be given several times (each value goes through `set`; the variable
+    /// takes them comma-separated).
     pub repeat: bool,
+    /// Its parser.
+    pub set: Setter<T>,
 }
 
-pub const fn opt(
+// Not derived: the derive would ask `T: Clone`, and a row holds no `T`.
+impl<T> Clone for OptSpec<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for OptSpec<T> {}
+
+impl<T> std::fmt::Debug for OptSpec<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OptSpec")
+            .field("long", &self.long)
+            .field("default", &self.default)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An option with a value, settable by its variable.
+pub const fn opt<T>(
     long: &'static str,
     value: &'static str,
-    default: &'static str,
+    default: Absent,
     help: &'static str,
-) -> OptSpec {
+    set: Setter<T>,
+) -> OptSpec<T> {
     OptSpec {
         long,
         short: None,
@@ -46,46 +87,52 @@ pub const fn opt(
         help,
         env: true,
         repeat: false,
+        set,
     }
 }
 
-/// The etcd access options, the same rows in both programs' tables (each program's table is
-/// its own rows, these, then `-v`, `--help` and `--version`: see [`join`]).
-pub const ETCD_ACCESS: [OptSpec; 5] = [
-    opt(
-        "etcd-cacert",
-        "FILE",
-        "/etc/ssl/certs/ca-certificates.crt for https://",
-        "CA bundle to verify etcd's certificate",
-    ),
-    opt(
-        "etcd-cert",
-        "FILE",
-        "none",
-        "client certificate for etcd (with --etcd-key)",
-    ),
-    opt("etcd-key", "FILE", "none", "client key for etcd"),
-    opt(
-        "etcd-user",
-        "USER[:PASSWORD]",
-        "none",
-        "etcd user; the password may come from HECD_ETCD_PASSWORD or --etcd-password-file",
-    ),
-    opt(
-        "etcd-password-file",
-        "FILE",
-        "none",
-        "read the etcd password from FILE (Docker/Swarm secrets: /run/secrets/NAME); one trailing newline is dropped",
-    ),
-];
+/// A flag (no value; `HECD_<LONG>` takes true/false), off unless given.
+pub const fn flag<T>(long: &'static str, help: &'static str, set: Setter<T>) -> OptSpec<T> {
+    OptSpec {
+        long,
+        short: None,
+        value: None,
+        default: Absent::Says("off"),
+        help,
+        env: true,
+        repeat: false,
+        set,
+    }
+}
+
+/// The same row, repeatable: `repeatable(opt(...))`.
+pub const fn repeatable<T>(row: OptSpec<T>) -> OptSpec<T> {
+    OptSpec {
+        repeat: true,
+        ..row
+    }
+}
+
+/// Stores what a parser made of a value in its field: a row's `set` is
+/// `|g, a| put(&mut a.ttl, parse_ttl(g))`.
+pub fn put<V>(field: &mut V, parsed: Result<V, UsageError>) -> Result<(), UsageError> {
+    *field = parsed?;
+    Ok(())
+}
+
+/// Adds what a parser made of one value of a repeatable option to its list.
+pub fn push<V>(list: &mut Vec<V>, parsed: Result<V, UsageError>) -> Result<(), UsageError> {
+    list.push(parsed?);
+    Ok(())
+}
 
 /// `head`, then `tail`: one table out of two, at compile time (`N` must be `A + B`).
-pub const fn join<const A: usize, const B: usize, const N: usize>(
-    head: [OptSpec; A],
-    tail: [OptSpec; B],
-) -> [OptSpec; N] {
+pub const fn join<T, const A: usize, const B: usize, const N: usize>(
+    head: [OptSpec<T>; A],
+    tail: [OptSpec<T>; B],
+) -> [OptSpec<T>; N] {
     assert!(A + B == N, "join: N must be A + B");
-    let mut out = [HELP; N];
+    let mut out = [help(); N];
     let mut i = 0;
     while i < A {
         out[i] = head[i];
@@ -98,39 +145,79 @@ pub const fn join<const A: usize, const B: usize, const N: usize>(
     out
 }
 
+/// The parser of `--help` and `--version`, which [`scan`] answers before any parser runs.
+fn answered_by_scan<T>(_: &Given, _: &mut T) -> Result<(), UsageError> {
+    Ok(())
+}
+
 /// `-h`, `--help`, in every program's table.
-pub const HELP: OptSpec = OptSpec {
-    long: "help",
-    short: Some('h'),
-    value: None,
-    default: "",
-    help: "print this help and exit",
-    env: false,
-    repeat: false,
-};
+pub const fn help<T>() -> OptSpec<T> {
+    OptSpec {
+        long: "help",
+        short: Some('h'),
+        value: None,
+        default: Absent::Says(""),
+        help: "print this help and exit",
+        env: false,
+        repeat: false,
+        set: answered_by_scan,
+    }
+}
 
 /// `-V`, `--version`, in every program's table.
-pub const VERSION: OptSpec = OptSpec {
-    long: "version",
-    short: Some('V'),
-    value: None,
-    default: "",
-    help: "print the version and exit",
-    env: false,
-    repeat: false,
-};
-
-/// `-v`, `--verbose` with its help line.
-pub const fn verbose(help: &'static str) -> OptSpec {
+pub const fn version<T>() -> OptSpec<T> {
     OptSpec {
-        long: "verbose",
-        short: Some('v'),
+        long: "version",
+        short: Some('V'),
         value: None,
-        default: "off",
-        help,
-        env: true,
-        repeat: true,
+        default: Absent::Says(""),
+        help: "print the version and exit",
+        env: false,
+        repeat: false,
+        set: answered_by_scan,
     }
+}
+
+/// Runs every row's parser: on each value given (every value of a repeatable option, the one
+/// that counts of another), else on the row's default. `T` starts as `T::default()`; each
+/// parser writes its own field. A bad value, or a required option missing (`required` says
+/// how the program is called), is an error in `errors` naming where it came from; the other
+/// rows are read all the same, so every bad value is reported at once.
+pub fn read<T: Default>(
+    options: &[OptSpec<T>],
+    raw: &RawArgs,
+    required: &str,
+    errors: &mut Errors,
+) -> T {
+    let mut args = T::default();
+    for o in options {
+        let given: &[Given] = if o.repeat {
+            raw.all(o.long)
+        } else {
+            raw.get(o.long).map_or(&[], std::slice::from_ref)
+        };
+        if given.is_empty() {
+            match o.default {
+                Absent::Value(text) => {
+                    let g = Given {
+                        value: text.to_owned(),
+                        source: format!("--{}", o.long),
+                        at: None,
+                    };
+                    errors.take((o.set)(&g, &mut args));
+                }
+                Absent::Says(_) => {}
+                Absent::Required => errors.0.push(UsageError::new(
+                    format!("--{}", o.long),
+                    format!("required; {required}"),
+                )),
+            }
+        }
+        for g in given {
+            errors.take((o.set)(g, &mut args));
+        }
+    }
+    args
 }
 
 /// The environment variable of an option: `HECD_` + upper-case long name, `-` as `_`.
@@ -158,31 +245,12 @@ pub struct RawArgs {
     pub command: Vec<OsString>,
     /// Unknown options: reported with every other problem the validation finds.
     pub unknown: Vec<UsageError>,
-    /// The option table scanned against, for [`RawArgs::or_default`].
-    options: &'static [OptSpec],
 }
 
 impl RawArgs {
     /// The value that counts for a single-valued option: a flag's last value, else the variable.
     pub fn get(&self, long: &str) -> Option<&Given> {
         self.values.get(long).and_then(|v| v.last())
-    }
-
-    /// The value that counts, or the table's default as if given, so that for the options
-    /// read through this the row in the table (which `--help` shows) is where the default is
-    /// written. Only for options whose default is a value; a default that is a sentence (a
-    /// computed one) is applied where the option is read.
-    pub fn or_default(&self, long: &str) -> Given {
-        self.get(long).cloned().unwrap_or_else(|| Given {
-            value: self
-                .options
-                .iter()
-                .find(|o| o.long == long)
-                .map_or("", |o| o.default)
-                .to_owned(),
-            source: format!("--{long}"),
-            at: None,
-        })
     }
 
     /// Every value of a repeatable option, in order.
@@ -221,18 +289,15 @@ fn utf8(arg: &OsStr, source: &str) -> Result<String, UsageError> {
 /// Scans `args` against the option table `options`. With `command_usage`, the program takes a
 /// COMMAND after its options (missing: an error quoting that usage line); without, every
 /// word must be an option.
-pub fn scan(
-    options: &'static [OptSpec],
+pub fn scan<T>(
+    options: &[OptSpec<T>],
     command_usage: Option<&str>,
     args: &[OsString],
     env: impl Fn(&str) -> Option<OsString>,
 ) -> Result<Request, UsageError> {
     let lookup_long = |name: &str| options.iter().find(|o| o.long == name);
     let lookup_short = |c: char| options.iter().find(|o| o.short == Some(c));
-    let mut raw = RawArgs {
-        options,
-        ..RawArgs::default()
-    };
+    let mut raw = RawArgs::default();
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -253,7 +318,7 @@ pub fn scan(
             break;
         }
         let text = utf8(arg, "option")?;
-        let mut found: Vec<(&'static OptSpec, String, Option<String>)> = Vec::new();
+        let mut found: Vec<(&OptSpec<T>, String, Option<String>)> = Vec::new();
         let word = i - 1;
         let mut inline_at = 0;
         if let Some(long) = text.strip_prefix("--") {
@@ -356,7 +421,7 @@ pub fn scan(
 }
 
 /// The options part of a `--help` text: each option, its description, variable and default.
-pub fn options_help(options: &[OptSpec]) -> String {
+pub fn options_help<T>(options: &[OptSpec<T>]) -> String {
     let mut out = String::new();
     for o in options {
         let short = o.short.map_or(String::from("    "), |c| format!("-{c}, "));
@@ -367,8 +432,12 @@ pub fn options_help(options: &[OptSpec]) -> String {
         if o.env {
             facts.push(format!("env {}", env_name(o.long)));
         }
-        if !o.default.is_empty() {
-            facts.push(format!("default: {}", o.default));
+        match o.default {
+            Absent::Value(text) | Absent::Says(text) if !text.is_empty() => {
+                facts.push(format!("default: {text}"));
+            }
+            Absent::Required => facts.push("required".to_owned()),
+            _ => {}
         }
         if !facts.is_empty() {
             out.push_str(&format!("        [{}]\n", facts.join("; ")));
@@ -396,6 +465,104 @@ mod tests {
             Request::Run(raw) => Ok(raw),
             other => panic!("expected Run, got {other:?}"),
         }
+    }
+
+    /// A small table of each kind of row, read by [`read`].
+    #[derive(Debug, Default)]
+    struct Toy {
+        n: u32,
+        list: Vec<u32>,
+        name: Option<String>,
+        must: u32,
+    }
+
+    fn number(g: &Given) -> Result<u32, UsageError> {
+        g.value
+            .parse()
+            .map_err(|_| UsageError::new(&g.source, "expected a number"))
+    }
+
+    const TOY: [OptSpec<Toy>; 5] = [
+        opt("n", "N", Absent::Value("7"), "a number", |g, a| {
+            put(&mut a.n, number(g))
+        }),
+        repeatable(opt("list", "N", Absent::Says("none"), "numbers", |g, a| {
+            push(&mut a.list, number(g))
+        })),
+        opt(
+            "name",
+            "NAME",
+            Absent::Says("the hostname"),
+            "a name",
+            |g, a| put(&mut a.name, Ok(Some(g.value.clone()))),
+        ),
+        opt("must", "N", Absent::Required, "a number", |g, a| {
+            put(&mut a.must, number(g))
+        }),
+        opt(
+            "bad",
+            "N",
+            Absent::Value("x"),
+            "a default that is no number",
+            |g, a| put(&mut a.n, number(g)),
+        ),
+    ];
+
+    fn toy(args: &[&str], env: &[(&str, &str)]) -> (Toy, Vec<String>) {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let Ok(Request::Run(raw)) = scan(&TOY[..4], None, &os(args), |k| {
+            env.get(k).map(OsString::from)
+        }) else {
+            panic!("scan failed for {args:?}");
+        };
+        let mut errors = Errors::default();
+        let t = read(&TOY[..4], &raw, "usage: toy --must N", &mut errors);
+        (t, errors.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn read_runs_each_rows_parser_on_what_was_given_else_on_its_default() {
+        // Nothing given: the value default parsed, the others left as they start, the
+        // required one an error naming it and the usage.
+        let (t, errors) = toy(&[], &[]);
+        assert_eq!((t.n, t.list.len(), t.name.is_none()), (7, 0, true));
+        assert_eq!(errors, ["--must: required; usage: toy --must N"]);
+        // Given: the last of a single option counts, every value of a repeatable one, the
+        // variable split at commas; a flag wins over the variable.
+        let (t, errors) = toy(
+            &["--n", "1", "--n", "2", "--list", "3", "--must", "4"],
+            &[("HECD_LIST", "5,6"), ("HECD_NAME", "x"), ("HECD_N", "9")],
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            (t.n, t.list, t.name.as_deref(), t.must),
+            (2, vec![3], Some("x"), 4)
+        );
+        let (t, _) = toy(&["--must", "1"], &[("HECD_LIST", "5, 6")]);
+        assert_eq!(t.list, [5, 6]);
+        // Every bad value is reported, each naming where it came from.
+        let (_, errors) = toy(
+            &["--n", "a", "--list", "b", "--list", "c"],
+            &[("HECD_MUST", "d")],
+        );
+        assert_eq!(
+            errors,
+            [
+                "--n: expected a number",
+                "--list: expected a number",
+                "--list: expected a number",
+                "HECD_MUST: expected a number"
+            ]
+        );
+        // A default text the parser refuses is a bug the table's tests catch: it is reported
+        // naming the option, not taken silently.
+        let mut errors = Errors::default();
+        let raw = RawArgs::default();
+        let _: Toy = read(&TOY[4..], &raw, "", &mut errors);
+        assert_eq!(errors.0[0].to_string(), "--bad: expected a number");
     }
 
     #[test]

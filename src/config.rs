@@ -1,173 +1,250 @@
-//! hecd-init's options: the table (for `--help`, the scanner and the README test, and the one
-//! place each default is written), and the validated [`Config`] built from what the scanner
-//! found. What hecd-init shares with hecd-haproxy (etcd access, prefixes, durations) is in
-//! `options`. Pure: no I/O, no clock, no environment (the scanner already read `HECD_*`), so
-//! every option is unit-tested with its exact message. Errors are collected, not stopped at the
-//! first.
+//! hecd-init's options: the table (one row per option: name, variable, `--help` line, default
+//! and parser, for `--help`, the scanner and the README test), and the validated [`Config`]
+//! built from it by [`build`], which adds only the rules between options. What hecd-init shares
+//! with hecd-haproxy (etcd access rows, prefixes, durations) is in `options`. Pure: no I/O, no
+//! clock, no environment (the scanner already read `HECD_*`), so every option is unit-tested
+//! with its exact message. Every bad value is reported, not only the first.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use crate::check::Check;
-use crate::cli::{self, Given, HELP, OptSpec, RawArgs, Request, VERSION, opt, verbose};
+use crate::cli::{
+    self, Absent, Given, OptSpec, RawArgs, Request, flag, opt, push, put, repeatable,
+};
 use crate::contract::{self, Route};
 use crate::discovery::{Advertise, DockerApi, Mode};
-use crate::error::UsageError;
+use crate::error::{Errors, UsageError};
 use crate::etcd::{Credentials, Endpoint, EtcdApi};
 use crate::options::{
-    Errors, checked_log_filter, choice, etcd_access, expected, lb_prefix, parse_bool,
-    parse_duration, parse_duration_at_least, parse_endpoints, parse_port, parse_prefix,
-    split_host_port, valid_host, verbosity,
+    Shared, Shares, checked_log_filter, choice, etcd_access, etcd_access_rows, expected,
+    lb_prefix_apart, parse_bool, parse_duration, parse_duration_at_least, parse_endpoints,
+    parse_port, parse_prefix, split_host_port, valid_host, verbose,
 };
 use crate::signal::Rewrites;
 use crate::user::{self, UserSpec};
 
+/// Each option's value as its row's parser left it (see [`cli::read`]), before the rules
+/// between options. It starts as `Args::default()`: a row with a value default
+/// ([`Absent::Value`]) overwrites its field before anything reads it, so the starting values
+/// of those fields are never seen; the others start off, none or empty.
+#[derive(Debug, Default)]
+pub struct Args {
+    etcd: Option<Vec<Endpoint>>,
+    etcd_api: EtcdApi,
+    prefix: String,
+    name: Option<String>,
+    port: Option<u16>,
+    advertise: Advertise,
+    mode: Mode,
+    host_ip: Option<IpAddr>,
+    docker: Option<DockerApi>,
+    ttl: Duration,
+    check: Check,
+    check_interval: Duration,
+    routes: Vec<Route>,
+    lb_prefix: String,
+    drain: Option<Duration>,
+    stop_timeout: Option<Duration>,
+    single_child: bool,
+    rewrites: Vec<(i32, i32)>,
+    user: Option<(UserSpec, String)>,
+    no_new_privileges: bool,
+    shared: Shared,
+}
+
+impl Shares for Args {
+    fn shared(&mut self) -> &mut Shared {
+        &mut self.shared
+    }
+}
+
 /// hecd-init's own rows, before the shared etcd access rows.
-const OWN: [OptSpec; 20] = [
+const OWN: [OptSpec<Args>; 20] = [
     opt(
         "etcd",
         "URL[,URL...]",
-        "none: pure init",
+        Absent::Says("none: pure init"),
         "etcd client endpoints, http:// or https://; tried in an order drawn from --name (else the hostname)",
+        |g, a| put(&mut a.etcd, parse_endpoints(g).map(Some)),
     ),
     opt(
         "etcd-api",
         "auto|v3|v2",
-        "auto",
+        Absent::Value("auto"),
         "etcd API: v3 JSON gateway, v2 keys API, or ask /version",
+        |g, a| {
+            let apis = [
+                ("auto", EtcdApi::Auto),
+                ("v3", EtcdApi::V3),
+                ("v2", EtcdApi::V2),
+            ];
+            put(&mut a.etcd_api, choice(g, &apis))
+        },
     ),
     opt(
         "prefix",
         "PATH",
-        contract::DEFAULT_PREFIX,
+        Absent::Value(contract::DEFAULT_PREFIX),
         "key prefix; the key is PREFIX/NAME",
+        |g, a| put(&mut a.prefix, parse_prefix(g)),
     ),
     opt(
         "name",
         "NAME",
-        "container name, else hostname",
+        Absent::Says("container name, else hostname"),
         "last key segment",
+        |g, a| put(&mut a.name, parse_name(g).map(Some)),
     ),
     opt(
         "port",
         "PORT",
-        "the TCP port the app listens on",
+        Absent::Says("the TCP port the app listens on"),
         "the app's port inside the container, which the check probes",
+        |g, a| put(&mut a.port, parse_port(&g.value, g).map(Some)),
     ),
     opt(
         "advertise",
         "[HOST][:PORT]",
-        "discovered",
+        Absent::Says("discovered"),
         "advertise this host, port or both; IPv6 as [fd00::5]:8080",
+        |g, a| put(&mut a.advertise, parse_advertise(g)),
     ),
     opt(
         "mode",
         "auto|container|published",
-        "auto",
+        Absent::Value("auto"),
         "advertise the container's IP and port, or the host IP and published port",
+        |g, a| {
+            let modes = [
+                ("auto", Mode::Auto),
+                ("container", Mode::Container),
+                ("published", Mode::Published),
+            ];
+            put(&mut a.mode, choice(g, &modes))
+        },
     ),
     opt(
         "host-ip",
         "IP",
-        "binding HostIp, else Swarm node address, else gateway",
+        Absent::Says("binding HostIp, else Swarm node address, else gateway"),
         "host address to pair with a published port",
+        |g, a| put(&mut a.host_ip, parse_ip(g).map(Some)),
     ),
     opt(
         "docker",
         "URL",
-        "unix:///var/run/docker.sock if present",
+        Absent::Says("unix:///var/run/docker.sock if present"),
         "Docker Engine API (unix:// or tcp://)",
+        |g, a| put(&mut a.docker, parse_docker(g).map(Some)),
     ),
     opt(
         "ttl",
         "DURATION",
-        "10s",
+        Absent::Value("10s"),
         "lease TTL (whole seconds); refreshed at least every TTL/3",
+        |g, a| put(&mut a.ttl, parse_ttl(g)),
     ),
     opt(
         "check",
         "tcp|http:PATH|none",
-        "tcp",
+        Absent::Value("tcp"),
         "readiness and liveness check against the app's port",
+        |g, a| put(&mut a.check, parse_check(g)),
     ),
-    opt("check-interval", "DURATION", "2s", "time between checks"),
-    OptSpec {
-        long: "route",
-        short: None,
-        value: Some("HOST[/PATH]"),
-        default: "none",
-        help: "requests for this host (and path prefix) go to this instance's service (its --prefix) on balancers that route; repeatable, comma-separated in the variable",
-        env: true,
-        repeat: true,
-    },
+    opt(
+        "check-interval",
+        "DURATION",
+        Absent::Value("2s"),
+        "time between checks",
+        |g, a| {
+            let interval = parse_duration_at_least(g, Duration::from_millis(1));
+            put(&mut a.check_interval, interval)
+        },
+    ),
+    repeatable(opt(
+        "route",
+        "HOST[/PATH]",
+        Absent::Says("none"),
+        "requests for this host (and path prefix) go to this instance's service (its --prefix) on balancers that route; repeatable, comma-separated in the variable",
+        |g, a| {
+            let route = Route::parse(g.value.trim()).map_err(|why| UsageError::new(&g.source, why));
+            push(&mut a.routes, route)
+        },
+    )),
     opt(
         "lb-prefix",
         "PATH",
-        contract::DEFAULT_LB_PREFIX,
+        Absent::Value(contract::DEFAULT_LB_PREFIX),
         "where load balancers announce themselves and confirm drains (confirmed drain)",
+        |g, a| put(&mut a.lb_prefix, parse_prefix(g)),
     ),
     opt(
         "drain",
         "DURATION",
-        "2s when registering, else 0",
+        Absent::Says("2s when registering, else 0"),
         "after deregistering on a stop signal, wait this long at most before passing it on (less once every announced load balancer confirmed)",
+        |g, a| {
+            put(
+                &mut a.drain,
+                parse_duration_at_least(g, Duration::ZERO).map(Some),
+            )
+        },
     ),
     opt(
         "stop-timeout",
         "DURATION",
-        "none",
+        Absent::Says("none"),
         "SIGKILL the app's process group this long after passing a stop signal on",
+        |g, a| {
+            let timeout = parse_duration_at_least(g, Duration::from_millis(1));
+            put(&mut a.stop_timeout, timeout.map(Some))
+        },
     ),
-    OptSpec {
-        long: "single-child",
-        short: None,
-        value: None,
-        default: "off",
-        help: "dumb-init's -c: the app stays in hecd-init's session and group, signals go to it alone, job-control signals go on as themselves",
-        env: true,
-        repeat: false,
-    },
-    OptSpec {
-        long: "rewrite",
-        short: None,
-        value: Some("FROM:TO"),
-        default: "TSTP, TTIN, TTOU → STOP (none with --single-child)",
-        help: "pass signal FROM on as TO (TERM:QUIT, 15:3; TO=0 drops it; TSTP/TTIN/TTOU go on as STOP unless rewritten or --single-child); repeatable, comma-separated in the variable",
-        env: true,
-        repeat: true,
-    },
+    flag(
+        "single-child",
+        "dumb-init's -c: the app stays in hecd-init's session and group, signals go to it alone, job-control signals go on as themselves",
+        |g, a| put(&mut a.single_child, parse_bool(g)),
+    ),
+    repeatable(opt(
+        "rewrite",
+        "FROM:TO",
+        Absent::Says("TSTP, TTIN, TTOU → STOP (none with --single-child)"),
+        "pass signal FROM on as TO (TERM:QUIT, 15:3; TO=0 drops it; TSTP/TTIN/TTOU go on as STOP unless rewritten or --single-child); repeatable, comma-separated in the variable",
+        |g, a| push(&mut a.rewrites, parse_rewrite(g)),
+    )),
     opt(
         "user",
         "USER[:GROUP]",
-        "none: the app runs as hecd-init does",
+        Absent::Says("none: the app runs as hecd-init does"),
         "run the app (only the app) as this user: a name from /etc/passwd or a uid; GROUP a name or gid",
+        |g, a| {
+            let spec = user::parse_spec(&g.value, &g.source);
+            put(&mut a.user, spec.map(|u| Some((u, g.source.clone()))))
+        },
     ),
-    OptSpec {
-        long: "no-new-privileges",
-        short: None,
-        value: None,
-        default: "off",
-        help: "set the app's no-new-privileges bit: setuid binaries and file capabilities give it nothing",
-        env: true,
-        repeat: false,
-    },
+    flag(
+        "no-new-privileges",
+        "set the app's no-new-privileges bit: setuid binaries and file capabilities give it nothing",
+        |g, a| put(&mut a.no_new_privileges, parse_bool(g)),
+    ),
 ];
 
 /// The last rows: `-v`, `--help`, `--version`.
-const LAST: [OptSpec; 3] = [
+const LAST: [OptSpec<Args>; 3] = [
     verbose(
         "hecd-init's debug lines (twice: trace); HECD_LOG takes an env_logger filter (default: warn for a pure init, info when registering)",
     ),
-    HELP,
-    VERSION,
+    cli::help(),
+    cli::version(),
 ];
 
-const WITH_ETCD: [OptSpec; 25] = cli::join(OWN, cli::ETCD_ACCESS);
-const ALL: [OptSpec; 28] = cli::join(WITH_ETCD, LAST);
+const WITH_ETCD: [OptSpec<Args>; 25] = cli::join(OWN, etcd_access_rows());
+const ALL: [OptSpec<Args>; 28] = cli::join(WITH_ETCD, LAST);
 
 /// Every option hecd-init accepts, in `--help` order.
-pub const OPTIONS: &[OptSpec] = &ALL;
+pub const OPTIONS: &[OptSpec<Args>] = &ALL;
 
 /// Scans hecd-init's `args` (without the program name), falling back to `env` for options not
 /// given as flags. `env` is a parameter so tests need not touch the process environment.
@@ -279,32 +356,55 @@ pub struct Extra {
     pub log: Option<String>,
 }
 
-/// Validates the scanned arguments.
+/// Reads every option through its row ([`cli::read`]), then applies the rules between
+/// options. Every bad value is reported; the rules between options are looked at once every
+/// value is good (so a bad value is not reported again as a rule it seems to break).
 pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     let Extra { password, log } = extra;
     let mut errors = Errors::default();
-    // Every problem is reported: unknown options first, then every bad value, section by
-    // section; a section with a bad value gives `None`, and then its errors are returned.
     errors.0.extend(raw.unknown.iter().cloned());
-    let had_password_variable = password.is_some();
-    let registration = registration_section(&raw, &mut errors);
-    let app = app_section(&raw, &mut errors);
-    let verbose = errors.take(verbosity(&raw));
-    let access = etcd_access(&raw, password, &mut errors);
+    let args: Args = cli::read(OPTIONS, &raw, "", &mut errors);
     let log = checked_log_filter(log, &mut errors);
-    let (Some(registration), Some(app), Some(verbose)) = (registration, app, verbose) else {
-        return Err(errors.into_errors());
-    };
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
-    let registration = registration.map(|r| Registration {
+    let had_password_variable = password.is_some();
+    let verbose = args.shared.verbose;
+    let access = etcd_access(args.shared, password, &mut errors);
+    errors.take(lb_prefix_apart(
+        &args.lb_prefix,
+        raw.get("lb-prefix"),
+        &args.prefix,
+    ));
+    let routes = errors.take(routes_rules(
+        args.routes,
+        raw.all("route").first(),
+        &args.prefix,
+        args.etcd_api,
+    ));
+    let (Some(routes), true) = (routes, errors.0.is_empty()) else {
+        return Err(errors.into_errors());
+    };
+    let registration = args.etcd.map(|endpoints| Registration {
+        endpoints,
+        api: args.etcd_api,
+        prefix: args.prefix,
+        name: args.name,
+        port: args.port,
+        advertise: args.advertise,
+        mode: args.mode,
+        host_ip: args.host_ip,
+        docker: args.docker,
+        ttl: args.ttl,
+        check: args.check,
+        check_interval: args.check_interval,
         cacert: access.cacert,
         cert: access.cert,
         key: access.key,
         credentials: access.credentials,
         password_file: access.password_file,
-        ..r
+        lb_prefix: args.lb_prefix,
+        routes,
     });
     let registering = registration.is_some();
     let log_filter = match (verbose, log) {
@@ -326,135 +426,15 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     Ok(Config {
         command: raw.command.clone(),
         registration,
-        drain: app.drain.unwrap_or(default_drain),
-        stop_timeout: app.stop_timeout,
-        single_child: app.single_child,
-        rewrites: Rewrites::new(app.rewrites, !app.single_child),
+        drain: args.drain.unwrap_or(default_drain),
+        stop_timeout: args.stop_timeout,
+        single_child: args.single_child,
+        rewrites: Rewrites::new(args.rewrites, !args.single_child),
         log_filter,
         app_env: app_env(&raw, had_password_variable),
-        user: app.user,
-        no_new_privileges: app.no_new_privileges,
+        user: args.user,
+        no_new_privileges: args.no_new_privileges,
     })
-}
-
-/// What the app's side of the options says (`drain` before its default, which depends on
-/// registering).
-struct AppSection {
-    drain: Option<Duration>,
-    stop_timeout: Option<Duration>,
-    single_child: bool,
-    rewrites: Vec<(i32, i32)>,
-    user: Option<(UserSpec, String)>,
-    no_new_privileges: bool,
-}
-
-/// The options about the app and its signals; `None` when one is bad (its error is in
-/// `errors`).
-fn app_section(raw: &RawArgs, errors: &mut Errors) -> Option<AppSection> {
-    let dur = |long: &str, min: Duration| -> Result<Option<Duration>, UsageError> {
-        raw.get(long)
-            .map(|g| parse_duration_at_least(g, min).map(Some))
-            .unwrap_or(Ok(None))
-    };
-    let drain = errors.take(dur("drain", Duration::ZERO));
-    let stop_timeout = errors.take(dur("stop-timeout", Duration::from_millis(1)));
-    let single_child = errors.take(flag(raw, "single-child"));
-    let no_new_privileges = errors.take(flag(raw, "no-new-privileges"));
-    let user = errors.take(
-        raw.get("user")
-            .map(|g| user::parse_spec(&g.value, &g.source).map(|u| (u, g.source.clone())))
-            .transpose(),
-    );
-    let rewrites = errors.take(
-        raw.all("rewrite")
-            .iter()
-            .map(|g| {
-                Rewrites::parse_pair(&g.value).ok_or_else(|| {
-                    UsageError::new(
-                        &g.source,
-                        format!(
-                            "expected FROM:TO signals such as TERM:QUIT or 15:3, got {:?}",
-                            g.value
-                        ),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>(),
-    );
-    Some(AppSection {
-        drain: drain?,
-        stop_timeout: stop_timeout?,
-        single_child: single_child?,
-        rewrites: rewrites?,
-        user: user?,
-        no_new_privileges: no_new_privileges?,
-    })
-}
-
-/// The registration's options: `Some(None)` without `--etcd` (a pure init), `None` when one
-/// is bad (its error is in `errors`). Every option is looked at either way, so every problem
-/// is reported. The etcd access fields are left empty: [`build`] fills them in.
-fn registration_section(raw: &RawArgs, errors: &mut Errors) -> Option<Option<Registration>> {
-    let endpoints = errors.take(raw.get("etcd").map(parse_endpoints).transpose());
-    let api = errors.take(choice(
-        raw,
-        "etcd-api",
-        &[
-            ("auto", EtcdApi::Auto),
-            ("v3", EtcdApi::V3),
-            ("v2", EtcdApi::V2),
-        ],
-    ));
-    let prefix = errors.take(parse_prefix(&raw.or_default("prefix")));
-    let lb_prefix = errors.take(lb_prefix(raw, prefix.as_deref()));
-    let name = errors.take(raw.get("name").map(parse_name).transpose());
-    let port = errors.take(raw.get("port").map(|g| parse_port(&g.value, g)).transpose());
-    let advertise = errors.take(
-        raw.get("advertise")
-            .map_or(Ok(Advertise::default()), parse_advertise),
-    );
-    let mode = errors.take(choice(
-        raw,
-        "mode",
-        &[
-            ("auto", Mode::Auto),
-            ("container", Mode::Container),
-            ("published", Mode::Published),
-        ],
-    ));
-    let host_ip = errors.take(raw.get("host-ip").map(parse_ip).transpose());
-    let docker = errors.take(raw.get("docker").map(parse_docker).transpose());
-    let ttl = errors.take(parse_ttl(&raw.or_default("ttl")));
-    let check = errors.take(parse_check(&raw.or_default("check")));
-    let check_interval = errors.take(parse_duration_at_least(
-        &raw.or_default("check-interval"),
-        Duration::from_millis(1),
-    ));
-    let routes = errors.take(parse_route_options(raw, prefix.as_deref(), api));
-    let Some(endpoints) = endpoints? else {
-        return Some(None);
-    };
-    Some(Some(Registration {
-        endpoints,
-        api: api?,
-        prefix: prefix?,
-        name: name?,
-        port: port?,
-        advertise: advertise?,
-        mode: mode?,
-        host_ip: host_ip?,
-        docker: docker?,
-        ttl: ttl?,
-        check: check?,
-        check_interval: check_interval?,
-        cacert: None,
-        cert: None,
-        key: None,
-        credentials: None,
-        password_file: None,
-        lb_prefix: lb_prefix?,
-        routes: routes?,
-    }))
 }
 
 /// What changes in the app's environment: secrets are hecd-init's, not the app's. The
@@ -473,10 +453,6 @@ fn app_env(raw: &RawArgs, had_password_variable: bool) -> Vec<(String, Option<St
         env.push((g.source.clone(), Some(user.to_owned())));
     }
     env
-}
-
-fn flag(raw: &RawArgs, long: &str) -> Result<bool, UsageError> {
-    raw.get(long).map_or(Ok(false), parse_bool)
 }
 
 fn parse_ttl(g: &Given) -> Result<Duration, UsageError> {
@@ -499,27 +475,24 @@ fn parse_name(g: &Given) -> Result<String, UsageError> {
         .map_err(|why| UsageError::new(&g.source, format!("{why}; got {:?}", g.value)))
 }
 
-/// Every `--route`, checked: each a route of [`Route::parse`]; none with the prefix `/` (the
-/// declaration's key names the service by its prefix) or with `--etcd-api v2` (balancers read
-/// routes with v3).
-fn parse_route_options(
-    raw: &RawArgs,
-    prefix: Option<&str>,
-    api: Option<EtcdApi>,
+/// The rules of `--route` (each route already parsed by its row; `first` is where the first
+/// came from): none with the prefix `/` (the declaration's key names the service by its
+/// prefix) or with `--etcd-api v2` (balancers read routes with v3), at most
+/// [`contract::MAX_ROUTES`]. Sorted, without repeats.
+fn routes_rules(
+    mut routes: Vec<Route>,
+    first: Option<&Given>,
+    prefix: &str,
+    api: EtcdApi,
 ) -> Result<Vec<Route>, UsageError> {
-    let given = raw.all("route");
-    let mut routes = Vec::new();
-    for g in given {
-        routes.push(Route::parse(g.value.trim()).map_err(|why| UsageError::new(&g.source, why))?);
-    }
-    if let Some(g) = given.first() {
-        if prefix == Some("") {
+    if let Some(g) = first {
+        if prefix.is_empty() {
             return Err(UsageError::new(
                 &g.source,
                 "needs a --prefix other than / (the route declaration names its service by the prefix)",
             ));
         }
-        if api == Some(EtcdApi::V2) {
+        if api == EtcdApi::V2 {
             return Err(UsageError::new(
                 &g.source,
                 "needs the etcd v3 API (balancers read routes with v3); --etcd-api v2 was given",
@@ -535,6 +508,11 @@ fn parse_route_options(
     routes.sort();
     routes.dedup();
     Ok(routes)
+}
+
+fn parse_rewrite(g: &Given) -> Result<(i32, i32), UsageError> {
+    Rewrites::parse_pair(&g.value)
+        .ok_or_else(|| expected(g, "FROM:TO signals such as TERM:QUIT or 15:3"))
 }
 
 fn parse_advertise(g: &Given) -> Result<Advertise, UsageError> {
@@ -636,47 +614,52 @@ mod tests {
         build(raw, extra).map_err(|errs| errs.iter().map(ToString::to_string).collect())
     }
 
-    /// Every row's default, given as its variable, is what the parser takes when the option
-    /// is not given at all; the rows whose default is a sentence (computed at run time) are
-    /// named here, so a new row either agrees or is listed on purpose.
+    /// A row whose default is a value: `cli::read` parses that text when the option is not
+    /// given, so `--help` and the program agree by construction; and giving the same text
+    /// changes nothing (no row's parser, no rule, tells the default from the same value given).
+    /// The rows whose default is a sentence are named, so a new one is one on purpose: each
+    /// is worked out when hecd-init runs (or is off) and has a test of its own.
     #[test]
     fn every_rows_default_is_what_the_parser_takes_without_it() {
         let base = ["--etcd", "http://e:2379"];
         let plain = format!("{:?}", build_with(&base, &[]).unwrap());
-        let mut sentences = Vec::new();
-        for o in OPTIONS.iter().filter(|o| o.env && o.long != "etcd") {
-            let var = cli::env_name(o.long);
-            let same = build_with(&base, &[(var.as_str(), o.default)])
-                .is_ok_and(|c| format!("{c:?}") == plain);
-            if !same {
-                sentences.push(o.long);
+        for o in OPTIONS.iter().filter(|o| o.env) {
+            if let Absent::Value(text) = o.default {
+                let given = build_with(&base, &[(cli::env_name(o.long).as_str(), text)]);
+                assert_eq!(format!("{:?}", given.unwrap()), plain, "--{}", o.long);
             }
         }
-        assert_eq!(
-            sentences, COMPUTED_DEFAULTS,
-            "a row whose --help default is not what the parser takes without it"
-        );
+        let sentences: Vec<&str> = OPTIONS
+            .iter()
+            .filter(|o| matches!(o.default, Absent::Says(text) if !text.is_empty()))
+            .map(|o| o.long)
+            .collect();
+        assert_eq!(sentences, COMPUTED_DEFAULTS);
     }
 
     /// The options whose `--help` default is a sentence: what they take is worked out when
     /// hecd-init starts (the container's name, the discovered address, the Docker socket if
-    /// present, ...), or "none" means the option is off.
+    /// present, ...), or "none" or "off" means the option is off.
     const COMPUTED_DEFAULTS: &[&str] = &[
-        "name",         // the container's name, else the hostname
-        "port",         // the port the app listens on
-        "advertise",    // discovered
-        "host-ip",      // the binding's HostIp, else the Swarm node address, else the gateway
-        "docker",       // the socket, if present
-        "route",        // none
-        "drain",        // 2s when registering, else 0
-        "stop-timeout", // none
-        "rewrite",      // TSTP, TTIN, TTOU → STOP, none with --single-child
-        "user",         // none
-        "etcd-cacert",  // the system bundle, for https:// endpoints
+        "etcd",              // none: a pure init
+        "name",              // the container's name, else the hostname
+        "port",              // the port the app listens on
+        "advertise",         // discovered
+        "host-ip",           // the binding's HostIp, else the Swarm node address, else the gateway
+        "docker",            // the socket, if present
+        "route",             // none
+        "drain",             // 2s when registering, else 0
+        "stop-timeout",      // none
+        "single-child",      // off
+        "rewrite",           // TSTP, TTIN, TTOU → STOP, none with --single-child
+        "user",              // none
+        "no-new-privileges", // off
+        "etcd-cacert",       // the system bundle, for https:// endpoints
         "etcd-cert",
         "etcd-key",
         "etcd-user",
         "etcd-password-file",
+        "verbose", // off
     ];
 
     #[test]
@@ -997,11 +980,13 @@ mod tests {
 
     #[test]
     fn help_shows_the_defaults_the_code_uses() {
-        // Defaults with a value are read from the table itself (`RawArgs::or_default`); the
-        // ones that are words are checked here.
+        // Defaults with a value are parsed from the table itself (`cli::read`); the ones that
+        // are sentences are checked here.
         let help = help_text();
         let cacert = OPTIONS.iter().find(|o| o.long == "etcd-cacert").unwrap();
-        assert!(cacert.default.starts_with(crate::access::SYSTEM_CA_BUNDLE));
+        assert!(
+            matches!(cacert.default, Absent::Says(t) if t.starts_with(crate::access::SYSTEM_CA_BUNDLE))
+        );
         assert!(help.contains("default warn for a pure init, info when registering"));
         let c = build_with(&[], &[]).unwrap();
         assert_eq!(c.log_filter, "warn");

@@ -31,6 +31,29 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Collects every usage error instead of stopping at the first.
+#[derive(Default)]
+pub struct Errors(pub Vec<UsageError>);
+
+impl Errors {
+    pub fn take<T>(&mut self, result: Result<T, UsageError>) -> Option<T> {
+        result.map_err(|e| self.0.push(e)).ok()
+    }
+
+    /// The errors, when a section came out empty: never an empty list (a section is empty
+    /// only because of an error it reported; should that ever not hold, the user still
+    /// learns that the options were refused).
+    pub fn into_errors(mut self) -> Vec<UsageError> {
+        if self.0.is_empty() {
+            self.0.push(UsageError::new(
+                "options",
+                "refused without a reason (a bug: please report it)",
+            ));
+        }
+        self.0
+    }
+}
+
 /// At most `max` characters of `text` (with `…` when cut), for messages that quote what a peer
 /// or a user sent.
 pub fn clip(text: &str, max: usize) -> String {

@@ -1,19 +1,132 @@
-//! What both programs' options share: the etcd endpoints and access options (TLS files,
-//! credentials), key prefixes, durations, flags and the log filter, each parsed from what the
-//! scanner (`cli`) found, with one-line errors naming the option. Each program's own options,
-//! with their defaults, live with that program: hecd-init's in `config`, hecd-haproxy's in
-//! `consumer::config`.
+//! What both programs' options share: the rows of the etcd access options and `-v` (each with
+//! its parser), the rules between those options, and the parsers of the kinds of value both
+//! programs take (endpoints, key prefixes, durations, flags), each with a one-line error naming
+//! the option. Each program's own rows live with that program: hecd-init's in `config`,
+//! hecd-haproxy's in `consumer::config`.
 
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use crate::cli::{Given, RawArgs};
-use crate::error::UsageError;
+use crate::cli::{Absent, Given, OptSpec, opt};
+use crate::error::{Errors, UsageError};
 use crate::etcd::{Credentials, Endpoint};
 
 /// Longest duration any option accepts; longer values are typos, and this keeps deadline
 /// arithmetic far from overflow.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// What the shared rows write: each program's arguments struct holds one ([`Shares`]).
+#[derive(Clone, Debug, Default)]
+pub struct Shared {
+    pub cacert: Option<String>,
+    pub cert: Option<Given>,
+    pub key: Option<Given>,
+    /// `--etcd-user`, with the password it gave inline, if any.
+    pub user: Option<Credentials>,
+    pub password_file: Option<Given>,
+    /// How many `-v` (or `HECD_VERBOSE`'s count).
+    pub verbose: usize,
+}
+
+/// An arguments struct the shared rows can write into.
+pub trait Shares {
+    fn shared(&mut self) -> &mut Shared;
+}
+
+fn set_cacert<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
+    a.shared().cacert = Some(g.value.clone());
+    Ok(())
+}
+
+fn set_cert<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
+    a.shared().cert = Some(g.clone());
+    Ok(())
+}
+
+fn set_key<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
+    a.shared().key = Some(g.clone());
+    Ok(())
+}
+
+fn set_user<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
+    a.shared().user = Some(parse_user(g)?);
+    Ok(())
+}
+
+fn set_password_file<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
+    a.shared().password_file = Some(g.clone());
+    Ok(())
+}
+
+/// `-v` counts; the variable is a count (`HECD_VERBOSE=2`) or a boolean.
+fn set_verbose<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
+    let verbose = &mut a.shared().verbose;
+    if g.source.starts_with("HECD_") {
+        *verbose = match g.value.parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => usize::from(parse_bool(g)?),
+        };
+    } else {
+        *verbose += 1;
+    }
+    Ok(())
+}
+
+/// The etcd access options, the same rows in both programs' tables (each program's table is
+/// its own rows, these, then `-v`, `--help` and `--version`: see [`crate::cli::join`]).
+pub const fn etcd_access_rows<T: Shares>() -> [OptSpec<T>; 5] {
+    [
+        opt(
+            "etcd-cacert",
+            "FILE",
+            Absent::Says("/etc/ssl/certs/ca-certificates.crt for https://"),
+            "CA bundle to verify etcd's certificate",
+            set_cacert::<T>,
+        ),
+        opt(
+            "etcd-cert",
+            "FILE",
+            Absent::Says("none"),
+            "client certificate for etcd (with --etcd-key)",
+            set_cert::<T>,
+        ),
+        opt(
+            "etcd-key",
+            "FILE",
+            Absent::Says("none"),
+            "client key for etcd",
+            set_key::<T>,
+        ),
+        opt(
+            "etcd-user",
+            "USER[:PASSWORD]",
+            Absent::Says("none"),
+            "etcd user; the password may come from HECD_ETCD_PASSWORD or --etcd-password-file",
+            set_user::<T>,
+        ),
+        opt(
+            "etcd-password-file",
+            "FILE",
+            Absent::Says("none"),
+            "read the etcd password from FILE (Docker/Swarm secrets: /run/secrets/NAME); one trailing newline is dropped",
+            set_password_file::<T>,
+        ),
+    ]
+}
+
+/// `-v`, `--verbose` with its help line.
+pub const fn verbose<T: Shares>(help: &'static str) -> OptSpec<T> {
+    OptSpec {
+        long: "verbose",
+        short: Some('v'),
+        value: None,
+        default: Absent::Says("off"),
+        help,
+        env: true,
+        repeat: true,
+        set: set_verbose::<T>,
+    }
+}
 
 /// The etcd access options both programs take: TLS files and credentials.
 #[derive(Clone, Debug, Default)]
@@ -25,45 +138,50 @@ pub struct EtcdAccess {
     pub password_file: Option<String>,
 }
 
-/// Reads `--etcd-cacert`, `--etcd-cert`, `--etcd-key`, `--etcd-user` (with `password`, from
-/// `HECD_ETCD_PASSWORD`) and `--etcd-password-file`, checking how they go together.
-pub fn etcd_access(raw: &RawArgs, password: Option<String>, errors: &mut Errors) -> EtcdAccess {
-    let user = raw.get("etcd-user");
-    let credentials = errors
-        .take(user.map(|g| parse_user(g, password)).transpose())
-        .flatten();
-    let password_file = raw.get("etcd-password-file");
-    if let Some(g) = password_file {
-        if user.is_none() {
-            errors.take(Err::<(), _>(UsageError::new(
-                &g.source,
-                "needs --etcd-user USER (the file holds only the password)",
-            )));
-        } else if user.is_some_and(|u| u.value.contains(':')) {
-            errors.take(Err::<(), _>(UsageError::new(
-                &g.source,
-                "--etcd-user USER:PASSWORD already gives a password; give USER alone",
-            )));
-        }
-    }
-    let file = |long: &str| raw.get(long).map(|g| g.value.clone());
-    let (cacert, cert, key) = (file("etcd-cacert"), file("etcd-cert"), file("etcd-key"));
-    if cert.is_some() != key.is_some() {
-        let source = raw
-            .get("etcd-cert")
-            .or(raw.get("etcd-key"))
-            .map_or("--etcd-cert", |g| g.source.as_str());
-        errors.take(Err::<(), _>(UsageError::new(
-            source,
-            "expected --etcd-cert and --etcd-key together",
-        )));
-    }
-    EtcdAccess {
+/// The rules between the etcd access options (a password file needs a user without one; a
+/// certificate needs its key), and the password of `HECD_ETCD_PASSWORD` given to a user that
+/// brought none.
+pub fn etcd_access(shared: Shared, password: Option<String>, errors: &mut Errors) -> EtcdAccess {
+    let Shared {
         cacert,
         cert,
         key,
+        user,
+        password_file,
+        verbose: _,
+    } = shared;
+    if let Some(g) = &password_file {
+        let message = match &user {
+            None => "needs --etcd-user USER (the file holds only the password)",
+            Some(u) if u.password.is_some() => {
+                "--etcd-user USER:PASSWORD already gives a password; give USER alone"
+            }
+            Some(_) => "",
+        };
+        if !message.is_empty() {
+            errors.0.push(UsageError::new(&g.source, message));
+        }
+    }
+    if cert.is_some() != key.is_some() {
+        let source = cert
+            .as_ref()
+            .or(key.as_ref())
+            .map_or("--etcd-cert", |g| g.source.as_str());
+        errors.0.push(UsageError::new(
+            source,
+            "expected --etcd-cert and --etcd-key together",
+        ));
+    }
+    let credentials = user.map(|u| Credentials {
+        password: u.password.or(password),
+        ..u
+    });
+    EtcdAccess {
+        cacert,
+        cert: cert.map(|g| g.value),
+        key: key.map(|g| g.value),
         credentials,
-        password_file: password_file.map(|g| g.value.clone()),
+        password_file: password_file.map(|g| g.value),
     }
 }
 
@@ -81,75 +199,38 @@ pub fn checked_log_filter(log: Option<String>, errors: &mut Errors) -> Option<St
     log
 }
 
-/// `--lb-prefix` (default `/hecd`): a key path that neither contains the server prefix nor
-/// lies within it, so confd templates over the servers see nothing of it.
-pub fn lb_prefix(raw: &RawArgs, prefix: Option<&str>) -> Result<String, UsageError> {
-    let g = &raw.or_default("lb-prefix");
-    let lb = parse_prefix(g)?;
-    if raw.get("lb-prefix").is_none() {
-        // The default, even with `--prefix /` (which holds every key).
-        return Ok(lb);
+/// `--lb-prefix` (parsed: `lb`) neither contains the server prefix nor lies within it, so confd
+/// templates over the servers see nothing of it. Its default is taken as it is, even with
+/// `--prefix /` (which holds every key): only a value the user gave (`given`) is refused.
+pub fn lb_prefix_apart(lb: &str, given: Option<&Given>, prefix: &str) -> Result<(), UsageError> {
+    let Some(g) = given else { return Ok(()) };
+    if lb.is_empty() {
+        return Err(expected(g, "a key path such as /hecd, not /"));
     }
-    match prefix {
-        _ if lb.is_empty() => Err(expected(g, "a key path such as /hecd, not /")),
-        Some(p) if crate::contract::overlaps(&lb, p) => Err(UsageError::new(
+    if crate::contract::overlaps(lb, prefix) {
+        return Err(UsageError::new(
             &g.source,
             format!(
-                "must lie outside the server prefix {p}/ (and not contain it), got {:?}",
+                "must lie outside the server prefix {prefix}/ (and not contain it), got {:?}",
                 g.value
             ),
-        )),
-        _ => Ok(lb),
+        ));
     }
-}
-
-/// Collects every usage error instead of stopping at the first.
-#[derive(Default)]
-pub struct Errors(pub Vec<UsageError>);
-
-impl Errors {
-    pub fn take<T>(&mut self, result: Result<T, UsageError>) -> Option<T> {
-        result.map_err(|e| self.0.push(e)).ok()
-    }
-
-    /// The errors, when a section came out empty: never an empty list (a section is empty
-    /// only because of an error it reported; should that ever not hold, the user still
-    /// learns that the options were refused).
-    pub fn into_errors(mut self) -> Vec<UsageError> {
-        if self.0.is_empty() {
-            self.0.push(UsageError::new(
-                "options",
-                "refused without a reason (a bug: please report it)",
-            ));
-        }
-        self.0
-    }
+    Ok(())
 }
 
 pub fn expected(g: &Given, form: &str) -> UsageError {
     UsageError::new(&g.source, format!("expected {form}, got {:?}", g.value))
 }
 
-pub fn choice<T: Copy>(raw: &RawArgs, long: &str, options: &[(&str, T)]) -> Result<T, UsageError> {
-    let g = raw.or_default(long);
+/// One of `options`' names (any case).
+pub fn choice<T: Copy>(g: &Given, options: &[(&str, T)]) -> Result<T, UsageError> {
     let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
     options
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(&g.value))
         .map(|(_, v)| *v)
-        .ok_or_else(|| expected(&g, &format!("one of {}", names.join(", "))))
-}
-
-pub fn verbosity(raw: &RawArgs) -> Result<usize, UsageError> {
-    let given = raw.all("verbose");
-    match given.first() {
-        // From the variable: a boolean, or a count such as HECD_VERBOSE=2.
-        Some(g) if g.source.starts_with("HECD_") => match g.value.parse::<usize>() {
-            Ok(n) => Ok(n),
-            Err(_) => parse_bool(g).map(usize::from),
-        },
-        _ => Ok(given.len()),
-    }
+        .ok_or_else(|| expected(g, &format!("one of {}", names.join(", "))))
 }
 
 pub fn parse_bool(g: &Given) -> Result<bool, UsageError> {
@@ -290,7 +371,8 @@ pub fn parse_key_segment(g: &Given) -> Result<String, UsageError> {
     Ok(v.clone())
 }
 
-pub fn parse_user(g: &Given, password: Option<String>) -> Result<Credentials, UsageError> {
+/// `--etcd-user USER[:PASSWORD]`.
+pub fn parse_user(g: &Given) -> Result<Credentials, UsageError> {
     let (user, inline) = match g.value.split_once(':') {
         Some((u, p)) => (u, Some(p.to_owned())),
         None => (g.value.as_str(), None),
@@ -301,6 +383,6 @@ pub fn parse_user(g: &Given, password: Option<String>) -> Result<Credentials, Us
     }
     Ok(Credentials {
         user: user.to_owned(),
-        password: inline.or(password),
+        password: inline,
     })
 }

@@ -1,182 +1,271 @@
-//! hecd-haproxy's options: the table (for `--help`, the scanner and the README test) and the
-//! validated [`Config`]. Same conventions as hecd-init: every long option is also `HECD_<NAME>`,
-//! a flag wins, one line naming the option on a bad value, exit status 2.
+//! hecd-haproxy's options: the table (one row per option: name, variable, `--help` line,
+//! default and parser, for `--help`, the scanner and the README test) and the validated
+//! [`Config`], built by [`parse`] with the rules between options. Same conventions as
+//! hecd-init: every long option is also `HECD_<NAME>`, a flag wins, one line naming the option
+//! on a bad value, exit status 2.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{self, OptSpec, Request, opt};
+use crate::cli::{self, Absent, Given, OptSpec, Request, flag, opt, push, put, repeatable};
 use crate::contract;
-use crate::error::UsageError;
+use crate::error::{Errors, UsageError};
 use crate::etcd::Endpoint;
-use crate::haproxy::Frontend;
+use crate::haproxy::{Frontend, TcpListener};
 use crate::options::{
-    Errors, EtcdAccess, checked_log_filter, etcd_access, expected, lb_prefix, parse_bool,
-    parse_duration_at_least, parse_endpoints, parse_key_segment, parse_prefix, split_host_port,
-    valid_host, verbosity,
+    EtcdAccess, Shared, Shares, checked_log_filter, etcd_access, etcd_access_rows, expected,
+    lb_prefix_apart, parse_bool, parse_duration_at_least, parse_duration_upto, parse_endpoints,
+    parse_key_segment, parse_prefix, split_host_port, valid_host, verbose,
 };
 
+/// How hecd-haproxy is called, for the error about a required option.
+const USAGE: &str = "usage: hecd-haproxy --etcd URL[,URL...] --listen ADDR:PORT --dir DIR [--prefix PATH] (see --help)";
+
+/// Each option's value as its row's parser left it (see [`cli::read`]), before the rules
+/// between options. It starts as `Args::default()`: a row with a value default
+/// ([`Absent::Value`]) or a required one overwrites its field before anything reads it; the
+/// others start off, none or empty.
+#[derive(Debug, Default)]
+pub struct Args {
+    etcd: Vec<Endpoint>,
+    listen: String,
+    dir: PathBuf,
+    prefix: String,
+    check_inter: Duration,
+    stats: Option<String>,
+    drain_timeout: Duration,
+    /// `--tcp`: (bind address, prefix, as given), in the order given.
+    tcp: Vec<(String, String, Given)>,
+    tunnel_timeout: Duration,
+    https: Option<String>,
+    certs: Option<PathBuf>,
+    no_redirect: bool,
+    hsts: Option<Duration>,
+    acme: Option<String>,
+    acme_domains: Vec<String>,
+    acme_email: Option<String>,
+    acme_cacert: Option<String>,
+    acme_renew_before: Duration,
+    cert_prefix: String,
+    lb_id: Option<String>,
+    lb_prefix: String,
+    max_services: usize,
+    haproxy: PathBuf,
+    shared: Shared,
+}
+
+impl Shares for Args {
+    fn shared(&mut self) -> &mut Shared {
+        &mut self.shared
+    }
+}
+
 /// hecd-haproxy's own rows, before the shared etcd access rows.
-const OWN: [OptSpec; 23] = [
+const OWN: [OptSpec<Args>; 23] = [
     opt(
         "etcd",
         "URL[,URL...]",
-        "required",
+        Absent::Required,
         "etcd v3 client endpoints, http:// or https://; tried in an order drawn from --lb-id",
+        |g, a| put(&mut a.etcd, parse_endpoints(g)),
     ),
     opt(
         "listen",
         "ADDR:PORT",
-        "required",
+        Absent::Required,
         "HAProxy's frontend bind address, e.g. :80 or 0.0.0.0:8080",
+        |g, a| put(&mut a.listen, bind_address(g)),
     ),
     opt(
         "dir",
         "DIR",
-        "required",
+        Absent::Required,
         "working directory: haproxy.cfg, routes.map, admin.sock, servers.state, haproxy.pid",
+        |g, a| put(&mut a.dir, work_dir(g)),
     ),
     opt(
         "prefix",
         "PATH",
-        contract::DEFAULT_PREFIX,
+        Absent::Value(contract::DEFAULT_PREFIX),
         "the default service's key prefix (what no route matches); each PREFIX/NAME = HOST:PORT is a server",
+        |g, a| put(&mut a.prefix, parse_prefix(g)),
     ),
     opt(
         "check-inter",
         "DURATION",
-        "500ms",
+        Absent::Value("500ms"),
         "HAProxy health-check interval (fall 2, rise 1)",
+        |g, a| {
+            let inter = parse_duration_at_least(g, Duration::from_millis(10));
+            put(&mut a.check_inter, inter)
+        },
     ),
     opt(
         "stats",
         "ADDR:PORT",
-        "none",
+        Absent::Says("none"),
         "serve HAProxy's stats page at http://ADDR:PORT/admin-status and Prometheus metrics at /metrics",
+        |g, a| put(&mut a.stats, bind_address(g).map(Some)),
     ),
     opt(
         "drain-timeout",
         "DURATION",
-        "30s",
+        Absent::Value("30s"),
         "longest wait for a removed server's open connections before it is cut",
+        |g, a| {
+            put(
+                &mut a.drain_timeout,
+                parse_duration_at_least(g, Duration::ZERO),
+            )
+        },
     ),
-    OptSpec {
-        long: "tcp",
-        short: None,
-        value: Some("ADDR:PORT=PREFIX"),
-        default: "none",
-        help: "a TCP listener for the service under PREFIX (its servers added, drained and confirmed like HTTP ones, checked by connecting); repeatable, comma-separated in the variable",
-        env: true,
-        repeat: true,
-    },
+    repeatable(opt(
+        "tcp",
+        "ADDR:PORT=PREFIX",
+        Absent::Says("none"),
+        "a TCP listener for the service under PREFIX (its servers added, drained and confirmed like HTTP ones, checked by connecting); repeatable, comma-separated in the variable",
+        |g, a| push(&mut a.tcp, tcp_listener(g)),
+    )),
     opt(
         "tunnel-timeout",
         "DURATION",
-        "1h",
+        Absent::Value("1h"),
         "longest idle time of an upgraded connection (WebSocket and the like) before it is closed",
+        |g, a| {
+            let timeout = parse_duration_at_least(g, Duration::from_secs(1));
+            put(&mut a.tunnel_timeout, timeout)
+        },
     ),
     opt(
         "https",
         "ADDR:PORT",
-        "none",
+        Absent::Says("none"),
         "an HTTPS listener (TLS 1.2/1.3, HTTP/2), routed like --listen; the certificate is chosen by SNI, no match fails the handshake",
+        |g, a| put(&mut a.https, bind_address(g).map(Some)),
     ),
     opt(
         "certs",
         "DIR",
-        "none (required with --https)",
+        Absent::Says("none (required with --https)"),
         "the certificates for --https: each *.pem file a chain and its key, serving its DNS names; followed, changes applied without a reload",
+        |g, a| put(&mut a.certs, certs_dir(g).map(Some)),
     ),
-    OptSpec {
-        long: "no-redirect",
-        short: None,
-        value: None,
-        default: "off",
-        help: "serve plain HTTP for hosts that have a certificate too, instead of a 308 to https://",
-        env: true,
-        repeat: false,
-    },
+    flag(
+        "no-redirect",
+        "serve plain HTTP for hosts that have a certificate too, instead of a 308 to https://",
+        |g, a| put(&mut a.no_redirect, parse_bool(g)),
+    ),
     opt(
         "hsts",
         "DURATION",
-        "none",
+        Absent::Says("none"),
         "add Strict-Transport-Security: max-age=DURATION to HTTPS answers",
+        |g, a| put(&mut a.hsts, parse_hsts(g).map(Some)),
     ),
     opt(
         "acme",
         "URL",
-        "none",
+        Absent::Says("none"),
         "an ACME (RFC 8555) CA's directory, https://: certificates for the declared hosts under --acme-domains, by HTTP-01, shared by every balancer through etcd",
+        |g, a| put(&mut a.acme, acme_directory(g).map(Some)),
     ),
     opt(
         "acme-domains",
         "SUFFIX[,SUFFIX...]",
-        "none (required with --acme)",
+        Absent::Says("none (required with --acme)"),
         "only hosts equal to or under these get ACME certificates",
+        |g, a| put(&mut a.acme_domains, acme_domains(g)),
     ),
     opt(
         "acme-email",
         "EMAIL",
-        "none",
+        Absent::Says("none"),
         "the ACME account's contact (the CA's expiry notices)",
+        |g, a| put(&mut a.acme_email, email(g).map(Some)),
     ),
     opt(
         "acme-cacert",
         "FILE",
-        "the system bundle",
+        Absent::Says("the system bundle"),
         "CA bundle to verify the ACME CA's directory",
+        |g, a| put(&mut a.acme_cacert, Ok(Some(g.value.clone()))),
     ),
     opt(
         "acme-renew-before",
         "DURATION",
-        "30d",
+        Absent::Value("30d"),
         "renew an ACME certificate when less than this is left (less up to a third, per host)",
+        |g, a| {
+            let before = parse_duration_upto(&g.value, Duration::from_secs(3650 * 86_400))
+                .filter(|d| d.as_secs() >= 1)
+                .ok_or_else(|| expected(g, "a duration from 1s to 3650d, such as 30d"));
+            put(&mut a.acme_renew_before, before)
+        },
     ),
     opt(
         "cert-prefix",
         "PATH",
-        crate::acme::keys::DEFAULT_CERT_PREFIX,
+        Absent::Value(crate::acme::keys::DEFAULT_CERT_PREFIX),
         "the certificate store in etcd: PATH/account, PATH/certs/HOST, PATH/locks/HOST, PATH/challenges/TOKEN",
+        |g, a| {
+            let prefix = parse_prefix(g)?;
+            if prefix.is_empty() {
+                return Err(expected(g, "a key path such as /hecd-certs, not /"));
+            }
+            put(&mut a.cert_prefix, Ok(prefix))
+        },
     ),
     opt(
         "lb-id",
         "ID",
-        "the hostname",
+        Absent::Says("the hostname"),
         "this balancer's id in its announcement and confirmations (unique per balancer)",
+        |g, a| put(&mut a.lb_id, parse_key_segment(g).map(Some)),
     ),
     opt(
         "lb-prefix",
         "PATH",
-        contract::DEFAULT_LB_PREFIX,
+        Absent::Value(contract::DEFAULT_LB_PREFIX),
         "read routes under PATH/routes/; announce under PATH/lbs/ID; confirm drains under PATH/drained/PREFIX/NAME/ID",
+        |g, a| put(&mut a.lb_prefix, parse_prefix(g)),
     ),
     opt(
         "max-services",
         "N",
-        "1000",
+        Absent::Value("1000"),
         "most services followed (the default one included); declarations naming more are skipped",
+        |g, a| {
+            let n = g
+                .value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=100_000).contains(n));
+            let n = n.ok_or_else(|| expected(g, "a number of services from 1 to 100000"));
+            put(&mut a.max_services, n)
+        },
     ),
     opt(
         "haproxy",
         "PATH",
-        "haproxy (from PATH)",
-        "the HAProxy 2.x binary to run",
+        Absent::Value("haproxy"),
+        "the HAProxy 2.x binary to run (a bare name is looked up in PATH)",
+        |g, a| put(&mut a.haproxy, Ok(PathBuf::from(&g.value))),
     ),
 ];
 
 /// The last rows: `-v`, `--help`, `--version`.
-const LAST: [OptSpec; 3] = [
-    cli::verbose("debug lines (twice: trace); HECD_LOG takes an env_logger filter (default: info)"),
-    cli::HELP,
-    cli::VERSION,
+const LAST: [OptSpec<Args>; 3] = [
+    verbose("debug lines (twice: trace); HECD_LOG takes an env_logger filter (default: info)"),
+    cli::help(),
+    cli::version(),
 ];
 
-const WITH_ETCD: [OptSpec; 28] = cli::join(OWN, cli::ETCD_ACCESS);
-const ALL: [OptSpec; 31] = cli::join(WITH_ETCD, LAST);
+const WITH_ETCD: [OptSpec<Args>; 28] = cli::join(OWN, etcd_access_rows());
+const ALL: [OptSpec<Args>; 31] = cli::join(WITH_ETCD, LAST);
 
 /// Every option hecd-haproxy accepts, in `--help` order.
-pub const OPTIONS: &[OptSpec] = &ALL;
+pub const OPTIONS: &[OptSpec<Args>] = &ALL;
 
 /// Everything hecd-haproxy needs to run.
 #[derive(Clone, Debug)]
@@ -227,7 +316,9 @@ pub enum Parsed {
     Run(Box<Config>),
 }
 
-/// Scans and validates `args` (without the program name); `env` reads a variable.
+/// Scans and validates `args` (without the program name); `env` reads a variable. Every option
+/// is read through its row ([`cli::read`]); the rules between options are looked at once
+/// every value is good (so a bad value is not reported again as a rule it seems to break).
 pub fn parse(
     args: &[OsString],
     env: impl Fn(&str) -> Option<OsString>,
@@ -242,77 +333,44 @@ pub fn parse(
     };
     let mut errors = Errors::default();
     errors.0.extend(raw.unknown.iter().cloned());
-    let required = |long: &str| {
-        raw.get(long).ok_or_else(|| {
-            UsageError::new(
-                format!("--{long}"),
-                "required; usage: hecd-haproxy --etcd URL[,URL...] --listen ADDR:PORT --dir DIR [--prefix PATH] (see --help)",
-            )
-        })
-    };
-    let endpoints = errors.take(required("etcd").and_then(parse_endpoints));
-    let listen = errors.take(required("listen").and_then(bind_address));
-    let dir = errors.take(required("dir").and_then(|g| {
-        if g.value.trim().is_empty() || g.value.contains(['\n', '\r', ' ', '#', '"', '\'']) {
-            Err(expected(
-                g,
-                "a directory path without spaces, quotes or '#'",
-            ))
-        } else {
-            // HAProxy's config names the admin socket and files by this path: a relative one
-            // would be read against HAProxy's idea of the current directory (and `haproxy -c`
-            // refuses `stats socket dir/admin.sock`), so it is made absolute here.
-            std::path::absolute(&g.value)
-                .map_err(|e| UsageError::new(&g.source, format!("{e}, got {:?}", g.value)))
+    let args: Args = cli::read(OPTIONS, &raw, USAGE, &mut errors);
+    let log = checked_log_filter(log, &mut errors);
+    if !errors.0.is_empty() {
+        return Err(errors.0);
+    }
+    let given = |long: &str| raw.get(long).is_some();
+    let needs =
+        |long: &str, what: &str| UsageError::new(format!("--{long}"), format!("needs {what}"));
+    match (args.https.is_some(), args.certs.is_some()) {
+        (true, false) if args.acme.is_none() => errors.0.push(needs(
+            "https",
+            "--certs DIR (the directory of its certificates) or --acme URL",
+        )),
+        (false, true) => errors.0.push(needs("certs", "--https ADDR:PORT")),
+        _ => {}
+    }
+    if args.https.is_none() {
+        // `HECD_NO_REDIRECT=0` says what no flag says: only turning it on needs --https.
+        if args.no_redirect {
+            errors.0.push(needs("no-redirect", "--https ADDR:PORT"));
         }
-    }));
-    let prefix = errors.take(parse_prefix(&raw.or_default("prefix")));
-    let check_inter = errors.take(parse_duration_at_least(
-        &raw.or_default("check-inter"),
-        Duration::from_millis(10),
-    ));
-    let stats = errors.take(raw.get("stats").map(bind_address).transpose());
-    let drain_timeout = errors.take(parse_duration_at_least(
-        &raw.or_default("drain-timeout"),
-        Duration::ZERO,
-    ));
-    let tunnel_timeout = errors.take(parse_duration_at_least(
-        &raw.or_default("tunnel-timeout"),
-        Duration::from_secs(1),
-    ));
-    let https = errors.take(raw.get("https").map(bind_address).transpose());
-    let certs = errors.take(raw.get("certs").map(certs_dir).transpose());
-    let no_redirect = errors.take(raw.get("no-redirect").map_or(Ok(false), parse_bool));
-    let hsts = errors.take(raw.get("hsts").map(parse_hsts).transpose());
-    let acme = errors.take(acme_options(&raw, https.as_ref().and_then(Option::as_ref)));
-    if let (Some(https), Some(certs)) = (&https, &certs) {
-        let needs =
-            |long: &str, what: &str| UsageError::new(format!("--{long}"), format!("needs {what}"));
-        let acme_on = matches!(acme, Some(Some(_)));
-        match (https.is_some(), certs.is_some()) {
-            (true, false) if !acme_on => errors.0.push(needs(
-                "https",
-                "--certs DIR (the directory of its certificates) or --acme URL",
-            )),
-            (false, true) => errors.0.push(needs("certs", "--https ADDR:PORT")),
-            _ => {}
-        }
-        if https.is_none() {
-            // `HECD_NO_REDIRECT=0` says what no flag says: only turning it on needs --https.
-            if no_redirect == Some(true) {
-                errors.0.push(needs("no-redirect", "--https ADDR:PORT"));
-            }
-            if raw.get("hsts").is_some() {
-                errors.0.push(needs("hsts", "--https ADDR:PORT"));
-            }
+        if args.hsts.is_some() {
+            errors.0.push(needs("hsts", "--https ADDR:PORT"));
         }
     }
-    let lb_prefix = errors.take(lb_prefix(&raw, prefix.as_deref()));
-    let tcp = errors.take(tcp_services(&raw, prefix.as_deref()));
+    let acme = errors.take(acme_rules(&args, &given));
+    errors.take(lb_prefix_apart(
+        &args.lb_prefix,
+        raw.get("lb-prefix"),
+        &args.prefix,
+    ));
+    let tcp = errors.take(tcp_rules(args.tcp, &args.prefix));
     // The certificate store holds private keys: apart from every tree others read.
-    if let (Some(Some(a)), Some(p), Some(lb), Some(tcp)) = (&acme, &prefix, &lb_prefix, &tcp) {
+    if let (Some(Some(a)), Some(tcp)) = (&acme, &tcp) {
         let cp = &a.cert_prefix;
-        let others = [p, lb].into_iter().chain(tcp.iter().map(|t| &t.prefix));
+        let others = [&args.prefix, &args.lb_prefix]
+            .into_iter()
+            .chain(tcp.iter().map(|t| &t.prefix));
         if let Some(other) = others.into_iter().find(|o| contract::overlaps(cp, o)) {
             errors.0.push(UsageError::new(
                 "--cert-prefix",
@@ -322,95 +380,40 @@ pub fn parse(
             ));
         }
     }
-    let lb_id = errors.take(
-        raw.get("lb-id")
-            .map_or_else(|| Ok(crate::discovery::hostname()), parse_key_segment),
-    );
-    let max_services = errors.take({
-        let g = raw.or_default("max-services");
-        g.value
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=100_000).contains(n))
-            .ok_or_else(|| expected(&g, "a number of services from 1 to 100000"))
-    });
-    let haproxy = raw
-        .get("haproxy")
-        .map_or_else(|| PathBuf::from("haproxy"), |g| PathBuf::from(&g.value));
-    let verbose = errors.take(verbosity(&raw));
     let password_spans = raw.password_spans();
-    let access = etcd_access(&raw, password, &mut errors);
-    let log = checked_log_filter(log, &mut errors);
-    if !errors.0.is_empty() {
-        return Err(errors.0);
-    }
-    let (
-        Some(endpoints),
-        Some(listen),
-        Some(dir),
-        Some(prefix),
-        Some(lb_prefix),
-        Some(lb_id),
-        Some(check_inter),
-        Some(drain_timeout),
-        Some(tunnel_timeout),
-        Some(max_services),
-        Some(tcp),
-        Some(https),
-        Some(certs),
-        Some(no_redirect),
-        Some(hsts),
-        Some(acme),
-    ) = (
-        endpoints,
-        listen,
-        dir,
-        prefix,
-        lb_prefix,
-        lb_id,
-        check_inter,
-        drain_timeout,
-        tunnel_timeout,
-        max_services,
-        tcp,
-        https,
-        certs,
-        no_redirect,
-        hsts,
-        acme,
-    )
-    else {
-        // A value is missing only with its error reported.
+    let verbose = args.shared.verbose;
+    let access = etcd_access(args.shared, password, &mut errors);
+    let (Some(acme), Some(tcp), true) = (acme, tcp, errors.0.is_empty()) else {
         return Err(errors.into_errors());
     };
-    let log_filter = match (verbose.unwrap_or(0), log) {
+    let log_filter = match (verbose, log) {
         (0, Some(filter)) => filter,
         (0, None) => "info".into(),
         (1, _) => "info,hecd_init=debug".into(),
         _ => "info,hecd_init=trace".into(),
     };
     Ok(Parsed::Run(Box::new(Config {
-        endpoints,
-        prefix,
+        endpoints: args.etcd,
+        prefix: args.prefix,
         frontend: Frontend {
-            listen,
-            stats: stats.flatten(),
-            dir,
-            check_inter,
-            tunnel_timeout,
+            listen: args.listen,
+            stats: args.stats,
+            dir: args.dir,
+            check_inter: args.check_inter,
+            tunnel_timeout: args.tunnel_timeout,
             tcp,
-            https,
-            redirect: !no_redirect,
-            hsts,
+            https: args.https,
+            redirect: !args.no_redirect,
+            hsts: args.hsts,
             acme: acme.is_some(),
         },
-        drain_timeout,
-        lb_id,
-        lb_prefix,
-        haproxy,
-        certs,
+        drain_timeout: args.drain_timeout,
+        lb_id: args.lb_id.unwrap_or_else(crate::discovery::hostname),
+        lb_prefix: args.lb_prefix,
+        haproxy: args.haproxy,
+        certs: args.certs,
         acme,
-        max_services,
+        max_services: args.max_services,
         access,
         log_filter,
         password_spans,
@@ -418,7 +421,7 @@ pub fn parse(
 }
 
 /// A bind address for HAProxy: `:PORT`, `HOST:PORT` or `[V6]:PORT`, written as HAProxy takes it.
-fn bind_address(g: &cli::Given) -> Result<String, UsageError> {
+fn bind_address(g: &Given) -> Result<String, UsageError> {
     bind_text(&g.value)
         .ok_or_else(|| expected(g, "ADDR:PORT such as :80, 0.0.0.0:8080 or [::]:8080"))
 }
@@ -438,47 +441,39 @@ fn bind_text(value: &str) -> Option<String> {
     })
 }
 
-/// `--acme` and the options that go with it (an error for one given without it).
-fn acme_options(
-    raw: &cli::RawArgs,
-    https: Option<&String>,
-) -> Result<Option<AcmeConfig>, UsageError> {
-    let Some(g) = raw.get("acme") else {
-        for long in [
-            "acme-domains",
-            "acme-email",
-            "acme-cacert",
-            "acme-renew-before",
-            "cert-prefix",
-        ] {
-            if raw.get(long).is_some() {
-                return Err(UsageError::new(format!("--{long}"), "needs --acme URL"));
-            }
-        }
-        return Ok(None);
-    };
-    let directory = g.value.trim().to_owned();
-    let url_ok = directory.starts_with("https://")
-        && directory.len() > "https://".len()
+/// `--dir`: HAProxy's config names the admin socket and files by this path, so it may hold no
+/// character the config would read otherwise; a relative one would be read against HAProxy's
+/// idea of the current directory (and `haproxy -c` refuses `stats socket dir/admin.sock`), so
+/// it is made absolute here.
+fn work_dir(g: &Given) -> Result<PathBuf, UsageError> {
+    if g.value.trim().is_empty() || g.value.contains(['\n', '\r', ' ', '#', '"', '\'']) {
+        return Err(expected(
+            g,
+            "a directory path without spaces, quotes or '#'",
+        ));
+    }
+    std::path::absolute(&g.value)
+        .map_err(|e| UsageError::new(&g.source, format!("{e}, got {:?}", g.value)))
+}
+
+/// `--acme URL`: an https:// URL.
+fn acme_directory(g: &Given) -> Result<String, UsageError> {
+    let directory = g.value.trim();
+    let url_ok = directory.len() > "https://".len()
+        && directory.starts_with("https://")
         && !directory
             .chars()
             .any(|c| c.is_whitespace() || c.is_control());
     if !url_ok {
         return Err(expected(g, "an https:// URL of an ACME directory"));
     }
-    if https.is_none() {
-        return Err(UsageError::new(
-            "--acme",
-            "needs --https ADDR:PORT (where its certificates are served)",
-        ));
-    }
-    let d = raw.get("acme-domains").ok_or_else(|| {
-        UsageError::new(
-            "--acme-domains",
-            "required with --acme: only hosts under these get certificates, e.g. --acme-domains example.com",
-        )
-    })?;
-    let domains: Vec<String> = d
+    Ok(directory.to_owned())
+}
+
+/// `--acme-domains`: DNS names (a leading `*.` dropped: a suffix covers what is under it),
+/// lower case.
+fn acme_domains(g: &Given) -> Result<Vec<String>, UsageError> {
+    let domains: Vec<String> = g
         .value
         .split(',')
         .map(|x| x.trim().trim_start_matches("*.").to_ascii_lowercase())
@@ -487,46 +482,64 @@ fn acme_options(
         let ok = contract::Route::parse(x).is_ok_and(|r| r.path.is_none() && &r.host == x);
         if !ok {
             return Err(expected(
-                d,
+                g,
                 "DNS names separated by commas, such as example.com,example.org",
             ));
         }
     }
-    let email = raw
-        .get("acme-email")
-        .map(|e| {
-            let v = e.value.trim();
-            let ok = v.len() <= 254
-                && v.split_once('@')
-                    .is_some_and(|(a, b)| !a.is_empty() && b.contains('.'))
-                && !v
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == ',');
-            if ok {
-                Ok(v.to_owned())
-            } else {
-                Err(expected(e, "an e-mail address"))
-            }
-        })
-        .transpose()?;
-    let renew = raw.or_default("acme-renew-before");
-    let renew_before =
-        crate::options::parse_duration_upto(&renew.value, Duration::from_secs(3650 * 86_400))
-            .filter(|d| d.as_secs() >= 1)
-            .ok_or_else(|| expected(&renew, "a duration from 1s to 3650d, such as 30d"))?;
-    let cert_prefix = parse_prefix(&raw.or_default("cert-prefix"))?;
-    if cert_prefix.is_empty() {
-        return Err(expected(
-            &raw.or_default("cert-prefix"),
-            "a key path such as /hecd-certs, not /",
+    Ok(domains)
+}
+
+/// `--acme-email`: one address, as the CA's contact.
+fn email(g: &Given) -> Result<String, UsageError> {
+    let v = g.value.trim();
+    let ok = v.len() <= 254
+        && v.split_once('@')
+            .is_some_and(|(a, b)| !a.is_empty() && b.contains('.'))
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',');
+    if !ok {
+        return Err(expected(g, "an e-mail address"));
+    }
+    Ok(v.to_owned())
+}
+
+/// The rules of `--acme` (`given` says whether an option was given): its options need it, it
+/// needs `--https` and `--acme-domains`, and its CA bundle (`--acme-cacert`, else the
+/// system's) is read.
+fn acme_rules(args: &Args, given: &dyn Fn(&str) -> bool) -> Result<Option<AcmeConfig>, UsageError> {
+    let Some(directory) = &args.acme else {
+        let options = [
+            "acme-domains",
+            "acme-email",
+            "acme-cacert",
+            "acme-renew-before",
+            "cert-prefix",
+        ];
+        if let Some(long) = options.into_iter().find(|long| given(long)) {
+            return Err(UsageError::new(format!("--{long}"), "needs --acme URL"));
+        }
+        return Ok(None);
+    };
+    if args.https.is_none() {
+        return Err(UsageError::new(
+            "--acme",
+            "needs --https ADDR:PORT (where its certificates are served)",
         ));
     }
-    let (path, data) = match raw.get("acme-cacert") {
-        Some(c) => {
-            let data = std::fs::read(&c.value).map_err(|e| {
-                UsageError::new("--acme-cacert", format!("cannot read {}: {e}", c.value))
+    if args.acme_domains.is_empty() {
+        return Err(UsageError::new(
+            "--acme-domains",
+            "required with --acme: only hosts under these get certificates, e.g. --acme-domains example.com",
+        ));
+    }
+    let (path, data) = match &args.acme_cacert {
+        Some(path) => {
+            let data = std::fs::read(path).map_err(|e| {
+                UsageError::new("--acme-cacert", format!("cannot read {path}: {e}"))
             })?;
-            (c.value.clone(), data)
+            (path.clone(), data)
         }
         None => {
             let path = crate::access::SYSTEM_CA_BUNDLE;
@@ -548,24 +561,24 @@ fn acme_options(
     )
     .map_err(|(_, e)| UsageError::new("--acme-cacert", e))?;
     Ok(Some(AcmeConfig {
-        directory,
-        domains,
-        email,
+        directory: directory.clone(),
+        domains: args.acme_domains.clone(),
+        email: args.acme_email.clone(),
         tls,
-        renew_before,
-        cert_prefix,
+        renew_before: args.acme_renew_before,
+        cert_prefix: args.cert_prefix.clone(),
     }))
 }
 
 /// `--hsts`: whole seconds from 1 s to two years (browsers cap max-age at about that).
-fn parse_hsts(g: &cli::Given) -> Result<Duration, UsageError> {
-    crate::options::parse_duration_upto(&g.value, Duration::from_secs(730 * 86_400))
+fn parse_hsts(g: &Given) -> Result<Duration, UsageError> {
+    parse_duration_upto(&g.value, Duration::from_secs(730 * 86_400))
         .filter(|d| d.as_secs() >= 1)
         .ok_or_else(|| expected(g, "a duration from 1s to 730d, such as 365d"))
 }
 
 /// `--certs DIR`: an existing directory, made absolute.
-fn certs_dir(g: &cli::Given) -> Result<PathBuf, UsageError> {
+fn certs_dir(g: &Given) -> Result<PathBuf, UsageError> {
     let dir = std::path::absolute(&g.value)
         .map_err(|e| UsageError::new(&g.source, format!("{e}, got {:?}", g.value)))?;
     match std::fs::metadata(&dir) {
@@ -578,26 +591,31 @@ fn certs_dir(g: &cli::Given) -> Result<PathBuf, UsageError> {
     }
 }
 
-/// `--tcp ADDR:PORT=PREFIX`, each a TCP listener of its own for the service under PREFIX,
-/// served by the backends `tcp-1`, `tcp-2`, ... in the order given. A prefix that is the
-/// default service's, or given twice, or `/`, is refused.
-fn tcp_services(
-    raw: &cli::RawArgs,
-    default: Option<&str>,
-) -> Result<Vec<crate::haproxy::TcpListener>, UsageError> {
+/// One `--tcp ADDR:PORT=PREFIX`: (bind address, prefix, as given).
+fn tcp_listener(g: &Given) -> Result<(String, String, Given), UsageError> {
     let form = "ADDR:PORT=PREFIX such as :5432=/app/db";
-    let mut out: Vec<crate::haproxy::TcpListener> = Vec::new();
-    for g in raw.all("tcp") {
-        let (bind, prefix) = g.value.split_once('=').ok_or_else(|| expected(g, form))?;
-        let bind = bind_text(bind).ok_or_else(|| expected(g, form))?;
-        let prefix = parse_prefix(&cli::Given {
-            value: prefix.to_owned(),
-            ..g.clone()
-        })
-        .ok()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| expected(g, form))?;
-        if Some(prefix.as_str()) == default || out.iter().any(|t| t.prefix == prefix) {
+    let (bind, prefix) = g.value.split_once('=').ok_or_else(|| expected(g, form))?;
+    let bind = bind_text(bind).ok_or_else(|| expected(g, form))?;
+    let prefix = parse_prefix(&Given {
+        value: prefix.to_owned(),
+        ..g.clone()
+    })
+    .ok()
+    .filter(|p| !p.is_empty())
+    .ok_or_else(|| expected(g, form))?;
+    Ok((bind, prefix, g.clone()))
+}
+
+/// The `--tcp` listeners, each for the service under its prefix, served by the backends
+/// `tcp-1`, `tcp-2`, ... in the order given. A prefix that is the default service's
+/// (`default`), or given twice, is refused.
+fn tcp_rules(
+    given: Vec<(String, String, Given)>,
+    default: &str,
+) -> Result<Vec<TcpListener>, UsageError> {
+    let mut out: Vec<TcpListener> = Vec::new();
+    for (bind, prefix, g) in given {
+        if prefix == default || out.iter().any(|t| t.prefix == prefix) {
             return Err(UsageError::new(
                 &g.source,
                 format!(
@@ -606,7 +624,7 @@ fn tcp_services(
                 ),
             ));
         }
-        out.push(crate::haproxy::TcpListener {
+        out.push(TcpListener {
             bind,
             prefix,
             backend: format!("{}{}", crate::haproxy::TCP_PREFIX, out.len() + 1),
@@ -911,47 +929,55 @@ mod tests {
         assert!(e[0].starts_with("--acme: needs --https"), "{e:?}");
     }
 
-    /// Every row's default, given as its variable, is what the parser takes when the option
-    /// is not given; the rows whose default is a sentence are named, on purpose.
+    /// A row whose default is a value: `cli::read` parses that text when the option is not
+    /// given, so `--help` and the program agree by construction; and giving the same text
+    /// changes nothing. The rows whose default is a sentence are named, on purpose.
     #[test]
     fn every_rows_default_is_what_the_parser_takes_without_it() {
         let plain = format!("{:?}", run(BASE, &[]).unwrap());
-        let mut sentences = Vec::new();
-        for o in OPTIONS
-            .iter()
-            .filter(|o| o.env && !["etcd", "listen", "dir"].contains(&o.long))
-        {
-            let var = cli::env_name(o.long);
-            let same =
-                run(BASE, &[(var.as_str(), o.default)]).is_ok_and(|c| format!("{c:?}") == plain);
-            if !same {
-                sentences.push(o.long);
+        for o in OPTIONS.iter().filter(|o| o.env) {
+            // The ACME rows need --acme (their own test checks their defaults).
+            if let Absent::Value(text) = o.default
+                && !["acme-renew-before", "cert-prefix"].contains(&o.long)
+            {
+                let given = run(BASE, &[(cli::env_name(o.long).as_str(), text)]);
+                assert_eq!(format!("{:?}", given.unwrap()), plain, "--{}", o.long);
             }
         }
+        let sentences: Vec<&str> = OPTIONS
+            .iter()
+            .filter(|o| matches!(o.default, Absent::Says(text) if !text.is_empty()))
+            .map(|o| o.long)
+            .collect();
         assert_eq!(
             sentences,
             [
-                "stats",             // none
-                "tcp",               // none
-                "https",             // none
-                "certs",             // none (required with --https)
-                "hsts",              // none
-                "acme",              // none
-                "acme-domains",      // none (required with --acme)
-                "acme-email",        // none
-                "acme-cacert",       // the system bundle
-                "acme-renew-before", // 30d, only with --acme
-                "cert-prefix",       // /hecd-certs, only with --acme
-                "lb-id",             // the hostname
-                "haproxy",           // haproxy from PATH
-                "etcd-cacert",       // the system bundle, for https://
+                "stats",        // none
+                "tcp",          // none
+                "https",        // none
+                "certs",        // none (required with --https)
+                "no-redirect",  // off
+                "hsts",         // none
+                "acme",         // none
+                "acme-domains", // none (required with --acme)
+                "acme-email",   // none
+                "acme-cacert",  // the system bundle
+                "lb-id",        // the hostname
+                "etcd-cacert",  // the system bundle, for https://
                 "etcd-cert",
                 "etcd-key",
                 "etcd-user",
                 "etcd-password-file",
+                "verbose", // off
             ],
-            "a row whose --help default is not what the parser takes without it"
+            "a row whose default is a sentence"
         );
+        let required: Vec<&str> = OPTIONS
+            .iter()
+            .filter(|o| o.default == Absent::Required)
+            .map(|o| o.long)
+            .collect();
+        assert_eq!(required, ["etcd", "listen", "dir"]);
     }
 
     #[test]

@@ -25,9 +25,11 @@ use crate::http::Http;
 /// The advertised address: the contract's (`crate::contract`).
 pub use crate::contract::Address;
 
-/// Which address to advertise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which address to advertise. (`Default` only so that hecd-init's arguments struct can
+/// start empty: what `--mode` takes when not given is written in its row, in `config`.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
+    #[default]
     Auto,
     Container,
     Published,

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use crate::http::{Http, HttpError, Method, Reply};
 use crate::json;
 
-/// Which etcd API to speak.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which etcd API to speak. (`Default` only so that hecd-init's arguments struct can start
+/// empty: what `--etcd-api` takes when not given is written in its row, in `config`.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EtcdApi {
+    #[default]
     Auto,
     V3,
     V2,
