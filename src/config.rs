@@ -1013,6 +1013,15 @@ mod tests {
         assert_eq!(errs[0], "--nope: unknown option (see --help)");
         assert!(errs[1].starts_with("--ttl: "), "{errs:?}");
         assert!(errs[2].starts_with("--check: "), "{errs:?}");
+        // A rule between options waits for good values: the certificate without its key is
+        // said once the TTL is fixed, not together with it.
+        let errs = build_with(&["--etcd-cert", "/c.pem", "--ttl", "x"], &[]).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("--ttl: "), "{errs:?}");
+        assert_eq!(
+            err(&["--etcd-cert", "/c.pem", "--ttl", "1"]),
+            "--etcd-cert: expected --etcd-cert and --etcd-key together"
+        );
     }
 
     #[test]
