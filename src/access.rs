@@ -4,25 +4,48 @@
 //! read. It sends nothing anywhere.
 
 use crate::error::UsageError;
-use crate::etcd::Endpoint;
+use crate::etcd::{Credentials, Endpoint};
 use crate::http::{PemFile, Tls};
 
 /// CA bundle used for `https://` endpoints when `--etcd-cacert` is not given.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// The TLS settings and the password from `--etcd-password-file`, both programs' way: every
-/// file is read (and a problem with each reported) before either is used.
-pub fn access(
+/// The etcd access options both programs take, as given: TLS files and credentials.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdAccess {
+    pub cacert: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub credentials: Option<Credentials>,
+    /// `--etcd-password-file`: read by [`load`] into the credentials' password.
+    pub password_file: Option<String>,
+}
+
+/// Both programs' way to etcd, read before anything starts: the TLS settings for `endpoints`,
+/// and the password file's password put into the credentials. Every file is read (and a
+/// problem with each reported) before either is used.
+pub fn load(
     endpoints: &[Endpoint],
-    cacert: Option<&str>,
-    cert: Option<&str>,
-    key: Option<&str>,
-    password_path: Option<&str>,
-) -> Result<(Option<Tls>, Option<String>), Vec<UsageError>> {
-    let tls = tls(endpoints, cacert, cert, key);
-    let password = password_path.map(password_file).transpose();
+    access: &mut EtcdAccess,
+) -> Result<Option<Tls>, Vec<UsageError>> {
+    let tls = tls(
+        endpoints,
+        access.cacert.as_deref(),
+        access.cert.as_deref(),
+        access.key.as_deref(),
+    );
+    let password = access
+        .password_file
+        .as_deref()
+        .map(password_file)
+        .transpose();
     match (tls, password) {
-        (Ok(t), Ok(p)) => Ok((t, p)),
+        (Ok(tls), Ok(password)) => {
+            if let (Some(p), Some(creds)) = (password, &mut access.credentials) {
+                creds.password = Some(p);
+            }
+            Ok(tls)
+        }
         (t, p) => Err(t.err().into_iter().flatten().chain(p.err()).collect()),
     }
 }
@@ -157,14 +180,12 @@ mod tests {
                 .starts_with("--etcd-key: cannot read /nonexistent/k.pem")
         );
         // A bad file does not stop the check of the others.
-        let e = access(
-            &http(),
-            Some("/nonexistent/ca"),
-            None,
-            None,
-            Some("/nonexistent/pw"),
-        )
-        .unwrap_err();
+        let mut given = EtcdAccess {
+            cacert: Some("/nonexistent/ca".into()),
+            password_file: Some("/nonexistent/pw".into()),
+            ..EtcdAccess::default()
+        };
+        let e = load(&http(), &mut given).unwrap_err();
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].to_string().starts_with("--etcd-cacert: "), "{e:?}");
         assert!(

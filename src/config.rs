@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
+use crate::access::EtcdAccess;
 use crate::check::Check;
 use crate::cli::{
     self, Absent, Given, OptSpec, RawArgs, Request, flag, opt, push, put, repeatable,
@@ -16,7 +17,7 @@ use crate::cli::{
 use crate::contract::{self, Route};
 use crate::discovery::{Advertise, DockerApi, Mode};
 use crate::error::{Errors, UsageError};
-use crate::etcd::{Credentials, Endpoint, EtcdApi};
+use crate::etcd::{Endpoint, EtcdApi};
 use crate::options::{
     Shared, Shares, checked_log_filter, choice, etcd_access, etcd_access_rows, expected,
     lb_prefix_apart, parse_bool, parse_duration, parse_duration_at_least, parse_endpoints,
@@ -26,25 +27,13 @@ use crate::signal::Rewrites;
 use crate::user::{self, UserSpec};
 
 /// Each option's value as its row's parser left it (see [`cli::read`]), before the rules
-/// between options. It starts as `Args::default()`: a row with a value default
-/// ([`Absent::Value`]) overwrites its field before anything reads it, so the starting values
-/// of those fields are never seen; the others start off, none or empty.
+/// between options: the registration's options straight into a [`Registration`] (used only
+/// with `--etcd`), the app's into fields of their own. It starts as `Args::default()`: a row
+/// with a value default ([`Absent::Value`]) overwrites its field before anything reads it, so
+/// the starting values of those fields are never seen; the others start off, none or empty.
 #[derive(Debug, Default)]
 pub struct Args {
-    etcd: Option<Vec<Endpoint>>,
-    etcd_api: EtcdApi,
-    prefix: String,
-    name: Option<String>,
-    port: Option<u16>,
-    advertise: Advertise,
-    mode: Mode,
-    host_ip: Option<IpAddr>,
-    docker: Option<DockerApi>,
-    ttl: Duration,
-    check: Check,
-    check_interval: Duration,
-    routes: Vec<Route>,
-    lb_prefix: String,
+    reg: Registration,
     drain: Option<Duration>,
     stop_timeout: Option<Duration>,
     single_child: bool,
@@ -67,7 +56,7 @@ const OWN: [OptSpec<Args>; 20] = [
         "URL[,URL...]",
         Absent::Says("none: pure init"),
         "etcd client endpoints, http:// or https://; tried in an order drawn from --name (else the hostname)",
-        |g, a| put(&mut a.etcd, parse_endpoints(g).map(Some)),
+        |g, a| put(&mut a.reg.endpoints, parse_endpoints(g)),
     ),
     opt(
         "etcd-api",
@@ -80,7 +69,7 @@ const OWN: [OptSpec<Args>; 20] = [
                 ("v3", EtcdApi::V3),
                 ("v2", EtcdApi::V2),
             ];
-            put(&mut a.etcd_api, choice(g, &apis))
+            put(&mut a.reg.api, choice(g, &apis))
         },
     ),
     opt(
@@ -88,28 +77,28 @@ const OWN: [OptSpec<Args>; 20] = [
         "PATH",
         Absent::Value(contract::DEFAULT_PREFIX),
         "key prefix; the key is PREFIX/NAME",
-        |g, a| put(&mut a.prefix, parse_prefix(g)),
+        |g, a| put(&mut a.reg.prefix, parse_prefix(g)),
     ),
     opt(
         "name",
         "NAME",
         Absent::Says("container name, else hostname"),
         "last key segment",
-        |g, a| put(&mut a.name, parse_name(g).map(Some)),
+        |g, a| put(&mut a.reg.name, parse_name(g).map(Some)),
     ),
     opt(
         "port",
         "PORT",
         Absent::Says("the TCP port the app listens on"),
         "the app's port inside the container, which the check probes",
-        |g, a| put(&mut a.port, parse_port(&g.value, g).map(Some)),
+        |g, a| put(&mut a.reg.port, parse_port(&g.value, g).map(Some)),
     ),
     opt(
         "advertise",
         "[HOST][:PORT]",
         Absent::Says("discovered"),
         "advertise this host, port or both; IPv6 as [fd00::5]:8080",
-        |g, a| put(&mut a.advertise, parse_advertise(g)),
+        |g, a| put(&mut a.reg.advertise, parse_advertise(g)),
     ),
     opt(
         "mode",
@@ -122,7 +111,7 @@ const OWN: [OptSpec<Args>; 20] = [
                 ("container", Mode::Container),
                 ("published", Mode::Published),
             ];
-            put(&mut a.mode, choice(g, &modes))
+            put(&mut a.reg.mode, choice(g, &modes))
         },
     ),
     opt(
@@ -130,28 +119,28 @@ const OWN: [OptSpec<Args>; 20] = [
         "IP",
         Absent::Says("binding HostIp, else Swarm node address, else gateway"),
         "host address to pair with a published port",
-        |g, a| put(&mut a.host_ip, parse_ip(g).map(Some)),
+        |g, a| put(&mut a.reg.host_ip, parse_ip(g).map(Some)),
     ),
     opt(
         "docker",
         "URL",
         Absent::Says("unix:///var/run/docker.sock if present"),
         "Docker Engine API (unix:// or tcp://)",
-        |g, a| put(&mut a.docker, parse_docker(g).map(Some)),
+        |g, a| put(&mut a.reg.docker, parse_docker(g).map(Some)),
     ),
     opt(
         "ttl",
         "DURATION",
         Absent::Value("10s"),
         "lease TTL (whole seconds); refreshed at least every TTL/3",
-        |g, a| put(&mut a.ttl, parse_ttl(g)),
+        |g, a| put(&mut a.reg.ttl, parse_ttl(g)),
     ),
     opt(
         "check",
         "tcp|http:PATH|none",
         Absent::Value("tcp"),
         "readiness and liveness check against the app's port",
-        |g, a| put(&mut a.check, parse_check(g)),
+        |g, a| put(&mut a.reg.check, parse_check(g)),
     ),
     opt(
         "check-interval",
@@ -160,7 +149,7 @@ const OWN: [OptSpec<Args>; 20] = [
         "time between checks",
         |g, a| {
             let interval = parse_duration_at_least(g, Duration::from_millis(1));
-            put(&mut a.check_interval, interval)
+            put(&mut a.reg.check_interval, interval)
         },
     ),
     repeatable(opt(
@@ -170,7 +159,7 @@ const OWN: [OptSpec<Args>; 20] = [
         "requests for this host (and path prefix) go to this instance's service (its --prefix) on balancers that route; repeatable, comma-separated in the variable",
         |g, a| {
             let route = Route::parse(g.value.trim()).map_err(|why| UsageError::new(&g.source, why));
-            push(&mut a.routes, route)
+            push(&mut a.reg.routes, route)
         },
     )),
     opt(
@@ -178,7 +167,7 @@ const OWN: [OptSpec<Args>; 20] = [
         "PATH",
         Absent::Value(contract::DEFAULT_LB_PREFIX),
         "where load balancers announce themselves and confirm drains (confirmed drain)",
-        |g, a| put(&mut a.lb_prefix, parse_prefix(g)),
+        |g, a| put(&mut a.reg.lb_prefix, parse_prefix(g)),
     ),
     opt(
         "drain",
@@ -321,9 +310,11 @@ pub struct Config {
     pub no_new_privileges: bool,
 }
 
-/// Settings of registration in etcd (present only with `--etcd`).
-#[derive(Clone, Debug)]
+/// Settings of registration in etcd (present only with `--etcd`). (`Default` only so that
+/// [`Args`] can start empty: [`build`] is the way to one.)
+#[derive(Clone, Debug, Default)]
 pub struct Registration {
+    /// `--etcd`: never empty in a [`Config`].
     pub endpoints: Vec<Endpoint>,
     pub api: EtcdApi,
     /// Normalised: leading `/`, no trailing `/` (empty for `/`).
@@ -337,12 +328,8 @@ pub struct Registration {
     pub ttl: Duration,
     pub check: Check,
     pub check_interval: Duration,
-    pub cacert: Option<String>,
-    pub cert: Option<String>,
-    pub key: Option<String>,
-    pub credentials: Option<Credentials>,
-    /// `--etcd-password-file`: read (before the app starts) into the credentials' password.
-    pub password_file: Option<String>,
+    /// TLS files and credentials (the password file read before the app starts).
+    pub access: EtcdAccess,
     /// `--lb-prefix`, normalised: load balancers' announcements and drain confirmations.
     pub lb_prefix: String,
     /// `--route`: this instance's service's routes, sorted, without repeats.
@@ -370,42 +357,22 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     }
     let had_password_variable = password.is_some();
     let verbose = args.shared.verbose;
-    let access = etcd_access(args.shared, password, &mut errors);
+    let mut reg = args.reg;
+    reg.access = etcd_access(args.shared, password, &mut errors);
     errors.take(lb_prefix_apart(
-        &args.lb_prefix,
+        &reg.lb_prefix,
         raw.get("lb-prefix"),
-        &args.prefix,
+        &reg.prefix,
     ));
-    let routes = errors.take(routes_rules(
-        args.routes,
-        raw.all("route").first(),
-        &args.prefix,
-        args.etcd_api,
-    ));
-    let (Some(routes), true) = (routes, errors.0.is_empty()) else {
-        return Err(errors.into_errors());
-    };
-    let registration = args.etcd.map(|endpoints| Registration {
-        endpoints,
-        api: args.etcd_api,
-        prefix: args.prefix,
-        name: args.name,
-        port: args.port,
-        advertise: args.advertise,
-        mode: args.mode,
-        host_ip: args.host_ip,
-        docker: args.docker,
-        ttl: args.ttl,
-        check: args.check,
-        check_interval: args.check_interval,
-        cacert: access.cacert,
-        cert: access.cert,
-        key: access.key,
-        credentials: access.credentials,
-        password_file: access.password_file,
-        lb_prefix: args.lb_prefix,
-        routes,
-    });
+    let routes = std::mem::take(&mut reg.routes);
+    let first_route = raw.all("route").first();
+    let routes = errors.take(routes_rules(routes, first_route, &reg.prefix, reg.api));
+    reg.routes = routes.unwrap_or_default();
+    if !errors.0.is_empty() {
+        return Err(errors.0);
+    }
+    // Registering is --etcd given (its parser gives at least one endpoint or an error).
+    let registration = (!reg.endpoints.is_empty()).then_some(reg);
     let registering = registration.is_some();
     let log_filter = match (verbose, log) {
         (0, Some(filter)) => filter,
@@ -786,7 +753,7 @@ mod tests {
             "--etcd-password-file",
             "/run/secrets/pw",
         ]);
-        assert_eq!(r.password_file.as_deref(), Some("/run/secrets/pw"));
+        assert_eq!(r.access.password_file.as_deref(), Some("/run/secrets/pw"));
         assert_eq!(
             err(&["--etcd", "http://e:2379", "--etcd-password-file", "/x"]),
             "--etcd-password-file: needs --etcd-user USER (the file holds only the password)"
@@ -936,10 +903,14 @@ mod tests {
         assert_eq!(r.check, Check::Http("/healthz".into()));
         assert_eq!(r.check_interval, Duration::from_millis(500));
         assert_eq!(
-            (r.cacert.as_deref(), r.cert.as_deref(), r.key.as_deref()),
+            (
+                r.access.cacert.as_deref(),
+                r.access.cert.as_deref(),
+                r.access.key.as_deref()
+            ),
             (Some("/ca.pem"), Some("/c.pem"), Some("/k.pem"))
         );
-        let creds = r.credentials.unwrap();
+        let creds = r.access.credentials.unwrap();
         assert_eq!(
             (creds.user.as_str(), creds.password.as_deref()),
             ("root", Some("s3cret"))

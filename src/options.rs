@@ -7,6 +7,7 @@
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
+use crate::access::EtcdAccess;
 use crate::cli::{Absent, Given, OptSpec, opt};
 use crate::error::{Errors, UsageError};
 use crate::etcd::{Credentials, Endpoint};
@@ -126,16 +127,6 @@ pub const fn verbose<T: Shares>(help: &'static str) -> OptSpec<T> {
         repeat: true,
         set: set_verbose::<T>,
     }
-}
-
-/// The etcd access options both programs take: TLS files and credentials.
-#[derive(Clone, Debug, Default)]
-pub struct EtcdAccess {
-    pub cacert: Option<String>,
-    pub cert: Option<String>,
-    pub key: Option<String>,
-    pub credentials: Option<Credentials>,
-    pub password_file: Option<String>,
 }
 
 /// The rules between the etcd access options (a password file needs a user without one; a

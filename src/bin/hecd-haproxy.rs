@@ -47,20 +47,8 @@ fn run(args: &[OsString], scrub_args: &mut dyn FnMut(Spans)) -> u8 {
         Err(errors) => return ME.usage(errors),
     };
     let mut config = config;
-    let access = &config.access;
-    let tls = match access::access(
-        &config.endpoints,
-        access.cacert.as_deref(),
-        access.cert.as_deref(),
-        access.key.as_deref(),
-        access.password_file.as_deref(),
-    ) {
-        Ok((tls, password)) => {
-            if let (Some(p), Some(creds)) = (password, &mut config.access.credentials) {
-                creds.password = Some(p);
-            }
-            tls
-        }
+    let tls = match access::load(&config.endpoints, &mut config.access) {
+        Ok(tls) => tls,
         Err(errors) => return ME.usage(errors),
     };
     // Everything is read: overwrite the passwords where /proc/<pid>/environ and /cmdline show

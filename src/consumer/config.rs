@@ -8,50 +8,38 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::access::EtcdAccess;
 use crate::cli::{self, Absent, Given, OptSpec, Request, flag, opt, push, put, repeatable};
 use crate::contract;
 use crate::error::{Errors, UsageError};
 use crate::etcd::Endpoint;
 use crate::haproxy::{Frontend, TcpListener};
 use crate::options::{
-    EtcdAccess, Shared, Shares, checked_log_filter, etcd_access, etcd_access_rows, expected,
-    lb_prefix_apart, parse_bool, parse_duration_at_least, parse_duration_upto, parse_endpoints,
-    parse_key_segment, parse_prefix, split_host_port, valid_host, verbose,
+    Shared, Shares, checked_log_filter, etcd_access, etcd_access_rows, expected, lb_prefix_apart,
+    parse_bool, parse_duration_at_least, parse_duration_upto, parse_endpoints, parse_key_segment,
+    parse_prefix, split_host_port, valid_host, verbose,
 };
 
 /// How hecd-haproxy is called, for the error about a required option.
 const USAGE: &str = "usage: hecd-haproxy --etcd URL[,URL...] --listen ADDR:PORT --dir DIR [--prefix PATH] (see --help)";
 
 /// Each option's value as its row's parser left it (see [`cli::read`]), before the rules
-/// between options. It starts as `Args::default()`: a row with a value default
+/// between options: straight into the [`Config`] where an option is a field of it, else in a
+/// field of its own. It starts as `Args::default()`: a row with a value default
 /// ([`Absent::Value`]) or a required one overwrites its field before anything reads it; the
 /// others start off, none or empty.
 #[derive(Debug, Default)]
 pub struct Args {
-    etcd: Vec<Endpoint>,
-    listen: String,
-    dir: PathBuf,
-    prefix: String,
-    check_inter: Duration,
-    stats: Option<String>,
-    drain_timeout: Duration,
+    config: Config,
     /// `--tcp`: (bind address, prefix, as given), in the order given.
     tcp: Vec<(String, String, Given)>,
-    tunnel_timeout: Duration,
-    https: Option<String>,
-    certs: Option<PathBuf>,
     no_redirect: bool,
-    hsts: Option<Duration>,
     acme: Option<String>,
     acme_domains: Vec<String>,
     acme_email: Option<String>,
     acme_cacert: Option<String>,
     acme_renew_before: Duration,
     cert_prefix: String,
-    lb_id: Option<String>,
-    lb_prefix: String,
-    max_services: usize,
-    haproxy: PathBuf,
     shared: Shared,
 }
 
@@ -68,28 +56,28 @@ const OWN: [OptSpec<Args>; 23] = [
         "URL[,URL...]",
         Absent::Required,
         "etcd v3 client endpoints, http:// or https://; tried in an order drawn from --lb-id",
-        |g, a| put(&mut a.etcd, parse_endpoints(g)),
+        |g, a| put(&mut a.config.endpoints, parse_endpoints(g)),
     ),
     opt(
         "listen",
         "ADDR:PORT",
         Absent::Required,
         "HAProxy's frontend bind address, e.g. :80 or 0.0.0.0:8080",
-        |g, a| put(&mut a.listen, bind_address(g)),
+        |g, a| put(&mut a.config.frontend.listen, bind_address(g)),
     ),
     opt(
         "dir",
         "DIR",
         Absent::Required,
         "working directory: haproxy.cfg, routes.map, admin.sock, servers.state, haproxy.pid",
-        |g, a| put(&mut a.dir, work_dir(g)),
+        |g, a| put(&mut a.config.frontend.dir, work_dir(g)),
     ),
     opt(
         "prefix",
         "PATH",
         Absent::Value(contract::DEFAULT_PREFIX),
         "the default service's key prefix (what no route matches); each PREFIX/NAME = HOST:PORT is a server",
-        |g, a| put(&mut a.prefix, parse_prefix(g)),
+        |g, a| put(&mut a.config.prefix, parse_prefix(g)),
     ),
     opt(
         "check-inter",
@@ -98,7 +86,7 @@ const OWN: [OptSpec<Args>; 23] = [
         "HAProxy health-check interval (fall 2, rise 1)",
         |g, a| {
             let inter = parse_duration_at_least(g, Duration::from_millis(10));
-            put(&mut a.check_inter, inter)
+            put(&mut a.config.frontend.check_inter, inter)
         },
     ),
     opt(
@@ -106,7 +94,7 @@ const OWN: [OptSpec<Args>; 23] = [
         "ADDR:PORT",
         Absent::Says("none"),
         "serve HAProxy's stats page at http://ADDR:PORT/admin-status and Prometheus metrics at /metrics",
-        |g, a| put(&mut a.stats, bind_address(g).map(Some)),
+        |g, a| put(&mut a.config.frontend.stats, bind_address(g).map(Some)),
     ),
     opt(
         "drain-timeout",
@@ -115,7 +103,7 @@ const OWN: [OptSpec<Args>; 23] = [
         "longest wait for a removed server's open connections before it is cut",
         |g, a| {
             put(
-                &mut a.drain_timeout,
+                &mut a.config.drain_timeout,
                 parse_duration_at_least(g, Duration::ZERO),
             )
         },
@@ -134,7 +122,7 @@ const OWN: [OptSpec<Args>; 23] = [
         "longest idle time of an upgraded connection (WebSocket and the like) before it is closed",
         |g, a| {
             let timeout = parse_duration_at_least(g, Duration::from_secs(1));
-            put(&mut a.tunnel_timeout, timeout)
+            put(&mut a.config.frontend.tunnel_timeout, timeout)
         },
     ),
     opt(
@@ -142,14 +130,14 @@ const OWN: [OptSpec<Args>; 23] = [
         "ADDR:PORT",
         Absent::Says("none"),
         "an HTTPS listener (TLS 1.2/1.3, HTTP/2), routed like --listen; the certificate is chosen by SNI, no match fails the handshake",
-        |g, a| put(&mut a.https, bind_address(g).map(Some)),
+        |g, a| put(&mut a.config.frontend.https, bind_address(g).map(Some)),
     ),
     opt(
         "certs",
         "DIR",
         Absent::Says("none (required with --https)"),
         "the certificates for --https: each *.pem file a chain and its key, serving its DNS names; followed, changes applied without a reload",
-        |g, a| put(&mut a.certs, certs_dir(g).map(Some)),
+        |g, a| put(&mut a.config.certs, certs_dir(g).map(Some)),
     ),
     flag(
         "no-redirect",
@@ -161,7 +149,7 @@ const OWN: [OptSpec<Args>; 23] = [
         "DURATION",
         Absent::Says("none"),
         "add Strict-Transport-Security: max-age=DURATION to HTTPS answers",
-        |g, a| put(&mut a.hsts, parse_hsts(g).map(Some)),
+        |g, a| put(&mut a.config.frontend.hsts, parse_hsts(g).map(Some)),
     ),
     opt(
         "acme",
@@ -221,14 +209,14 @@ const OWN: [OptSpec<Args>; 23] = [
         "ID",
         Absent::Says("the hostname"),
         "this balancer's id in its announcement and confirmations (unique per balancer)",
-        |g, a| put(&mut a.lb_id, parse_key_segment(g).map(Some)),
+        |g, a| put(&mut a.config.lb_id, parse_key_segment(g)),
     ),
     opt(
         "lb-prefix",
         "PATH",
         Absent::Value(contract::DEFAULT_LB_PREFIX),
         "read routes under PATH/routes/; announce under PATH/lbs/ID; confirm drains under PATH/drained/PREFIX/NAME/ID",
-        |g, a| put(&mut a.lb_prefix, parse_prefix(g)),
+        |g, a| put(&mut a.config.lb_prefix, parse_prefix(g)),
     ),
     opt(
         "max-services",
@@ -242,7 +230,7 @@ const OWN: [OptSpec<Args>; 23] = [
                 .ok()
                 .filter(|n| (1..=100_000).contains(n));
             let n = n.ok_or_else(|| expected(g, "a number of services from 1 to 100000"));
-            put(&mut a.max_services, n)
+            put(&mut a.config.max_services, n)
         },
     ),
     opt(
@@ -250,7 +238,7 @@ const OWN: [OptSpec<Args>; 23] = [
         "PATH",
         Absent::Value("haproxy"),
         "the HAProxy 2.x binary to run (a bare name is looked up in PATH)",
-        |g, a| put(&mut a.haproxy, Ok(PathBuf::from(&g.value))),
+        |g, a| put(&mut a.config.haproxy, Ok(PathBuf::from(&g.value))),
     ),
 ];
 
@@ -267,15 +255,16 @@ const ALL: [OptSpec<Args>; 31] = cli::join(WITH_ETCD, LAST);
 /// Every option hecd-haproxy accepts, in `--help` order.
 pub const OPTIONS: &[OptSpec<Args>] = &ALL;
 
-/// Everything hecd-haproxy needs to run.
-#[derive(Clone, Debug)]
+/// Everything hecd-haproxy needs to run. (`Default` only so that [`Args`] can start empty:
+/// [`parse`] is the way to a config.)
+#[derive(Clone, Debug, Default)]
 pub struct Config {
     pub endpoints: Vec<Endpoint>,
     /// Normalised: leading `/`, no trailing `/`.
     pub prefix: String,
     pub frontend: Frontend,
     pub drain_timeout: Duration,
-    /// `--lb-id`: a key segment.
+    /// `--lb-id`: a key segment (the hostname when not given).
     pub lb_id: String,
     /// `--lb-prefix`, normalised.
     pub lb_prefix: String,
@@ -333,15 +322,17 @@ pub fn parse(
     };
     let mut errors = Errors::default();
     errors.0.extend(raw.unknown.iter().cloned());
-    let args: Args = cli::read(OPTIONS, &raw, USAGE, &mut errors);
+    let mut args: Args = cli::read(OPTIONS, &raw, USAGE, &mut errors);
     let log = checked_log_filter(log, &mut errors);
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
     let given = |long: &str| raw.get(long).is_some();
+    let mut config = std::mem::take(&mut args.config);
+    let frontend = &config.frontend;
     let needs =
         |long: &str, what: &str| UsageError::new(format!("--{long}"), format!("needs {what}"));
-    match (args.https.is_some(), args.certs.is_some()) {
+    match (frontend.https.is_some(), config.certs.is_some()) {
         (true, false) if args.acme.is_none() => errors.0.push(needs(
             "https",
             "--certs DIR (the directory of its certificates) or --acme URL",
@@ -349,26 +340,26 @@ pub fn parse(
         (false, true) => errors.0.push(needs("certs", "--https ADDR:PORT")),
         _ => {}
     }
-    if args.https.is_none() {
+    if frontend.https.is_none() {
         // `HECD_NO_REDIRECT=0` says what no flag says: only turning it on needs --https.
         if args.no_redirect {
             errors.0.push(needs("no-redirect", "--https ADDR:PORT"));
         }
-        if args.hsts.is_some() {
+        if frontend.hsts.is_some() {
             errors.0.push(needs("hsts", "--https ADDR:PORT"));
         }
     }
-    let acme = errors.take(acme_rules(&args, &given));
+    let acme = errors.take(acme_rules(&args, frontend.https.is_some(), &given));
     errors.take(lb_prefix_apart(
-        &args.lb_prefix,
+        &config.lb_prefix,
         raw.get("lb-prefix"),
-        &args.prefix,
+        &config.prefix,
     ));
-    let tcp = errors.take(tcp_rules(args.tcp, &args.prefix));
+    let tcp = errors.take(tcp_rules(args.tcp, &config.prefix));
     // The certificate store holds private keys: apart from every tree others read.
     if let (Some(Some(a)), Some(tcp)) = (&acme, &tcp) {
         let cp = &a.cert_prefix;
-        let others = [&args.prefix, &args.lb_prefix]
+        let others = [&config.prefix, &config.lb_prefix]
             .into_iter()
             .chain(tcp.iter().map(|t| &t.prefix));
         if let Some(other) = others.into_iter().find(|o| contract::overlaps(cp, o)) {
@@ -380,44 +371,26 @@ pub fn parse(
             ));
         }
     }
-    let password_spans = raw.password_spans();
     let verbose = args.shared.verbose;
-    let access = etcd_access(args.shared, password, &mut errors);
+    config.access = etcd_access(args.shared, password, &mut errors);
     let (Some(acme), Some(tcp), true) = (acme, tcp, errors.0.is_empty()) else {
         return Err(errors.into_errors());
     };
-    let log_filter = match (verbose, log) {
+    config.frontend.tcp = tcp;
+    config.frontend.redirect = !args.no_redirect;
+    config.frontend.acme = acme.is_some();
+    config.acme = acme;
+    if config.lb_id.is_empty() {
+        config.lb_id = crate::discovery::hostname();
+    }
+    config.password_spans = raw.password_spans();
+    config.log_filter = match (verbose, log) {
         (0, Some(filter)) => filter,
         (0, None) => "info".into(),
         (1, _) => "info,hecd_init=debug".into(),
         _ => "info,hecd_init=trace".into(),
     };
-    Ok(Parsed::Run(Box::new(Config {
-        endpoints: args.etcd,
-        prefix: args.prefix,
-        frontend: Frontend {
-            listen: args.listen,
-            stats: args.stats,
-            dir: args.dir,
-            check_inter: args.check_inter,
-            tunnel_timeout: args.tunnel_timeout,
-            tcp,
-            https: args.https,
-            redirect: !args.no_redirect,
-            hsts: args.hsts,
-            acme: acme.is_some(),
-        },
-        drain_timeout: args.drain_timeout,
-        lb_id: args.lb_id.unwrap_or_else(crate::discovery::hostname),
-        lb_prefix: args.lb_prefix,
-        haproxy: args.haproxy,
-        certs: args.certs,
-        acme,
-        max_services: args.max_services,
-        access,
-        log_filter,
-        password_spans,
-    })))
+    Ok(Parsed::Run(Box::new(config)))
 }
 
 /// A bind address for HAProxy: `:PORT`, `HOST:PORT` or `[V6]:PORT`, written as HAProxy takes it.
@@ -506,9 +479,13 @@ fn email(g: &Given) -> Result<String, UsageError> {
 }
 
 /// The rules of `--acme` (`given` says whether an option was given): its options need it, it
-/// needs `--https` and `--acme-domains`, and its CA bundle (`--acme-cacert`, else the
+/// needs `--https` (`https`) and `--acme-domains`, and its CA bundle (`--acme-cacert`, else the
 /// system's) is read.
-fn acme_rules(args: &Args, given: &dyn Fn(&str) -> bool) -> Result<Option<AcmeConfig>, UsageError> {
+fn acme_rules(
+    args: &Args,
+    https: bool,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<Option<AcmeConfig>, UsageError> {
     let Some(directory) = &args.acme else {
         let options = [
             "acme-domains",
@@ -522,7 +499,7 @@ fn acme_rules(args: &Args, given: &dyn Fn(&str) -> bool) -> Result<Option<AcmeCo
         }
         return Ok(None);
     };
-    if args.https.is_none() {
+    if !https {
         return Err(UsageError::new(
             "--acme",
             "needs --https ADDR:PORT (where its certificates are served)",

@@ -83,7 +83,7 @@ pub struct BackendConfig {
 }
 
 /// What the config file says beyond the servers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Frontend {
     /// `bind` address of the frontend, as given to `--listen`.
     pub listen: String,

@@ -124,7 +124,7 @@ pub fn start(plan: Plan, app_pid: i32, drain: Duration) -> io::Result<Handle> {
         Http::new(plan.tls.as_ref()),
         &reg.endpoints,
         reg.api,
-        reg.credentials.clone(),
+        reg.access.credentials.clone(),
         &identity,
     );
     let shared = Arc::new(Mutex::new(Shared {

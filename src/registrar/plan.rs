@@ -3,7 +3,7 @@
 //! missing or bad file is a usage error (exit 2), not something to find out later on the
 //! registrar thread.
 
-use crate::access::access;
+use crate::access;
 use crate::config::Registration;
 use crate::discovery::DockerApi;
 use crate::error::UsageError;
@@ -29,16 +29,7 @@ pub fn plan(registration: Registration) -> Result<Plan, Vec<UsageError>> {
             .then(|| DockerApi::Unix(DOCKER_SOCKET.to_owned()))
     });
     let mut registration = registration;
-    let (tls, password) = access(
-        &registration.endpoints,
-        registration.cacert.as_deref(),
-        registration.cert.as_deref(),
-        registration.key.as_deref(),
-        registration.password_file.as_deref(),
-    )?;
-    if let (Some(p), Some(creds)) = (password, &mut registration.credentials) {
-        creds.password = Some(p);
-    }
+    let tls = access::load(&registration.endpoints, &mut registration.access)?;
     Ok(Plan {
         registration,
         tls,
