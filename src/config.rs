@@ -358,7 +358,7 @@ pub fn build(raw: RawArgs, extra: Extra) -> Result<Config, Vec<UsageError>> {
     let had_password_variable = password.is_some();
     let verbose = args.shared.verbose;
     let mut reg = args.reg;
-    reg.access = etcd_access(args.shared, password, &mut errors);
+    reg.access = etcd_access(args.shared.access, &raw, password, &mut errors);
     errors.take(lb_prefix_apart(
         &reg.lb_prefix,
         raw.get("lb-prefix"),

@@ -8,7 +8,7 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use crate::access::EtcdAccess;
-use crate::cli::{Absent, Given, OptSpec, opt};
+use crate::cli::{Absent, Given, OptSpec, RawArgs, opt};
 use crate::error::{Errors, UsageError};
 use crate::etcd::{Credentials, Endpoint};
 
@@ -19,12 +19,9 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// What the shared rows write: each program's arguments struct holds one ([`Shares`]).
 #[derive(Clone, Debug, Default)]
 pub struct Shared {
-    pub cacert: Option<String>,
-    pub cert: Option<Given>,
-    pub key: Option<Given>,
-    /// `--etcd-user`, with the password it gave inline, if any.
-    pub user: Option<Credentials>,
-    pub password_file: Option<Given>,
+    /// The etcd access options as given (the credentials with the password `--etcd-user`
+    /// gave inline, if any), before [`etcd_access`]'s rules.
+    pub access: EtcdAccess,
     /// How many `-v` (or `HECD_VERBOSE`'s count).
     pub verbose: usize,
 }
@@ -35,27 +32,27 @@ pub trait Shares {
 }
 
 fn set_cacert<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
-    a.shared().cacert = Some(g.value.clone());
+    a.shared().access.cacert = Some(g.value.clone());
     Ok(())
 }
 
 fn set_cert<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
-    a.shared().cert = Some(g.clone());
+    a.shared().access.cert = Some(g.value.clone());
     Ok(())
 }
 
 fn set_key<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
-    a.shared().key = Some(g.clone());
+    a.shared().access.key = Some(g.value.clone());
     Ok(())
 }
 
 fn set_user<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
-    a.shared().user = Some(parse_user(g)?);
+    a.shared().access.credentials = Some(parse_user(g)?);
     Ok(())
 }
 
 fn set_password_file<T: Shares>(g: &Given, a: &mut T) -> Result<(), UsageError> {
-    a.shared().password_file = Some(g.clone());
+    a.shared().access.password_file = Some(g.value.clone());
     Ok(())
 }
 
@@ -130,21 +127,18 @@ pub const fn verbose<T: Shares>(help: &'static str) -> OptSpec<T> {
 }
 
 /// The rules between the etcd access options (a password file needs a user without one; a
-/// certificate needs its key), and the password of `HECD_ETCD_PASSWORD` given to a user that
-/// brought none.
-pub fn etcd_access(shared: Shared, password: Option<String>, errors: &mut Errors) -> EtcdAccess {
-    let Shared {
-        cacert,
-        cert,
-        key,
-        user,
-        password_file,
-        verbose: _,
-    } = shared;
-    if let Some(g) = &password_file {
-        let message = match &user {
+/// certificate needs its key; `raw` says where each was given), and the password of
+/// `HECD_ETCD_PASSWORD` given to a user that brought none.
+pub fn etcd_access(
+    mut access: EtcdAccess,
+    raw: &RawArgs,
+    password: Option<String>,
+    errors: &mut Errors,
+) -> EtcdAccess {
+    if let Some(g) = raw.get("etcd-password-file") {
+        let message = match &access.credentials {
             None => "needs --etcd-user USER (the file holds only the password)",
-            Some(u) if u.password.is_some() => {
+            Some(c) if c.password.is_some() => {
                 "--etcd-user USER:PASSWORD already gives a password; give USER alone"
             }
             Some(_) => "",
@@ -153,27 +147,20 @@ pub fn etcd_access(shared: Shared, password: Option<String>, errors: &mut Errors
             errors.0.push(UsageError::new(&g.source, message));
         }
     }
-    if cert.is_some() != key.is_some() {
-        let source = cert
-            .as_ref()
-            .or(key.as_ref())
+    if access.cert.is_some() != access.key.is_some() {
+        let source = raw
+            .get("etcd-cert")
+            .or(raw.get("etcd-key"))
             .map_or("--etcd-cert", |g| g.source.as_str());
         errors.0.push(UsageError::new(
             source,
             "expected --etcd-cert and --etcd-key together",
         ));
     }
-    let credentials = user.map(|u| Credentials {
-        password: u.password.or(password),
-        ..u
-    });
-    EtcdAccess {
-        cacert,
-        cert: cert.map(|g| g.value),
-        key: key.map(|g| g.value),
-        credentials,
-        password_file: password_file.map(|g| g.value),
+    if let Some(c) = &mut access.credentials {
+        c.password = c.password.take().or(password);
     }
+    access
 }
 
 /// `HECD_LOG`, checked; empty counts as unset.

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::access::EtcdAccess;
-use crate::cli::{self, Absent, Given, OptSpec, Request, flag, opt, push, put, repeatable};
+use crate::cli::{
+    self, Absent, Given, OptSpec, RawArgs, Request, flag, opt, push, put, repeatable,
+};
 use crate::contract;
 use crate::error::{Errors, UsageError};
 use crate::etcd::Endpoint;
@@ -327,7 +329,6 @@ pub fn parse(
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
-    let given = |long: &str| raw.get(long).is_some();
     let mut config = std::mem::take(&mut args.config);
     let frontend = &config.frontend;
     let needs =
@@ -349,7 +350,7 @@ pub fn parse(
             errors.0.push(needs("hsts", "--https ADDR:PORT"));
         }
     }
-    let acme = errors.take(acme_rules(&args, frontend.https.is_some(), &given));
+    let acme = errors.take(acme_rules(&args, frontend.https.is_some(), &raw));
     errors.take(lb_prefix_apart(
         &config.lb_prefix,
         raw.get("lb-prefix"),
@@ -372,7 +373,7 @@ pub fn parse(
         }
     }
     let verbose = args.shared.verbose;
-    config.access = etcd_access(args.shared, password, &mut errors);
+    config.access = etcd_access(args.shared.access, &raw, password, &mut errors);
     let (Some(acme), Some(tcp), true) = (acme, tcp, errors.0.is_empty()) else {
         return Err(errors.into_errors());
     };
@@ -478,14 +479,10 @@ fn email(g: &Given) -> Result<String, UsageError> {
     Ok(v.to_owned())
 }
 
-/// The rules of `--acme` (`given` says whether an option was given): its options need it, it
+/// The rules of `--acme` (`raw` says which options were given): its options need it, it
 /// needs `--https` (`https`) and `--acme-domains`, and its CA bundle (`--acme-cacert`, else the
 /// system's) is read.
-fn acme_rules(
-    args: &Args,
-    https: bool,
-    given: &dyn Fn(&str) -> bool,
-) -> Result<Option<AcmeConfig>, UsageError> {
+fn acme_rules(args: &Args, https: bool, raw: &RawArgs) -> Result<Option<AcmeConfig>, UsageError> {
     let Some(directory) = &args.acme else {
         let options = [
             "acme-domains",
@@ -494,7 +491,7 @@ fn acme_rules(
             "acme-renew-before",
             "cert-prefix",
         ];
-        if let Some(long) = options.into_iter().find(|long| given(long)) {
+        if let Some(long) = options.into_iter().find(|long| raw.get(long).is_some()) {
             return Err(UsageError::new(format!("--{long}"), "needs --acme URL"));
         }
         return Ok(None);
