@@ -143,8 +143,15 @@ pub fn password_file(path: &str) -> Result<String, UsageError> {
     Ok(password.to_owned())
 }
 
-fn read(option: &str, path: &str) -> Result<Vec<u8>, UsageError> {
-    std::fs::read(path).map_err(|e| UsageError::new(option, format!("cannot read {path}: {e}")))
+/// Longest file an etcd or ACME access option may name: a CA bundle of every public CA is
+/// about 200 KiB.
+pub const MAX_FILE: u64 = 4 << 20;
+
+/// The file `option` names, a regular file of at most [`MAX_FILE`] bytes (`/dev/zero` or a
+/// FIFO is an error at once, not memory without end or a start that never finishes).
+pub fn read(option: &str, path: &str) -> Result<Vec<u8>, UsageError> {
+    crate::file::read_bounded(std::path::Path::new(path), MAX_FILE)
+        .map_err(|e| UsageError::new(option, format!("cannot read {path}: {e}")))
 }
 
 #[cfg(test)]

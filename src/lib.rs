@@ -18,6 +18,7 @@ pub mod entry;
 pub mod error;
 pub mod etcd;
 pub mod exit;
+pub mod file;
 #[cfg(test)]
 mod fuzz;
 pub mod haproxy;

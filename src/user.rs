@@ -4,8 +4,6 @@
 //! one function that reads (`resolve`) reads each file once, bounded. Nothing here changes
 //! credentials: the forked child does that (`sys::prepare_child`), so hecd-init stays root.
 
-use std::io::Read;
-
 use crate::error::UsageError;
 use crate::sys::Identity;
 
@@ -189,22 +187,11 @@ pub fn resolve(spec: &UserSpec, source: &str) -> Result<Resolved, UsageError> {
 }
 
 fn read_small(path: &str, source: &str) -> Result<String, UsageError> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
-        Err(e) => return Err(UsageError::new(source, format!("cannot read {path}: {e}"))),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| UsageError::new(source, format!("cannot read {path}: {e}")))?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(UsageError::new(
-            source,
-            format!("{path} is larger than {MAX_FILE} bytes"),
-        ));
+    match crate::file::read_bounded(std::path::Path::new(path), MAX_FILE) {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(UsageError::new(source, format!("cannot read {path}: {e}"))),
     }
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The `HOME` the app gets: the user's home when `current` (hecd-init's own `HOME`, which the

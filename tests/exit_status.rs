@@ -106,6 +106,66 @@ fn usage_errors_exit_2_naming_the_option() {
     }
 }
 
+/// A file an option names that never ends (`/dev/zero`), never opens (a FIFO with no writer)
+/// or is no file (a directory): exit 2 at once, naming the option, with bounded memory; the
+/// app never started.
+#[test]
+fn endless_or_blocking_files_are_usage_errors_at_once() {
+    let dir = TempDir::new("files");
+    let fifo = dir.0.join("password");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (fifo, dir) = (fifo.to_str().unwrap(), dir.0.to_str().unwrap());
+    let marker = format!("{dir}/app-ran");
+    let app = format!("touch {marker}");
+    let cases: &[(&[&str], String)] = &[
+        (
+            &[
+                "--etcd",
+                "https://127.0.0.1:1",
+                "--etcd-cacert",
+                "/dev/zero",
+            ],
+            "hecd-init: --etcd-cacert: cannot read /dev/zero: not a regular file".into(),
+        ),
+        (
+            &[
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--etcd-user",
+                "u",
+                "--etcd-password-file",
+                fifo,
+            ],
+            format!("hecd-init: --etcd-password-file: cannot read {fifo}: not a regular file"),
+        ),
+        (
+            &[
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--etcd-cert",
+                dir,
+                "--etcd-key",
+                "/dev/zero",
+            ],
+            format!(
+                "hecd-init: --etcd-cert: cannot read {dir}: not a regular file\n\
+                 hecd-init: --etcd-key: cannot read /dev/zero: not a regular file"
+            ),
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = args.to_vec();
+        all.extend(["sh", "-c", &app]);
+        let (code, err) = exit_of(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim_end(), want, "{args:?}");
+        assert!(
+            !std::path::Path::new(&marker).exists(),
+            "the app ran: {args:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_variable_exits_2_naming_the_variable() {
     let mut cmd = std::process::Command::new(common::hecd_init());

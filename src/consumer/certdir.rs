@@ -6,7 +6,6 @@
 //! only when it differs from what was sent last; a file that cannot be served is logged once
 //! per version of the file. While nothing changes this thread sleeps in `poll`.
 
-use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -163,27 +162,10 @@ fn wait(inotify: &Inotify, timeout: Duration) -> bool {
     matches!(poll(&mut fds, ms), Ok(n) if n > 0)
 }
 
-/// A file's contents, at most [`MAX_FILE`] bytes.
+/// A file's contents, at most [`MAX_FILE`] bytes (a FIFO named *.pem cannot hang the thread:
+/// see [`crate::file::read_bounded`]).
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Non-blocking: opening a FIFO named *.pem must not hang the thread (it is then refused
-    // as not a regular file); reading a regular file is not affected.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return Err("not a regular file".into());
-    }
-    let mut data = Vec::new();
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| e.to_string())?;
-    if data.len() as u64 > MAX_FILE {
-        return Err(format!("larger than {} KiB", MAX_FILE / 1024));
-    }
-    Ok(data)
+    crate::file::read_bounded(path, MAX_FILE).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

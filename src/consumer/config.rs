@@ -510,14 +510,12 @@ fn acme_rules(args: &Args, https: bool, raw: &RawArgs) -> Result<Option<AcmeConf
     }
     let (path, data) = match &args.acme_cacert {
         Some(path) => {
-            let data = std::fs::read(path).map_err(|e| {
-                UsageError::new("--acme-cacert", format!("cannot read {path}: {e}"))
-            })?;
+            let data = crate::access::read("--acme-cacert", path)?;
             (path.clone(), data)
         }
         None => {
             let path = crate::access::SYSTEM_CA_BUNDLE;
-            let data = std::fs::read(path).map_err(|e| {
+            let data = crate::file::read_bounded(path.as_ref(), crate::access::MAX_FILE).map_err(|e| {
                 UsageError::new(
                     "--acme-cacert",
                     format!("the CA's certificate needs a CA bundle: give --acme-cacert FILE ({path}: {e})"),
@@ -874,6 +872,10 @@ mod tests {
             (
                 &["--acme-cacert", "/nonexistent"][..],
                 "--acme-cacert: cannot read /nonexistent",
+            ),
+            (
+                &["--acme-cacert", "/dev/zero"][..],
+                "--acme-cacert: cannot read /dev/zero: not a regular file",
             ),
         ] {
             let mut all = base.to_vec();
