@@ -421,6 +421,87 @@ fn issue_17_the_pool_grows_by_a_reload_only_when_used_up() {
     assert_eq!(log.matches("reloading HAProxy").count(), 1, "{log}");
 }
 
+/// A route entry HAProxy already has (put there by hand, or by a command whose answer was
+/// lost) is pointed at its service, never doubled: `add map` adds a second entry for a key
+/// HAProxy has.
+#[test]
+fn issue_17_a_route_haproxy_already_has_is_set_not_doubled() {
+    let etcd = Etcd::start();
+    let lb = Lb::start(&etcd.url(), &[]);
+    let map = lb.dir.join("routes.map");
+    let show = format!("show map {}", map.display());
+    // Once hecd-haproxy has read back what HAProxy has (it announces itself after that), an
+    // entry it does not know of: pool-16, an empty backend the first service does not take.
+    lb.h.expect_stderr("announced as load balancer");
+    lb.admin(&format!("add map {} x.example.com/ pool-16", map.display()))
+        .expect("admin socket");
+    let _x = instance(&etcd, "x", "x1", &["x.example.com"], "1");
+    expect_served(&lb, "x.example.com", "/", &["x:x1"]);
+    let entries = lb.admin(&show).unwrap_or_default();
+    assert_eq!(
+        entries
+            .lines()
+            .filter(|l| l.contains(" x.example.com/ "))
+            .count(),
+        1,
+        "{entries}"
+    );
+}
+
+/// Reloads one after another, each right after a new service appears: HAProxy hands the
+/// shared admin socket over to each new worker while the old one may still answer on it, so
+/// hecd-haproxy talks to the generation's own socket. Every route ends up in the newest
+/// worker exactly once; the one runtime socket left is the newest generation's, answered by
+/// a worker of the master; the older ones are gone.
+#[test]
+fn issue_17_commands_after_a_reload_reach_the_new_worker_only() {
+    const RELOADS: usize = 8;
+    let etcd = Etcd::start();
+    let lb = Lb::start(&etcd.url(), &[]);
+    let show = format!("show map {}", lb.dir.join("routes.map").display());
+    for i in 0..RELOADS {
+        etcd.put(&format!("/app/r{i}/x"), "127.0.0.1:1");
+        etcd.put(
+            &format!("/hecd/routes/app/r{i}/x"),
+            &format!("r{i}.example.com"),
+        );
+        lb.h.signal(libc::SIGHUP);
+    }
+    let newest = format!("runtime-{RELOADS}.sock");
+    let want: BTreeSet<String> = (0..RELOADS).map(|i| format!("r{i}.example.com/")).collect();
+    let mut entries = Vec::new();
+    let done = wait_until(Duration::from_secs(30), || {
+        entries = lb
+            .admin_on(&newest, &show)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .collect();
+        entries.len() == RELOADS && entries.iter().cloned().collect::<BTreeSet<_>>() == want
+    });
+    let log = lb.h.stderr();
+    assert!(done, "routes map {entries:?}\n{log}");
+    assert_eq!(log.matches("reloading HAProxy").count(), RELOADS, "{log}");
+    let mut sockets: Vec<String> = std::fs::read_dir(&lb.dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("runtime-"))
+        .collect();
+    sockets.sort();
+    assert_eq!(sockets, std::slice::from_ref(&newest));
+    let info = lb.admin_on(&newest, "show info").unwrap_or_default();
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid: "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("show info: {info}"));
+    let (master, workers) = lb.workers();
+    assert!(
+        workers.contains(&pid),
+        "{pid} is not a worker of {master}: {workers:?}"
+    );
+}
+
 #[test]
 fn issue_17_a_stopping_balancer_withdraws_its_announcement_first() {
     let etcd = Etcd::start();

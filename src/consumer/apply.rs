@@ -75,11 +75,7 @@ impl Applier {
                 force,
                 ..
             } => r.delete(backend, name, *force),
-            Op::MapSet {
-                key,
-                backend,
-                exists,
-            } => r.map_set(&self.map, key, backend, *exists),
+            Op::MapSet { key, backend } => r.map_set(&self.map, key, backend),
             Op::MapDel { key } => r.map_del(&self.map, key),
             // Bookkeeping of the model, and the caller's job.
             Op::Release { .. } | Op::Reload(_) => Ok(()),
@@ -104,6 +100,13 @@ impl Applier {
     /// read only while a server drains). Returns whether HAProxy changed (the files follow)
     /// and why it must be reloaded, if it must.
     pub fn pass(&self, balancer: &mut Balancer) -> (bool, Option<String>) {
+        if balancer.stale
+            && let Err(e) = self.load(balancer)
+        {
+            log::warn!("cannot read HAProxy's servers back: {e}; trying again");
+            balancer.retry = true;
+            return (false, None);
+        }
         let ops = balancer.plan();
         let (mut changed, reload) = self.run(balancer, ops);
         if reload.is_some() {
@@ -133,13 +136,9 @@ impl Applier {
                 r.cert_load(&files.crt_list, path, pem, names)
             }
             CertOp::Unload { path } => r.cert_unload(&files.crt_list, path),
-            CertOp::HostAdd { name } => r.map_set(&files.hosts, name, "1", false),
+            CertOp::HostAdd { name } => r.map_set(&files.hosts, name, "1"),
             CertOp::HostDel { name } => r.map_del(&files.hosts, name),
-            CertOp::AnswerSet {
-                token,
-                answer,
-                exists,
-            } => r.map_set(&files.answers, token, answer, *exists),
+            CertOp::AnswerSet { token, answer } => r.map_set(&files.answers, token, answer),
             CertOp::AnswerDel { token } => r.map_del(&files.answers, token),
         }
     }
@@ -188,4 +187,35 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
     f.write_all(text.as_bytes()).map_err(fail)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::follow::Update;
+    use crate::haproxy::Addr;
+    use std::time::Duration;
+
+    /// While what HAProxy has is not known (a read-back failed), a pass reads it first; when
+    /// it still cannot, it plans nothing (a new service gets no backend) and asks to run again.
+    #[test]
+    fn a_stale_model_is_read_back_before_anything_is_planned() {
+        let mut b = Balancer::new(Duration::from_secs(30), "/app/servers".into(), &[]);
+        let servers = BTreeMap::from([("x1".to_owned(), Addr::parse("10.0.0.1:80").unwrap())]);
+        b.update(Update::Snapshot {
+            services: BTreeMap::from([("/app/x".to_owned(), servers)]),
+            declarations: BTreeMap::new(),
+        });
+        let nowhere = Runtime::new(Path::new("/nonexistent/runtime-1.sock"));
+        let applier = Applier::new(nowhere, String::new(), PathBuf::from("/nonexistent/map"));
+        b.stale = true;
+        assert_eq!(applier.pass(&mut b), (false, None));
+        assert!(b.stale && b.retry);
+        assert_eq!(b.services["/app/x"].backend, None);
+        // Known again: the same pass plans (the service takes a pool backend).
+        b.stale = false;
+        b.retry = false;
+        applier.pass(&mut b);
+        assert_eq!(b.services["/app/x"].backend.as_deref(), Some("pool-1"));
+    }
 }

@@ -179,16 +179,12 @@ pub enum CertOp {
     },
     /// `del ssl crt-list`, `del ssl cert`.
     Unload { path: PathBuf },
-    /// The hosts map: `add map NAME 1`.
+    /// The hosts map: `NAME 1` ([`crate::haproxy::Runtime::map_set`]).
     HostAdd { name: String },
     /// The hosts map: `del map NAME`.
     HostDel { name: String },
-    /// The challenges map: `add map` (or `set map`, `exists`) `TOKEN ANSWER`.
-    AnswerSet {
-        token: String,
-        answer: String,
-        exists: bool,
-    },
+    /// The challenges map: `TOKEN ANSWER` ([`crate::haproxy::Runtime::map_set`]).
+    AnswerSet { token: String, answer: String },
     /// The challenges map: `del map TOKEN`.
     AnswerDel { token: String },
 }
@@ -310,7 +306,6 @@ impl Certs {
             .map(|(t, a)| CertOp::AnswerSet {
                 token: t.clone(),
                 answer: a.clone(),
-                exists: self.answered.contains_key(t),
             });
         let dels = self
             .answered

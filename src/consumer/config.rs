@@ -71,7 +71,7 @@ const OWN: [OptSpec<Args>; 23] = [
         "dir",
         "DIR",
         Absent::Required,
-        "working directory: haproxy.cfg, routes.map, admin.sock, servers.state, haproxy.pid",
+        "working directory: haproxy.cfg, routes.map, admin.sock, runtime-N.sock, servers.state, haproxy.pid",
         |g, a| put(&mut a.config.frontend.dir, work_dir(g)),
     ),
     opt(

@@ -78,6 +78,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
         log::error!("--dir {}: {e}", frontend.dir.display());
         return status::FAILED;
     }
+    remove_runtime_sockets(&frontend.dir);
     let mut certs = frontend
         .https
         .as_ref()
@@ -143,7 +144,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
 
     let mut balancer = Balancer::new(config.drain_timeout, config.prefix.clone(), &frontend.tcp);
     let applier = Applier::new(
-        Runtime::new(&frontend.socket_path()),
+        Runtime::new(&frontend.runtime_path()),
         frontend.check_options(),
         frontend.map_path(),
     );
@@ -225,9 +226,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             .filter(|s| s.backend.is_some())
             .count()
     );
-    if let Err(e) = applier.load(&mut balancer) {
-        log::warn!("cannot read HAProxy's servers back: {e}");
-    }
+    read_back(&applier, &mut balancer);
     // Announced once HAProxy serves: from now on instances wait for this balancer.
     if let Err(e) = std::thread::Builder::new()
         .name("announce".into())
@@ -553,6 +552,7 @@ impl Main {
     /// Writes the files from what etcd wants (when known), checks them and starts HAProxy;
     /// then reads back what it has.
     fn restart(&mut self) -> Result<i32, String> {
+        self.next_generation();
         self.write_wanted();
         if let Some(e) = self.written.error.take() {
             return Err(e);
@@ -564,12 +564,29 @@ impl Main {
             &mut self.written,
         )?;
         let pid = self.haproxy.start(&self.applier.runtime)?;
-        if let Err(e) = self.applier.load(&mut self.balancer) {
-            log::warn!("cannot read HAProxy's servers back: {e}");
-        }
+        read_back(&self.applier, &mut self.balancer);
         self.dirty_since = None;
         self.changed = true;
         Ok(pid)
+    }
+
+    /// A start: the config about to be written names a new generation's admin socket, and
+    /// hecd-haproxy talks to that one from now on.
+    fn next_generation(&mut self) {
+        self.frontend.generation += 1;
+        self.next_runtime();
+    }
+
+    /// hecd-haproxy's commands go to the admin socket of the config's generation; the last
+    /// one's file is removed (its worker is stopping, or gone).
+    fn next_runtime(&mut self) {
+        let old = std::mem::replace(
+            &mut self.applier.runtime,
+            Runtime::new(&self.frontend.runtime_path()),
+        );
+        if old.path() != self.applier.runtime.path() {
+            let _ = std::fs::remove_file(old.path());
+        }
     }
 
     /// The config and map for a reload or a restart: what etcd wants, once it has answered.
@@ -648,6 +665,7 @@ impl Main {
         self.changed = true;
         self.reloads += 1;
         log::warn!("reloading HAProxy ({} so far): {why}", self.reloads);
+        self.frontend.generation += 1;
         self.write_wanted();
         let checked = match self.written.error.take() {
             Some(e) => Err(e),
@@ -662,8 +680,11 @@ impl Main {
             Ok(()) => {
                 save_state(&self.applier.runtime, &self.frontend);
                 self.haproxy.reload();
+                // The config passed `haproxy -c`: from now on its generation is HAProxy's.
+                self.next_runtime();
                 if let Err(e) = wait_for_reload(&self.applier, &mut self.balancer) {
-                    log::warn!("after the reload: {e}");
+                    log::warn!("after the reload: {e}; reading HAProxy's state again");
+                    self.balancer.stale = true;
                 }
             }
             Err(e) => log::error!("not reloading: {e}"),
@@ -831,8 +852,35 @@ fn save_state(runtime: &Runtime, frontend: &Frontend) {
     }
 }
 
+/// Removes the generations' admin sockets an earlier run left in `dir` (`runtime-N.sock`).
+fn remove_runtime_sockets(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_runtime = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("runtime-")?.strip_suffix(".sock"))
+            .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()));
+        if is_runtime {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Reads back what HAProxy has after a start; if it cannot, the next pass tries again before
+/// it plans anything.
+fn read_back(applier: &Applier, balancer: &mut Balancer) {
+    if let Err(e) = applier.load(balancer) {
+        log::warn!("cannot read HAProxy's servers back: {e}; trying again");
+        balancer.stale = true;
+    }
+}
+
 /// After SIGUSR2: waits (bounded) until the new worker has the servers of the new config,
-/// then takes them (and the routes map) as what HAProxy has.
+/// then takes them (and the routes map) as what HAProxy has. Only the new worker answers on
+/// the new generation's admin socket (see [`Frontend::runtime_path`]).
 fn wait_for_reload(applier: &Applier, balancer: &mut Balancer) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let expected = balancer.expected_servers();

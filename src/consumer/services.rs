@@ -12,7 +12,7 @@
 //!    of the pool's); a used-up pool makes the plan a reload with a bigger one;
 //! 2. new servers are added (`add server`, `enable health`, `enable server`), moved ones
 //!    re-addressed, draining ones whose key came back made ready;
-//! 3. the routes map is made equal to the live declarations (`add map`, `set map`, `del map`):
+//! 3. the routes map is made equal to the live declarations (`set map`, else `add map`; `del map`):
 //!    a route counts while the instance that declares it has its server key, and a route two
 //!    services claim goes to the one whose live declaration is older;
 //! 4. servers whose key went are put in drain; [`Balancer::finish`] deletes them once idle (or
@@ -103,12 +103,8 @@ pub enum Op {
         force: bool,
         in_use: u64,
     },
-    /// A route's map entry: `add map` (new) or `set map` (`exists`).
-    MapSet {
-        key: String,
-        backend: String,
-        exists: bool,
-    },
+    /// A route's map entry, new or pointed elsewhere ([`crate::haproxy::Runtime::map_set`]).
+    MapSet { key: String, backend: String },
     /// A route no longer declared: `del map`.
     MapDel { key: String },
     /// A service with no server left gives its backend back to the pool (no HAProxy command).
@@ -156,6 +152,9 @@ pub struct Balancer {
     /// A runtime command failed on the socket: the next pass must run even if nothing else
     /// changes.
     pub retry: bool,
+    /// What HAProxy has is not known (reading it back after a start or reload failed): the
+    /// next pass reads it before it plans anything ([`Balancer::loaded`] clears it).
+    pub stale: bool,
 }
 
 impl Balancer {
@@ -188,6 +187,7 @@ impl Balancer {
             drained: Vec::new(),
             conflicts: BTreeSet::new(),
             retry: false,
+            stale: false,
         }
     }
 
@@ -464,7 +464,6 @@ impl Balancer {
                 ops.push(Op::MapSet {
                     key: key.clone(),
                     backend: backend.clone(),
-                    exists: current.is_some(),
                 });
             }
         }
@@ -766,6 +765,7 @@ impl Balancer {
                 .collect();
         }
         self.routes = routes;
+        self.stale = false;
     }
 
     /// Every server HAProxy should have per backend, for checking a reload took: backend →
@@ -875,8 +875,7 @@ mod tests {
             ops[2],
             Op::MapSet {
                 key: "api.example.com/".into(),
-                backend: "pool-1".into(),
-                exists: false
+                backend: "pool-1".into()
             }
         );
         accept(&mut b, &ops, Instant::now());
@@ -904,8 +903,7 @@ mod tests {
         let b_backend = b.services["/app/b"].backend.clone().unwrap();
         assert!(ops.contains(&Op::MapSet {
             key: "www.example.com/".into(),
-            backend: b_backend,
-            exists: false
+            backend: b_backend
         }));
         accept(&mut b, &ops, Instant::now());
         // b's instance goes: its declaration no longer counts, a's takes the route, and b's
@@ -918,8 +916,7 @@ mod tests {
             ops[0],
             Op::MapSet {
                 key: "www.example.com/".into(),
-                backend: a_backend,
-                exists: true
+                backend: a_backend
             }
         );
     }

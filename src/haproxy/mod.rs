@@ -106,6 +106,9 @@ pub struct Frontend {
     pub hsts: Option<Duration>,
     /// `--acme`: answer HTTP-01 challenges from the challenges map.
     pub acme: bool,
+    /// The HAProxy generation (a start or a reload) the config is written for: it names the
+    /// generation's own admin socket, [`Frontend::runtime_path`].
+    pub generation: u64,
 }
 
 impl Frontend {
@@ -113,8 +116,21 @@ impl Frontend {
         self.dir.join("haproxy.cfg")
     }
 
+    /// The admin socket every worker shares (`expose-fd listeners`: a reload hands the
+    /// listening sockets over through it, and so the socket itself): for operators, and for the
+    /// master's own reloads.
     pub fn socket_path(&self) -> PathBuf {
         self.dir.join("admin.sock")
+    }
+
+    /// hecd-haproxy's own admin socket, one per generation. A reload hands `admin.sock` over to
+    /// the new worker while the old one may still accept on it for a moment (until it has
+    /// taken its stop signal), so a command sent there right after a reload can reach the
+    /// worker on its way out and be lost, or read back its state instead of the new one. A
+    /// socket whose path only the new config names is bound afresh: what is sent there
+    /// reaches the new worker and nothing else.
+    pub fn runtime_path(&self) -> PathBuf {
+        self.dir.join(format!("runtime-{}.sock", self.generation))
     }
 
     pub fn state_path(&self) -> PathBuf {
@@ -225,6 +241,7 @@ impl Frontend {
              global\n\
              \x20   master-worker\n\
              \x20   stats socket {dir}/admin.sock mode 600 level admin expose-fd listeners\n\
+             \x20   stats socket {} mode 600 level admin\n\
              \x20   pidfile {dir}/haproxy.pid\n\
              \x20   server-state-file {dir}/servers.state\n\
              \n\
@@ -259,6 +276,7 @@ impl Frontend {
              \x20   http-request set-var(txn.hecd_path) path\n\
              \x20   use_backend %[req.hdr(host),field(1,:),lower,concat(,txn.hecd_path),map_beg({})]\n\
              \x20   default_backend {DEFAULT_BACKEND}\n",
+            self.runtime_path().display(),
             self.tunnel_timeout.as_millis().max(1),
             self.listen,
             self.acme_lines()
@@ -357,6 +375,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The admin socket it talks to.
+    pub fn path(&self) -> &Path {
+        &self.socket
+    }
+
     pub fn new(socket: &Path) -> Self {
         Self {
             socket: socket.to_owned(),
@@ -509,16 +532,19 @@ impl Runtime {
         parse_map(&answer).map_err(RuntimeError::Refused)
     }
 
-    /// Adds the map entry `key value`, or points an existing one at `value` (`set map`).
-    pub fn map_set(
-        &self,
-        map: &Path,
-        key: &str,
-        value: &str,
-        exists: bool,
-    ) -> Result<(), RuntimeError> {
-        let verb = if exists { "set" } else { "add" };
-        self.expect(&format!("{verb} map {} {key} {value}", map.display()), &[])
+    /// Makes the map entry `key` point at `value`: `set map`, and `add map` only when HAProxy
+    /// says it has no such entry. Never `add map` on the caller's word that the entry is new:
+    /// `add map` adds a second entry for a key it has, and a command whose answer was lost
+    /// (socket timeout) is sent again.
+    pub fn map_set(&self, map: &Path, key: &str, value: &str) -> Result<(), RuntimeError> {
+        let map = map.display();
+        let set = format!("set map {map} {key} {value}");
+        match self.command(&set)? {
+            answer if answer.starts_with("entry not found") => {
+                self.expect(&format!("add map {map} {key} {value}"), &[])
+            }
+            answer => judge(&set, &answer, &[]),
+        }
     }
 
     /// Removes the map entry `key`.
@@ -774,6 +800,7 @@ mod tests {
             redirect: true,
             hsts: Some(Duration::from_secs(86_400)),
             acme: true,
+            generation: 7,
         };
         let mut servers = BTreeMap::new();
         servers.insert("b".to_owned(), Addr::parse("[fd00::2]:80").unwrap());
@@ -795,6 +822,12 @@ mod tests {
         assert!(cfg.contains("stats uri /admin-status"));
         assert!(cfg.contains("prometheus-exporter if { path /metrics }"));
         assert!(cfg.contains("map_beg(/run/lb/routes.map)"));
+        // Every worker shares admin.sock (it hands the listeners over); the generation's own
+        // socket is hecd-haproxy's.
+        assert!(cfg.contains(
+            "    stats socket /run/lb/admin.sock mode 600 level admin expose-fd listeners\n    stats socket /run/lb/runtime-7.sock mode 600 level admin\n"
+        ));
+        assert_eq!(f.runtime_path(), Path::new("/run/lb/runtime-7.sock"));
         assert!(cfg.contains("server-state-file /run/lb/servers.state"));
         assert!(cfg.contains("timeout tunnel 3600000ms\n"));
         assert!(cfg.contains(

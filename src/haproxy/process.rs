@@ -130,6 +130,7 @@ impl Process {
     pub fn start(&mut self, runtime: &Runtime) -> Result<i32, String> {
         use std::os::unix::process::CommandExt;
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(runtime.path());
         let mut command = self.command();
         command
             .arg("-W")

@@ -139,7 +139,12 @@ impl Lb {
 
     /// One runtime API command on HAProxy's admin socket.
     pub fn admin(&self, command: &str) -> Option<String> {
-        let mut s = UnixStream::connect(self.dir.join("admin.sock")).ok()?;
+        self.admin_on("admin.sock", command)
+    }
+
+    /// One runtime API command on the admin socket `socket` of `--dir`.
+    pub fn admin_on(&self, socket: &str, command: &str) -> Option<String> {
+        let mut s = UnixStream::connect(self.dir.join(socket)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         s.write_all(format!("{command}\n").as_bytes()).ok()?;
         let mut out = String::new();
