@@ -441,6 +441,11 @@ impl Certs {
         true
     }
 
+    /// The challenge tokens HAProxy answers.
+    pub fn answered_tokens(&self) -> BTreeSet<String> {
+        self.answered.keys().cloned().collect()
+    }
+
     /// Everything wanted counted as served, for the files HAProxy starts from (a start, a
     /// restart, a reload: it then reads the certificates from the crt-list file itself).
     pub fn assume_loaded(&mut self) {

@@ -288,6 +288,10 @@ struct AcmeSide {
     due: mpsc::Sender<Vec<String>>,
     /// The last list sent.
     sent: Option<Vec<String>>,
+    /// The challenge tokens HAProxy answers, to the orderer whenever they change: it tells
+    /// the CA to look only once this balancer answers.
+    answered: mpsc::Sender<std::collections::BTreeSet<String>>,
+    answered_sent: std::collections::BTreeSet<String>,
     /// The routed hosts when last looked at.
     hosts: std::collections::BTreeSet<String>,
     /// When the hosts were last looked at (at least once a minute: certificates age).
@@ -316,6 +320,7 @@ fn start_acme(
         .name("store".into())
         .spawn(move || store.run())?;
     let (due, due_rx) = mpsc::channel();
+    let (answered, answered_rx) = mpsc::channel();
     let orderer = orderer::Orderer {
         client: client(),
         http: Http::new(Some(&a.tls)),
@@ -325,6 +330,7 @@ fn start_acme(
         lb_id: lb_id.to_owned(),
         renew_before: a.renew_before,
         due: due_rx,
+        answered: answered_rx,
     };
     std::thread::Builder::new()
         .name("acme".into())
@@ -335,6 +341,8 @@ fn start_acme(
         stored: Default::default(),
         due,
         sent: None,
+        answered,
+        answered_sent: Default::default(),
         hosts: Default::default(),
         looked: Instant::now(),
     })
@@ -626,6 +634,13 @@ impl Main {
             changed |= self
                 .applier
                 .pass_certs(certs, &apply::CertFiles::of(&self.frontend));
+            if let Some(acme) = &mut self.acme {
+                let answered = certs.answered_tokens();
+                if answered != acme.answered_sent {
+                    let _ = acme.answered.send(answered.clone());
+                    acme.answered_sent = answered;
+                }
+            }
         }
         if changed {
             // Routes may have come or gone: hosts to order for with them.

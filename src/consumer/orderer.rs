@@ -15,6 +15,7 @@
 //! A balancer that dies mid-order frees the lock within [`LOCK_TTL`]. A failed order is logged
 //! once and tried again later with capped backoff, for that host alone.
 
+use std::collections::BTreeSet;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,10 @@ const LOCKED_WAIT: Duration = Duration::from_secs(3);
 /// Deadline of each etcd call.
 const CALL: Duration = Duration::from_secs(5);
 
+/// How long a published challenge may take to be answered by this balancer before the CA is
+/// told to look anyway (the store's watch and one runtime command: milliseconds).
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
 pub struct Orderer {
     pub client: Client,
     /// For the CA (`--acme-cacert`'s roots).
@@ -50,6 +55,9 @@ pub struct Orderer {
     pub renew_before: Duration,
     /// The hosts due, from the main loop; each list replaces the last.
     pub due: Receiver<Vec<String>>,
+    /// The challenge tokens this balancer's HAProxy answers, from the main loop whenever they
+    /// change; each set replaces the last.
+    pub answered: Receiver<BTreeSet<String>>,
 }
 
 /// What one host's turn came to.
@@ -65,6 +73,9 @@ struct LeaseHooks<'a> {
     lease: i64,
     prefix: &'a str,
     renewed: Instant,
+    answered: &'a Receiver<BTreeSet<String>>,
+    /// The last set of answered tokens received.
+    served: BTreeSet<String>,
 }
 
 impl Hooks for LeaseHooks<'_> {
@@ -78,7 +89,32 @@ impl Hooks for LeaseHooks<'_> {
                 LOCK_TTL,
                 Instant::now() + CALL,
             )
-            .map_err(|e| format!("cannot publish the challenge: {e}"))
+            .map_err(|e| format!("cannot publish the challenge: {e}"))?;
+        // The CA may look the moment it is told to, and the name may well point at this
+        // balancer: it answers first (its store follower sees the key, its main loop sets the
+        // map entry). Bounded: a balancer that cannot answer still lets the CA try the others.
+        let deadline = Instant::now() + ANSWER_WAIT;
+        loop {
+            while let Ok(set) = self.answered.try_recv() {
+                self.served = set;
+            }
+            if self.served.contains(token) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!(
+                    "ACME: this balancer does not answer the challenge {} s after publishing it; asking the CA to look anyway",
+                    ANSWER_WAIT.as_secs()
+                );
+                return Ok(());
+            }
+            match self.answered.recv_timeout(left) {
+                Ok(set) => self.served = set,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
     }
 
     fn unpublish(&mut self, token: &str) {
@@ -132,6 +168,7 @@ impl Orderer {
                         &self.lb_id,
                         self.renew_before,
                         &host,
+                        &self.answered,
                     )
                 });
                 match result {
@@ -208,6 +245,7 @@ impl Orderer {
         lb_id: &str,
         renew_before: Duration,
         host: &str,
+        answered: &Receiver<BTreeSet<String>>,
     ) -> Result<Turn, AcmeError> {
         let etcd = |e: EtcdError| AcmeError::Local(format!("etcd: {e}"));
         let lease = match client
@@ -245,6 +283,8 @@ impl Orderer {
                 lease,
                 prefix,
                 renewed: Instant::now(),
+                answered,
+                served: BTreeSet::new(),
             };
             let issued = acme.order(host, &mut hooks)?;
             let text = format!(
