@@ -448,7 +448,7 @@ fn issue_17_a_route_haproxy_already_has_is_set_not_doubled() {
     );
 }
 
-/// Reloads one after another, each right after a new service appears: HAProxy hands the
+/// Reloads one after another, each asked for right after a new service appears: HAProxy hands the
 /// shared admin socket over to each new worker while the old one may still answer on it, so
 /// hecd-haproxy talks to the generation's own socket. Every route ends up in the newest
 /// worker exactly once; the one runtime socket left is the newest generation's, answered by
@@ -466,6 +466,11 @@ fn issue_17_commands_after_a_reload_reach_the_new_worker_only() {
             &format!("r{i}.example.com"),
         );
         lb.h.signal(libc::SIGHUP);
+        // One SIGHUP at a time: two pending at once are one signal.
+        let reloaded = wait_until(Duration::from_secs(10), || {
+            lb.h.stderr().matches("reloading HAProxy").count() > i
+        });
+        assert!(reloaded, "{}", lb.h.stderr());
     }
     let newest = format!("runtime-{RELOADS}.sock");
     let want: BTreeSet<String> = (0..RELOADS).map(|i| format!("r{i}.example.com/")).collect();
