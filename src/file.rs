@@ -1,7 +1,7 @@
 //! Reading a file a user or a peer names (a CA bundle, a client key, a password file, a
-//! certificate in `--certs`, the image's `/etc/passwd`): bounded and never blocking, so a path
-//! such as `/dev/zero` or a FIFO is an error at once, not memory without end or a start that
-//! never finishes.
+//! certificate in `--certs`, the image's `/etc/passwd`) or the kernel's text files under
+//! `/proc`: bounded and never blocking, so a path such as `/dev/zero` or a FIFO is an error at
+//! once, not memory without end or a start that never finishes.
 
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,6 +27,24 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// The most read of a kernel text file hecd-init looks at (`/proc/self/mountinfo` of a host
+/// with thousands of mounts is well under it).
+pub const PROC_MAX: u64 = 4 << 20;
+
+/// A text file of the kernel's (`/proc/self/mountinfo`, `/proc/net/route`, ...) read as
+/// [`read_bounded`] reads, invalid UTF-8 replaced; empty when it cannot be read. A /proc that
+/// is not the kernel's (a sandbox's, a FUSE mount over it) is input like any other: an
+/// endless or huge file costs at most `max` bytes, a FIFO never holds the caller.
+pub fn read_text(path: &Path, max: u64) -> String {
+    match read_bounded(path, max) {
+        Ok(data) => String::from_utf8_lossy(&data).into_owned(),
+        Err(e) => {
+            log::debug!("{}: {e}", path.display());
+            String::new()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +68,14 @@ mod tests {
         }
         let missing = read_bounded(&dir.join("none"), 10).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        // As text: the kernel's own file whole, anything refused above empty.
+        assert!(read_text(Path::new("/proc/self/mountinfo"), PROC_MAX).contains(" / "));
+        for path in [Path::new("/dev/zero"), &fifo, &dir.join("none")] {
+            assert_eq!(read_text(path, PROC_MAX), "", "{path:?}");
+        }
+        assert_eq!(read_text(&at, 4095), "");
+        std::fs::write(&at, b"ok \xff").unwrap();
+        assert_eq!(read_text(&at, 4096), "ok \u{fffd}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,7 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::{Etcd, free_port};
-use common::{key, start_registered, wait_until};
+use std::process::Command;
+
+use common::{
+    TempDir, example, hecd_init, key, listening_port, start_command, start_registered, wait_until,
+};
 
 const TTL: i64 = 3;
 const TTL_ARGS: &[&str] = &["--ttl", "3", "--check-interval", "200ms"];
@@ -177,4 +181,46 @@ fn leader_killed_in_a_three_member_cluster_keeps_the_key() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(survivor.get(&key("web-c")), Some(value));
+}
+
+/// `/proc` is input like any other: with hecd-init's own mountinfo a FIFO nobody writes and
+/// its cgroup file `/dev/zero` (bind mounts in a mount namespace of its own), the Docker
+/// lookup that reads them finds no container id and goes on, and hecd-init registers and
+/// stops as usual. Read whole and blocking, the FIFO held the registrar for ever (no key) and
+/// `/dev/zero` filled memory.
+#[test]
+fn a_proc_that_is_not_the_kernels_is_read_bounded() {
+    let etcd = Etcd::start();
+    let tmp = TempDir::new("proc");
+    let fifo = tmp.0.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // `$$` is the shell, which then becomes hecd-init (exec): its /proc/self.
+    let script = format!(
+        "mount --bind {} /proc/$$/mountinfo && mount --bind /dev/zero /proc/$$/cgroup && exec \"$0\" \"$@\"",
+        fifo.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(hecd_init())
+        .args([
+            "--etcd",
+            &etcd.url(),
+            "--name",
+            "proc-1",
+            "--advertise",
+            "127.0.0.1",
+        ])
+        .args(["--docker", "tcp://127.0.0.1:1", "--ttl", "3", "--"])
+        .arg(example("tiny_server"))
+        .args(["0", "proc-1"]);
+    let mut h = start_command(cmd);
+    let port = listening_port(&h.expect_line("listening"));
+    assert!(
+        registered(&etcd, "proc-1", &format!("127.0.0.1:{port}")),
+        "not registered; stderr:\n{}",
+        h.stderr()
+    );
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.expect_exit(), 0, "{}", h.stderr());
+    assert_eq!(etcd.get(&key("proc-1")), None);
 }

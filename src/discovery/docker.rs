@@ -228,7 +228,7 @@ fn describe(api: &DockerApi) -> String {
 
 /// This container's id as Docker knows it: from mountinfo or cgroup, else the hostname.
 pub fn own_id() -> Option<String> {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let read = |p: &str| crate::file::read_text(std::path::Path::new(p), crate::file::PROC_MAX);
     container_id(&read("/proc/self/mountinfo"), &read("/proc/self/cgroup"))
         .or_else(super::hostname_if_set)
 }

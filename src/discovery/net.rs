@@ -278,13 +278,13 @@ fn session_sockets(sid: i32) -> (HashSet<u64>, HashSet<u32>) {
 
 /// The session id field of `/proc/<pid>/stat` (after the parenthesised command name).
 fn session_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read(&format!("/proc/{pid}/stat"));
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     rest.split_whitespace().nth(3)?.parse().ok()
 }
 
 fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+    crate::file::read_text(std::path::Path::new(path), crate::file::PROC_MAX)
 }
 
 #[cfg(test)]
