@@ -100,11 +100,7 @@ impl Applier {
     /// read only while a server drains). Returns whether HAProxy changed (the files follow)
     /// and why it must be reloaded, if it must.
     pub fn pass(&self, balancer: &mut Balancer) -> (bool, Option<String>) {
-        if balancer.stale
-            && let Err(e) = self.load(balancer)
-        {
-            log::warn!("cannot read HAProxy's servers back: {e}; trying again");
-            balancer.retry = true;
+        if balancer.stale && !self.read_back(balancer) {
             return (false, None);
         }
         let ops = balancer.plan();
@@ -122,6 +118,20 @@ impl Applier {
             }
         }
         (changed, balancer.needs_reload.take())
+    }
+
+    /// Reads back what HAProxy has (after a start, or while the model is stale); when it
+    /// cannot, the model stays stale and the next pass runs and tries again before it plans.
+    pub fn read_back(&self, balancer: &mut Balancer) -> bool {
+        match self.load(balancer) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("cannot read HAProxy's servers back: {e}; trying again");
+                balancer.stale = true;
+                balancer.retry = true;
+                false
+            }
+        }
     }
 
     /// Carries out one certificate operation. A certificate's copy is written (mode 0600)

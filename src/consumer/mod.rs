@@ -226,7 +226,7 @@ pub fn run(config: Config, tls: Option<crate::http::Tls>) -> u8 {
             .filter(|s| s.backend.is_some())
             .count()
     );
-    read_back(&applier, &mut balancer);
+    applier.read_back(&mut balancer);
     // Announced once HAProxy serves: from now on instances wait for this balancer.
     if let Err(e) = std::thread::Builder::new()
         .name("announce".into())
@@ -560,7 +560,9 @@ impl Main {
     /// Writes the files from what etcd wants (when known), checks them and starts HAProxy;
     /// then reads back what it has.
     fn restart(&mut self) -> Result<i32, String> {
-        self.next_generation();
+        // No worker is left to confuse: the new generation's socket at once.
+        self.frontend.generation += 1;
+        self.next_runtime();
         self.write_wanted();
         if let Some(e) = self.written.error.take() {
             return Err(e);
@@ -572,17 +574,10 @@ impl Main {
             &mut self.written,
         )?;
         let pid = self.haproxy.start(&self.applier.runtime)?;
-        read_back(&self.applier, &mut self.balancer);
+        self.applier.read_back(&mut self.balancer);
         self.dirty_since = None;
         self.changed = true;
         Ok(pid)
-    }
-
-    /// A start: the config about to be written names a new generation's admin socket, and
-    /// hecd-haproxy talks to that one from now on.
-    fn next_generation(&mut self) {
-        self.frontend.generation += 1;
-        self.next_runtime();
     }
 
     /// hecd-haproxy's commands go to the admin socket of the config's generation; the last
@@ -881,15 +876,6 @@ fn remove_runtime_sockets(dir: &std::path::Path) {
         if is_runtime {
             let _ = std::fs::remove_file(entry.path());
         }
-    }
-}
-
-/// Reads back what HAProxy has after a start; if it cannot, the next pass tries again before
-/// it plans anything.
-fn read_back(applier: &Applier, balancer: &mut Balancer) {
-    if let Err(e) = applier.load(balancer) {
-        log::warn!("cannot read HAProxy's servers back: {e}; trying again");
-        balancer.stale = true;
     }
 }
 
